@@ -1,0 +1,35 @@
+# stylevid — `make demo` and `make test` work on a fresh clone with only the package registries.
+# GPU users: create the environment with the CUDA build of torch first (or point VENV at one);
+# the install step keeps any torch that is already importable.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.stylevid-installed
+
+.PHONY: install demo test test-slow bench toy-pipeline clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	HF_HUB_OFFLINE=1 $(VENV)/bin/stylevid generate method=stylet2v0 model=tiny \
+		prompt="a red circle moving right" style=examples/styles/mosaic.png \
+		frames=8 height=64 width=64 steps=20 t0=14 t1=17 seed=0
+
+test: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+test-slow: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow
+
+bench: install
+	HF_HUB_OFFLINE=1 $(PY) scripts/benchmark_t2v.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
