@@ -1,0 +1,115 @@
+"""The `stylevid` command: `stylevid generate|train|invert|evaluate [hydra overrides]`.
+
+Hydra does not nest under argparse, so the subcommand is popped here and `<task>.yaml` is composed by
+Hydra's own entry point: `--help`, `--cfg job` and `-m` behave as in any Hydra app.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+
+from rich.console import Console
+
+TASKS = {
+    "generate": "zero-shot video from text (t2v_zero) and from text plus a style image (stylet2v0)",
+    "train": "train a motion module (not yet available)",
+    "invert": "DDIM-invert an image or video (not yet available)",
+    "evaluate": "CLIPSIM, consistency, style fidelity, warp error, FVD, IS (not yet available)",
+}
+AVAILABLE = {"generate"}
+GROUPS_CHECKED = ("method", "model")  # group choices validated before Hydra, for a one-line error
+
+console = Console(stderr=True)
+
+
+def conf_dir() -> Path:
+    return Path(str(resources.files("stylevid.conf")))
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+
+
+def usage() -> str:
+    lines = ["usage: stylevid TASK [key=value ...] [--help] [--cfg job] [-m]", "", "tasks:"]
+    lines += [f"  {task:<9} {text}" for task, text in TASKS.items()]
+    lines += ["", "methods (generate method=...):"]
+    lines += [f"  {name}" for name in group_options("method")]
+    lines += ["", "models (model=..., or model.path=<hub id | diffusers dir | .safetensors>):"]
+    lines += [f"  {name}" for name in group_options("model")]
+    lines += ["", "`stylevid TASK --help` shows every key of that task. Examples:",
+              '  stylevid generate method=stylet2v0 prompt="a horse galloping on a beach" style=vangogh.png model=sd15',
+              '  stylevid generate method=t2v_zero prompt="a panda surfing" frames=24 chunk_size=8']
+    return "\n".join(lines)
+
+
+def fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    sys.exit(2)
+
+
+def check_group_choices(overrides: list[str]) -> None:
+    for override in overrides:
+        key, _, value = override.partition("=")
+        key = key.lstrip("+~")
+        if key in GROUPS_CHECKED and value and "," not in value and not value.startswith(("[", "glob(", "range(")):
+            options = group_options(key)
+            if value not in options:
+                fail(f"unknown {key} {value!r}; choose one of: {', '.join(options)}")
+
+
+def quiet_libraries() -> None:
+    """Keep the terminal for stylevid's own progress: library chatter goes only above warning level."""
+    import warnings
+
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*torch.meshgrid.*")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        sys.exit(0 if argv else 2)
+    task, overrides = argv[0], argv[1:]
+    if task not in TASKS:
+        fail(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
+    if task not in AVAILABLE:
+        fail(f"stylevid {task} is not yet available")
+    check_group_choices(overrides)
+
+    import hydra  # imported late so that `stylevid --help` answers at once
+
+    from .tasks import TASK_FUNCTIONS
+
+    entered = {"task": False}
+
+    def task_main(cfg) -> None:
+        entered["task"] = True
+        TASK_FUNCTIONS[task](cfg)
+
+    sys.argv = [f"stylevid-{task}", *overrides]
+    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    logging.basicConfig(level=logging.WARNING)
+    quiet_libraries()
+    try:
+        hydra.main(config_path="pkg://stylevid.conf", config_name=task, version_base="1.3")(task_main)()
+    except SystemExit as exit_:
+        # Hydra exits with 1 when it cannot compose the config (a bad override): that is the user's input.
+        if exit_.code == 1 and not entered["task"]:
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Task bodies run by Hydra: turn user errors into one line and exit code 2, draw progress with rich."""
+
+from __future__ import annotations
+
+import sys
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+from rich.console import Console
+
+from stylevid.errors import UserInputError
+
+from .progress import RichStageReporter
+
+console = Console(stderr=True)
+
+
+def _fail(error: Exception) -> None:
+    console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+    sys.exit(2)
+
+
+def _hydra_job_dir() -> str | None:
+    hydra_cfg = HydraConfig.get()
+    return hydra_cfg.runtime.output_dir if hydra_cfg.mode == RunMode.MULTIRUN else None
+
+
+def generate(cfg: DictConfig) -> None:
+    from stylevid.generate import run_generate
+
+    try:
+        with RichStageReporter(console) as reporter:
+            run_dir = run_generate(cfg, reporter=reporter, hydra_job_dir=_hydra_job_dir())
+    except UserInputError as error:
+        _fail(error)
+    console.print(f"[bold green]done:[/] {run_dir / 'video.mp4'}", highlight=False, soft_wrap=True)
+    print(run_dir / "video.mp4")
+
+
+TASK_FUNCTIONS = {"generate": generate}

@@ -1,0 +1,225 @@
+"""Text2Video-Zero: zero-shot video from a text-to-image diffusion model (StyleT2V0 paper, Section 3.2).
+
+Read top to bottom against the paper:
+1. sample x_1^T for frame 1 and run Δt DDIM steps on it alone, to x_1^{T'} (here: to step t0, passing t1);
+2. motion dynamics: warp x_1^{T'} by a global translation W_k for every frame k (`sampling.motion`);
+3. DDPM forward from T' back up to the noise level t1, which lets objects move freely;
+4. denoise all frames from t1 to 0 with cross-frame attention (keys and values of frame 1);
+5. optional background smoothing (eq. 6) in that last loop.
+Long videos run step 4 chunk by chunk, each chunk led by frame 1 as the shared anchor, so memory does not
+grow with the number of frames. StyleT2V0 (`methods/stylet2v0.py`) runs this same procedure with one extra
+batch row, the style image, and another attention processor.
+
+The step counts t0 < t1 are Text2Video-Zero's: they count DDIM steps from the end of the schedule, so with
+50 steps and t0=44, t1=47 frame 1 alone gets 2 + 3 steps before the motion is applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..attention import CrossFrameAttnProcessor, installed_processors
+from ..errors import UserInputError
+from ..progress import StageReporter
+from ..sampling.motion import warp_latents
+from ..sampling.vae import decode_to_uint8
+
+
+@dataclass
+class ZeroShotSettings:
+    prompt: str
+    negative_prompt: str = ""
+    frames: int = 8
+    height: int = 512
+    width: int = 512
+    steps: int = 50
+    guidance_scale: float = 7.5
+    seed: int = 0
+    t0: int = 44
+    t1: int = 47
+    motion_field_strength_x: float = 12.0
+    motion_field_strength_y: float = 12.0
+    # Frames per UNet batch in the last loop, frame 1 (the anchor) included; 0 puts all frames in one batch.
+    chunk_size: int = 8
+    smooth_background: bool = False
+    smoothing_alpha: float = 0.4
+    smoothing_threshold: float = 1.0
+    # Frames decoded at once by the VAE (VAE slicing); 0 decodes each chunk at once.
+    frames_per_decode: int = 0
+
+    def validate(self) -> None:
+        if self.frames < 1:
+            raise UserInputError(f"frames must be at least 1, got {self.frames}")
+        if self.height % 8 or self.width % 8 or self.height <= 0 or self.width <= 0:
+            raise UserInputError(f"height and width must be positive multiples of 8, got {self.height}x{self.width}")
+        if not 0 <= self.t0 < self.t1:
+            raise UserInputError(f"need 0 <= t0 < t1, got t0={self.t0}, t1={self.t1}")
+        if self.steps <= self.t1:
+            raise UserInputError(
+                f"steps={self.steps} is too small for t1={self.t1}: need steps > t1 "
+                f"(e.g. steps=50 with t0=44 t1=47, or steps=20 with t0=14 t1=17)"
+            )
+        if self.frames > self.chunk_size > 0 and self.chunk_size < 2:
+            raise UserInputError(f"chunk_size must be 0 (no chunking) or at least 2, got {self.chunk_size}")
+
+
+@dataclass
+class ExtraRows:
+    """Rows that lead every guidance group of every UNet call and whose predictions are discarded.
+
+    StyleT2V0 uses one: the style image's DDIM-inverted latent at the current timestep.
+    """
+
+    latents_at: Callable[[int], torch.Tensor]  # timestep -> (rows, C, h, w)
+    cond_embeds: torch.Tensor  # (rows, tokens, dim)
+    uncond_embeds: torch.Tensor
+
+
+@dataclass
+class VideoOutput:
+    frames: np.ndarray  # (F, H, W, 3) uint8
+    latents: torch.Tensor  # (F, C, h, w) final latents
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def frame_chunks(frames: int, chunk_size: int) -> list[list[int]]:
+    """Frame indices per UNet batch; every chunk after the first is led by frame 0, the anchor."""
+    if chunk_size <= 0 or frames <= chunk_size:
+        return [list(range(frames))]
+    chunks = [list(range(chunk_size))]
+    for start in range(chunk_size, frames, chunk_size - 1):
+        chunks.append([0, *range(start, min(start + chunk_size - 1, frames))])
+    return chunks
+
+
+class ZeroShotVideo:
+    """Runs Text2Video-Zero on the components of a Stable Diffusion pipeline (`pipe`)."""
+
+    def __init__(self, pipe, reporter: StageReporter | None = None):
+        self.pipe = pipe
+        self.reporter = reporter or StageReporter()
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        s: ZeroShotSettings,
+        extra_rows: ExtraRows | None = None,
+        processor_for: Callable[[str, int], object] | None = None,
+    ) -> VideoOutput:
+        s.validate()
+        pipe = self.pipe
+        device = pipe._execution_device
+        use_guidance = s.guidance_scale > 1.0
+        groups = 2 if use_guidance else 1
+        if processor_for is None:
+            processor_for = lambda name, groups: CrossFrameAttnProcessor(groups)  # noqa: E731
+        generator = torch.Generator("cpu").manual_seed(s.seed)  # CPU noise: same result on every device
+
+        cond, uncond = pipe.encode_prompt(s.prompt, device, 1, use_guidance, s.negative_prompt or None)
+        self._embeds = (cond, uncond)
+        self._extra = extra_rows
+        self._use_guidance = use_guidance
+        self._settings = s
+
+        scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        scheduler.set_timesteps(s.steps, device=device)
+        timesteps = scheduler.timesteps
+        self._scheduler = scheduler
+
+        with installed_processors(pipe.unet, lambda name: processor_for(name, groups)):
+            # 1. x_1^T, then Δt DDIM steps on frame 1 alone: T -> t1 -> t0.
+            latent_shape = (1, pipe.unet.config.in_channels, s.height // pipe.vae_scale_factor, s.width // pipe.vae_scale_factor)
+            x1_T = randn_tensor(latent_shape, generator=generator, device=device, dtype=cond.dtype)
+            x1_T = x1_T * scheduler.init_noise_sigma
+            with self.reporter.stage("first frame", total=s.steps - s.t0 - 1):
+                x1_t1 = self.denoise(x1_T, timesteps[: -s.t1 - 1], frame_ids=[0])
+                x1_t0 = self.denoise(x1_t1, timesteps[-s.t1 - 1 : -s.t0 - 1], frame_ids=[0])
+
+            # 2-3. Motion: W_k(x_1^{t0}) for the other frames, then DDPM forward from t0 to t1.
+            latents_t1 = x1_t1
+            if s.frames > 1:
+                others = warp_latents(
+                    x1_t0.repeat(s.frames - 1, 1, 1, 1),
+                    frame_ids=range(1, s.frames),
+                    strength_x=s.motion_field_strength_x,
+                    strength_y=s.motion_field_strength_y,
+                )
+                noise = randn_tensor(others.shape, generator=generator, device=device, dtype=others.dtype)
+                t0_value, t1_value = int(timesteps[-s.t0 - 1]), int(timesteps[-s.t1 - 1])
+                # Text2Video-Zero's forward jump: the product of alphas over [t0, t1).
+                alpha = torch.prod(scheduler.alphas[t0_value:t1_value]).to(device)
+                others = alpha.sqrt() * others + (1 - alpha).sqrt() * noise
+                latents_t1 = torch.cat([x1_t1, others])
+
+            # 4. All frames from t1 to 0 with cross-frame attention, chunk by chunk around the anchor.
+            final_latents = torch.empty_like(latents_t1)
+            frames = np.empty((s.frames, s.height, s.width, 3), dtype=np.uint8)
+            chunks = frame_chunks(s.frames, s.chunk_size)
+            with self.reporter.stage("all frames", total=len(chunks) * (s.t1 + 1)):
+                for index, ids in enumerate(chunks):
+                    denoised = self.denoise(latents_t1[ids], timesteps[-s.t1 - 1 :], frame_ids=ids)
+                    fresh = slice(None) if index == 0 else slice(1, None)  # later chunks repeat the anchor
+                    final_latents[ids[fresh]] = denoised[fresh]
+
+        with self.reporter.stage("decoding", total=len(chunks)):
+            for index, ids in enumerate(chunks):
+                fresh_ids = ids if index == 0 else ids[1:]
+                frames[fresh_ids] = decode_to_uint8(pipe.vae, final_latents[fresh_ids], s.frames_per_decode or None)
+                self.reporter.advance()
+        return VideoOutput(frames=frames, latents=final_latents, timings=dict(self.reporter.timings))
+
+    def denoise(self, latents: torch.Tensor, timesteps: torch.Tensor, frame_ids: list[int]) -> torch.Tensor:
+        """DDIM from timesteps[0] through timesteps[-1] for the frames `frame_ids` (row 0 is frame 1 if present)."""
+        s, scheduler, cond, uncond = self._settings, self._scheduler, *self._embeds
+        rows = latents.shape[0]
+        cond_rows, uncond_rows = cond.expand(rows, -1, -1), uncond.expand(rows, -1, -1)
+        if self._extra is not None:
+            cond_rows = torch.cat([self._extra.cond_embeds, cond_rows])
+            uncond_rows = torch.cat([self._extra.uncond_embeds, uncond_rows])
+        embeds = torch.cat([uncond_rows, cond_rows]) if self._use_guidance else cond_rows
+        for t in timesteps:
+            group = latents
+            if self._extra is not None:
+                group = torch.cat([self._extra.latents_at(int(t)).to(latents.dtype), latents])
+            model_input = torch.cat([group] * 2) if self._use_guidance else group
+            model_input = scheduler.scale_model_input(model_input, t)
+            noise = self.predict_noise(model_input, t, embeds)
+            if self._extra is not None:  # drop the extra rows' predictions, group by group
+                groups = 2 if self._use_guidance else 1
+                noise = noise.unflatten(0, (groups, -1))[:, -rows:].flatten(0, 1)
+            if self._use_guidance:
+                noise_uncond, noise_cond = noise.chunk(2)
+                noise = noise_uncond + s.guidance_scale * (noise_cond - noise_uncond)
+            step = scheduler.step(noise, t, latents)
+            latents = step.prev_sample
+            if s.smooth_background and rows > 1 and frame_ids[0] == 0:
+                latents = self.smooth_background(latents, step.pred_original_sample, frame_ids)
+            self.reporter.advance()
+        return latents
+
+    def predict_noise(self, model_input: torch.Tensor, t, embeds: torch.Tensor) -> torch.Tensor:
+        return self.pipe.unet(model_input, t, encoder_hidden_states=embeds).sample
+
+    def smooth_background(self, latents: torch.Tensor, predicted_x0: torch.Tensor, frame_ids: list[int]) -> torch.Tensor:
+        """Eq. 6: x_k = M_k x_k + (1 - M_k)(α x̂_k + (1 - α) x_k), x̂_k being frame 1's latent warped to frame k.
+
+        The foreground mask M_k comes from motion saliency in the predicted clean latents: where frame k
+        differs from frame 1 warped to it by more than `smoothing_threshold` standard deviations, something
+        moves on its own, so it is foreground. (Text2Video-Zero uses a salient-object detector here; this
+        source needs no extra weights.)
+        """
+        s = self._settings
+        ids = frame_ids[1:]
+        anchor_x0 = warp_latents(predicted_x0[:1].repeat(len(ids), 1, 1, 1), ids, s.motion_field_strength_x, s.motion_field_strength_y)
+        difference = (predicted_x0[1:] - anchor_x0).abs().mean(dim=1, keepdim=True)
+        mask = (difference > s.smoothing_threshold * difference.std().clamp_min(1e-6)).to(latents.dtype)
+        warped_anchor = warp_latents(latents[:1].repeat(len(ids), 1, 1, 1), ids, s.motion_field_strength_x, s.motion_field_strength_y)
+        others = latents[1:]
+        others = mask * others + (1 - mask) * (s.smoothing_alpha * warped_anchor + (1 - s.smoothing_alpha) * others)
+        return torch.cat([latents[:1], others])

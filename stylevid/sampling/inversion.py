@@ -1,0 +1,51 @@
+"""DDIM inversion: run the deterministic DDIM update backwards to get the latent of an image at every step.
+
+Used for the style image of StyleT2V0 (its latent at each denoising timestep is the extra batch row whose
+queries and keys are Q_r, K_r) and by `stylevid invert`. The update is diffusers' `DDIMInverseScheduler`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from diffusers import DDIMInverseScheduler, DDIMScheduler
+
+
+@torch.no_grad()
+def ddim_invert(
+    unet,
+    scheduler: DDIMScheduler,
+    clean_latents: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    num_steps: int,
+    negative_embeds: torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
+    on_step: Callable[[int], None] | None = None,
+) -> dict[int, torch.Tensor]:
+    """Return {timestep: latents at that timestep} for the timesteps DDIM visits with `num_steps` steps.
+
+    Step i of the inverse scheduler takes the latent at the previous timestep to timestep t_i, with the noise
+    predicted at t_i (the usual approximation of DDIM inversion). Guidance 1 (the default) inverts with the
+    prompt alone, which reconstructs best; `negative_embeds` is needed only for guidance > 1.
+    """
+    inverse = DDIMInverseScheduler.from_config(scheduler.config)
+    inverse.set_timesteps(num_steps, device=clean_latents.device)
+    use_guidance = guidance_scale > 1.0 and negative_embeds is not None
+    rows = clean_latents.shape[0]  # one image, or the frames of a video inverted together
+    embeds = prompt_embeds.expand(rows, -1, -1)
+    if use_guidance:
+        embeds = torch.cat([negative_embeds.expand(rows, -1, -1), embeds])
+    latents = clean_latents
+    trajectory: dict[int, torch.Tensor] = {}
+    for i, t in enumerate(inverse.timesteps):
+        model_input = torch.cat([latents] * 2) if use_guidance else latents
+        noise = unet(model_input, t, encoder_hidden_states=embeds).sample
+        if use_guidance:
+            uncond, cond = noise.chunk(2)
+            noise = uncond + guidance_scale * (cond - uncond)
+        latents = inverse.step(noise, t, latents).prev_sample
+        trajectory[int(t)] = latents
+        if on_step is not None:
+            on_step(i)
+    return trajectory
