@@ -62,6 +62,29 @@ def check_group_choices(overrides: list[str]) -> None:
                 fail(f"unknown {key} {value!r}; choose one of: {', '.join(options)}")
 
 
+def check_composes(task: str, overrides: list[str]) -> None:
+    """Compose the config once before running, so that a bad override is one line and exit code 2.
+
+    (Hydra's own report spans several lines; sweeps and flags are left to Hydra.)
+    """
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from omegaconf import OmegaConf
+
+    try:
+        with initialize_config_module("stylevid.conf", version_base="1.3"):
+            cfg = compose(task, overrides=overrides)
+        missing = sorted(key for key in OmegaConf.missing_keys(cfg) if not key.startswith("hydra"))
+        if missing:
+            fail(f"missing required value{'s' if len(missing) > 1 else ''}: " + ", ".join(f"{k}=..." for k in missing))
+    except Exception as error:  # Hydra raises several exception types for a bad override
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        fail("; ".join(lines[:2]) or error.__class__.__name__)
+    finally:
+        GlobalHydra.instance().clear()
+
+
 def quiet_libraries() -> None:
     """Keep the terminal for stylevid's own progress: library chatter goes only above warning level."""
     import warnings
@@ -87,6 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     if task not in AVAILABLE:
         fail(f"stylevid {task} is not yet available")
     check_group_choices(overrides)
+    if not any(arg.startswith("-") for arg in overrides):
+        check_composes(task, overrides)
 
     import hydra  # imported late so that `stylevid --help` answers at once
 

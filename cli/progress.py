@@ -47,3 +47,17 @@ class RichStageReporter(StageReporter):
             self.progress.update(self._task, completed=total, total=total)
             self.progress.refresh()
             self._task = None
+
+
+class SilentStageReporter(StageReporter):
+    """For logs and pipes: no bars, only the timings (which still go to result.json)."""
+
+    def __enter__(self) -> StageReporter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def stage_reporter(console: Console) -> StageReporter:
+    return RichStageReporter(console) if console.is_terminal else SilentStageReporter()

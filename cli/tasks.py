@@ -11,7 +11,7 @@ from rich.console import Console
 
 from stylevid.errors import UserInputError
 
-from .progress import RichStageReporter
+from .progress import stage_reporter
 
 console = Console(stderr=True)
 
@@ -30,7 +30,7 @@ def generate(cfg: DictConfig) -> None:
     from stylevid.generate import run_generate
 
     try:
-        with RichStageReporter(console) as reporter:
+        with stage_reporter(console) as reporter:
             run_dir = run_generate(cfg, reporter=reporter, hydra_job_dir=_hydra_job_dir())
     except UserInputError as error:
         _fail(error)

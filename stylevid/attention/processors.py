@@ -162,8 +162,10 @@ class StyleSharedAttnProcessor(_ZeroShotVideoProcessor):
             frame_k = torch.cat([frame_k, style_k.expand(-1, frames, -1, -1, -1)], dim=-2)
             frame_v = torch.cat([frame_v, style_v.expand(-1, frames, -1, -1, -1)], dim=-2)
             tokens = anchor_k.shape[-2]
-            mask = torch.zeros(frame_k.shape[-2], dtype=query.dtype, device=query.device)
-            mask[tokens:] = share.reference_score_shift
+            # An additive bias on the logits, broadcast over batch, heads and queries: 0 for frame 1's keys,
+            # the shift for the style image's.
+            mask = torch.zeros(1, 1, 1, frame_k.shape[-2], dtype=query.dtype, device=query.device)
+            mask[..., tokens:] = share.reference_score_shift
         frame_out = F.scaled_dot_product_attention(
             frame_q.flatten(0, 1), frame_k.flatten(0, 1), frame_v.flatten(0, 1), attn_mask=mask, scale=scale
         )  # eq. 9

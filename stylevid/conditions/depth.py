@@ -96,7 +96,7 @@ def depth_maps(
     device: str = "cpu",
     batch_size: int = 8,
 ) -> np.ndarray:
-    """Depth maps for a clip with `annotator`, or with a model loaded from `path`."""
+    """Depth maps for a clip with `annotator`, or with a model loaded from `path` onto `device`."""
     if annotator is None:
         annotator = DepthAnnotator.from_pretrained(path, device=device, batch_size=batch_size)
     return annotator(frames)

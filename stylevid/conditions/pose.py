@@ -202,7 +202,10 @@ def pose_maps(
     limb_width: int = 4,
     joint_radius: int = 4,
 ) -> np.ndarray:
-    """Skeleton maps for a clip: uint8 (N, H, W, 3), keypoints from `detector` or a ViTPose loaded from `path`."""
+    """Skeleton maps for a clip: uint8 (N, H, W, 3), keypoints from `detector` or a ViTPose loaded from `path`.
+
+    `device` and `min_confidence` configure the ViTPose loaded from `path`; a given detector keeps its own.
+    """
     if detector is None:
         detector = VitPoseDetector.from_pretrained(path, device=device, min_confidence=min_confidence)
     maps = []

@@ -99,7 +99,12 @@ def read_frames(
             f"{label} {path} has {len(indices)} frames after {selection} "
             f"({source.num_frames} in the source); {num_frames} requested"
         )
-    return np.stack([_fit_if_sized(frame, height, width, fit) for frame in source.read(indices)])
+    frames = [_fit_if_sized(frame, height, width, fit) for frame in source.read(indices)]
+    sizes = sorted({frame.shape[:2] for frame in frames})
+    if len(sizes) > 1:
+        listed = ", ".join(f"{h}x{w}" for h, w in sizes)
+        raise UserInputError(f"{label} {path} has frames of different sizes ({listed}); give a height and width to fit them")
+    return np.stack(frames)
 
 
 def fit_frame(frame: np.ndarray, height: int, width: int, fit: str = "crop") -> np.ndarray:
@@ -206,7 +211,13 @@ class _DecordVideo(_Source):
         for begin in range(0, len(indices), _DECODE_BATCH):
             batch = indices[begin : begin + _DECODE_BATCH]
             try:
-                frames = self._reader.get_batch(batch).asnumpy()
+                try:
+                    frames = self._reader.get_batch(batch).asnumpy()
+                except decord.DECORDError:
+                    # decord 0.6 mishandles rows padded for alignment on a few narrow widths (8, 16,
+                    # 24, 48, 72 px): the batch copy fails ("from_size == to_size") and a single frame
+                    # comes back as (h, w, padded row / w). Read frames one by one and drop the padding.
+                    frames = [_drop_row_padding(self._reader[index].asnumpy()) for index in batch]
             except (RuntimeError, decord.DECORDError) as error:
                 raise UserInputError(
                     f"{self._label} {self.path}: frames {batch[0]}..{batch[-1]} cannot be decoded ({_first_line(error)})"
@@ -321,6 +332,13 @@ def _check_geometry(height: int | None, width: int | None, fit: str) -> None:
 
 def _fit_if_sized(frame: np.ndarray, height: int | None, width: int | None, fit: str) -> np.ndarray:
     return frame if height is None else fit_frame(frame, height, width, fit)
+
+
+def _drop_row_padding(frame: np.ndarray) -> np.ndarray:
+    height, width = frame.shape[:2]
+    if frame.shape[2] == 3:
+        return frame
+    return frame.reshape(height, -1)[:, : width * 3].reshape(height, width, 3)
 
 
 def _first_line(error: BaseException) -> str:

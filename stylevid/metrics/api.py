@@ -1,9 +1,9 @@
 """The entry points the CLI calls: per-video metrics, set-level metrics, aggregation, provenance.
 
-    compute_metrics(frames, prompt, style_image, ["clipsim", "warp_error"], config) -> {"clipsim": 0.31, ...}
-    compute_set_metrics(videos, ["fvd", "is"], config, real_videos=...)          -> {"fvd": ..., "is": ..., "is_std": ...}
-    aggregate([per_video_dict, ...])                                             -> {"clipsim": {"mean", "std", "n"}}
-    describe_metrics(names, config)                                              -> model ids, clamp policy, direction
+    compute_metrics(frames, prompt, style_image, ["clipsim"], config)  -> {"clipsim": 0.31}
+    compute_set_metrics(videos, ["fvd", "is"], config, real_videos=...)  -> {"fvd": ..., "is": ..., "is_std": ...}
+    aggregate([per_video_dict, ...])                                     -> {"clipsim": {"mean", "std", "n"}}
+    describe_metrics(names, config)                                      -> model ids, clamp policy, direction
 """
 
 from __future__ import annotations

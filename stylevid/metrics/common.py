@@ -59,8 +59,8 @@ def load_torchscript(value, key: str, what: str, device: str | torch.device = "c
     try:
         module = torch.jit.load(str(path), map_location=device)
     except RuntimeError as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserInputError(f"{what}: {path} is not a TorchScript file ({first_line}); check {key}=") from None
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
+        raise UserInputError(f"{what}: {path} is not a TorchScript file ({reason}); check {key}=") from None
     return module.eval()
 
 

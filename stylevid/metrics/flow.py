@@ -54,8 +54,10 @@ def backward_warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
 def consistency_mask(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
     """True where the flow is reliable: forward-backward consistent and landing inside the image.
 
-    Occlusion test (Sundaram et al. 2010; Ruder et al. 2016 eq. 6):
+    Forward-backward test of Sundaram et al. 2010, with the constants Ruder et al. 2016 use for disocclusions,
+    written from frame t's side (frame t+1 is warped onto t):
         |f(x) + b(x + f(x))|^2 < 0.01 (|f(x)|^2 + |b(x + f(x))|^2) + 0.5
+    A flow that the reverse flow does not undo marks an occluded or mismatched pixel.
     """
     height, width = forward.shape[:2]
     map_x, map_y = _sample_grid(forward)

@@ -36,8 +36,9 @@ def inception_score_from_probs(
     for i in range(splits):
         part = probs[i * len(probs) // splits : (i + 1) * len(probs) // splits]
         marginal = part.mean(axis=0, keepdims=True)
-        # 0 * log 0 = 0: where p(y|x) = 0 the term vanishes (clip only to keep log finite).
-        kl = np.where(part > 0, part * (np.log(np.clip(part, 1e-300, None)) - np.log(np.clip(marginal, 1e-300, None))), 0.0)
+        # 0 * log 0 = 0: where p(y|x) = 0 the term vanishes (the clip only keeps the log finite).
+        log_ratio = np.log(np.clip(part, 1e-300, None)) - np.log(np.clip(marginal, 1e-300, None))
+        kl = np.where(part > 0, part * log_ratio, 0.0)
         scores.append(np.exp(kl.sum(axis=1).mean()))
     return float(np.mean(scores)), float(np.std(scores))
 

@@ -126,10 +126,17 @@ def test_vitpose_detector_returns_one_openpose_person_per_frame():
 
 def test_vitpose_drops_keypoints_below_its_confidence_threshold():
     detector = tiny_pose_detector(seed=0)
-    detector.min_confidence = 2.0  # above any heatmap score
-    frame = np.zeros((48, 64, 3), np.uint8)
-    (found,) = detector.detect(frame)
-    assert (found[:, 2] == 0).all()
+    frame = np.random.default_rng(2).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    (everything,) = detector.detect(frame)
+    not_neck = np.arange(18) != NECK
+    threshold = float(np.median(everything[not_neck, 2]))
+    detector.min_confidence = threshold
+    (confident,) = detector.detect(frame)
+    kept = everything[:, 2] >= threshold
+    np.testing.assert_allclose(confident[not_neck & kept], everything[not_neck & kept])
+    assert (confident[not_neck & ~kept, 2] == 0).all()
+    # With a threshold above every score, nothing is drawn.
+    detector.min_confidence = np.inf
     assert (pose_maps([frame], detector=detector) == 0).all()
 
 

@@ -87,7 +87,8 @@ def test_prompt_signs_cover_both_clamp_branches(embedder, frames):
 def test_per_frame_clamp_averages_clamped_frame_scores(embedder, frames):
     cosines = (embedder.embed_images(frames) * embedder.embed_texts(["pencil sketch of a man"])).sum(-1).double()
     expected = float((100 * cosines).clamp(min=0).mean())
-    assert clip_score(embedder, frames, "pencil sketch of a man", clamp="per_frame") == pytest.approx(expected, abs=1e-4)
+    score = clip_score(embedder, frames, "pencil sketch of a man", clamp="per_frame")
+    assert score == pytest.approx(expected, abs=1e-4)
 
 
 def test_embeddings_do_not_depend_on_batch_size(tiny_clip_dir, frames):

@@ -27,7 +27,8 @@ def _translating_video(num_frames=3, shift=3, width=100, seed=3):
     """Content moving right by `shift` px per frame: frame_t(x) = frame_{t+1}(x + shift)."""
     big = _texture(96, width + 2 * shift * num_frames, seed)
     start = shift * num_frames
-    return np.stack([np.ascontiguousarray(big[:, start - shift * t : start - shift * t + width]) for t in range(num_frames)])
+    crops = [big[:, start - shift * t : start - shift * t + width] for t in range(num_frames)]
+    return np.ascontiguousarray(np.stack(crops))
 
 
 def _add_noise(video, sigma, seed=1):

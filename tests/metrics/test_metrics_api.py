@@ -1,0 +1,124 @@
+"""The CLI-facing API: compute_metrics, compute_set_metrics, aggregate, describe_metrics, config parsing."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from stylevid.errors import UserInputError
+from stylevid.metrics import (
+    MetricsConfig,
+    aggregate,
+    compute_metrics,
+    compute_set_metrics,
+    describe_metrics,
+)
+from stylevid.metrics.clip import build_tiny_clip, clip_score, frame_consistency, load_clip
+from stylevid.metrics.flow import motion, temporal_flicker, warp_error
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    clip_dir = build_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip", seed=1)
+    return MetricsConfig.from_dict({"clip": {"model": str(clip_dir), "batch_size": 4, "clamp": "none"}})
+
+
+@pytest.fixture(scope="module")
+def video():
+    rng = np.random.default_rng(0)
+    base = (rng.random((36, 44, 3)) * 255).astype(np.uint8)
+    frames = [np.roll(base, shift=2 * t, axis=1) for t in range(4)]  # moving right by 2 px per frame
+    return np.stack(frames)
+
+
+def test_compute_metrics_matches_the_individual_functions(config, video):
+    names = ["clipsim", "clip_score", "prompt_consistency", "frame_consistency", "style_fidelity",
+             "warp_error", "temporal_flicker", "motion"]
+    results = compute_metrics(video, prompt="a cat", style_image=video[0], metrics=names, config=config)
+    assert list(results) == names
+    assert all(isinstance(v, float) for v in results.values())
+
+    embedder = load_clip(config.clip.model, batch_size=2)
+    assert results["clip_score"] == pytest.approx(clip_score(embedder, video, "a cat", clamp="none"), abs=1e-5)
+    assert results["clipsim"] == pytest.approx(results["clip_score"] / 100, abs=1e-7)
+    assert results["prompt_consistency"] == results["clipsim"]  # Gen-1's definition is CLIPSIM's
+    assert results["frame_consistency"] == pytest.approx(frame_consistency(embedder, video), abs=1e-6)
+    assert results["warp_error"] == pytest.approx(warp_error(video), rel=1e-9)
+    assert results["temporal_flicker"] == pytest.approx(temporal_flicker(video), rel=1e-9)
+    assert results["motion"] == pytest.approx(motion(video), rel=1e-9)
+    assert 0.0 <= results["warp_error"] < results["temporal_flicker"]
+
+
+def test_compute_metrics_user_errors(config, video):
+    with pytest.raises(UserInputError, match="unknown per-video metric 'clipsimm'"):
+        compute_metrics(video, "a cat", None, ["clipsimm"], config)
+    with pytest.raises(UserInputError, match="set-level"):
+        compute_metrics(video, "a cat", None, ["fvd"], config)
+    with pytest.raises(UserInputError, match="need a prompt"):
+        compute_metrics(video, None, None, ["clip_score"], config)
+    with pytest.raises(UserInputError, match="style image"):
+        compute_metrics(video, "a cat", None, ["style_fidelity"], config)
+    with pytest.raises(UserInputError, match="uint8"):
+        compute_metrics(video.astype(np.float32), "a cat", None, ["temporal_flicker"], config)
+    with pytest.raises(UserInputError, match=r"metrics\.style\.vgg_path="):
+        compute_metrics(video, None, video[0], ["style_gram"], config)
+
+
+def test_set_metrics_need_their_weights(video):
+    with pytest.raises(UserInputError, match=r"metrics\.fvd\.i3d_path="):
+        compute_set_metrics([video, video], ["fvd"], {}, real_videos=[video, video])
+    with pytest.raises(UserInputError, match=r"metrics\.is\.c3d_path="):
+        compute_set_metrics([video, video], ["is"], {})
+    with pytest.raises(UserInputError, match="per-video"):
+        compute_set_metrics([video], ["clipsim"], {})
+
+
+def test_compute_set_metrics_reports_is_mean_and_std(tmp_path):
+    class Uniform(torch.nn.Module):
+        def forward(self, videos: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(videos.shape[0], 101)
+
+    path = tmp_path / "c3d.pt"
+    torch.jit.save(torch.jit.script(Uniform()), str(path))
+    videos = [np.zeros((16, 8, 8, 3), np.uint8)] * 4
+    results = compute_set_metrics(videos, ["is"], {"is": {"c3d_path": str(path), "splits": 2}})
+    assert results == {"is": pytest.approx(1.0), "is_std": pytest.approx(0.0)}
+
+
+def test_aggregate_mean_sample_std_and_count_skipping_nan():
+    summary = aggregate([
+        {"clipsim": 0.2, "warp_error": 0.01},
+        {"clipsim": 0.4, "warp_error": math.nan},
+        {"clipsim": 0.3},
+    ])
+    assert summary["clipsim"] == {"mean": pytest.approx(0.3), "std": pytest.approx(0.1), "n": 3}
+    assert summary["warp_error"] == {"mean": pytest.approx(0.01), "std": 0.0, "n": 1}
+
+
+def test_describe_records_model_and_clamp_policy(config):
+    described = describe_metrics(["clip_score", "frame_consistency", "warp_error", "fvd"], config)
+    assert described["clip_score"]["model"] == config.clip.model
+    assert described["clip_score"]["clamp"] == "none"
+    assert described["clip_score"]["higher_is_better"] is True
+    assert described["frame_consistency"]["pairs"] == "consecutive"
+    assert described["warp_error"]["higher_is_better"] is False
+    assert "DIS" in described["warp_error"]["flow"]
+    assert described["fvd"]["num_frames"] == 16
+
+
+def test_config_from_hydra_style_mapping():
+    cfg = OmegaConf.create({
+        "_target_": "ignored", "names": ["clipsim"], "device": "cpu",
+        "clip": {"clamp": "per_frame"}, "is": {"splits": 3}, "fvd": {"i3d_path": "/x/i3d.pt"},
+    })
+    config = MetricsConfig.from_dict(cfg)
+    assert config.clip.clamp == "per_frame" and config.clip.model == "openai/clip-vit-base-patch32"
+    assert config.is_.splits == 3 and config.fvd.i3d_path == "/x/i3d.pt"
+    with pytest.raises(UserInputError, match=r"unknown config key metrics\.clip\.modle"):
+        MetricsConfig.from_dict({"clip": {"modle": "x"}})
+    with pytest.raises(UserInputError, match=r"unknown config key metrics\.fdv"):
+        MetricsConfig.from_dict({"fdv": {}})
+    with pytest.raises(UserInputError, match=r"metrics\.clip\.clamp=max"):
+        MetricsConfig.from_dict({"clip": {"clamp": "max"}})

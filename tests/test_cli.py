@@ -1,0 +1,126 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cli.main import main  # noqa: F401  (the source tree's cli/, same module as stylevid.cli)
+from stylevid.cli.main import main as stylevid_main
+
+TINY = ["model=tiny", "frames=3", "steps=6", "height=64", "width=64"]
+
+
+def run(args, capsys):
+    """Run `stylevid ARGS` in this process; return (exit code, stdout, stderr)."""
+    try:
+        stylevid_main(list(args))
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_help_lists_tasks_and_methods():
+    out = subprocess.run([sys.executable, "-m", "stylevid", "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    for word in ("generate", "train", "invert", "evaluate", "t2v_zero", "stylet2v0", "sd15", "tiny"):
+        assert word in out.stdout
+
+
+def test_generate_writes_a_complete_run_directory(tmp_path, capsys, style_image_path):
+    run_dir = tmp_path / "run"
+    code, out, err = run(
+        ["generate", "method=stylet2v0", "prompt=a red circle", f"style={style_image_path}", *TINY,
+         f"output_dir={run_dir}", "save_frames=true", "fps=6"],
+        capsys,
+    )
+    assert code == 0, err
+    assert out.strip().endswith(str(run_dir / "video.mp4"))
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["method"] == "stylet2v0" and result["seed"] == 0 and result["model"]["name"] == "tiny"
+    assert {"style inversion", "first frame", "all frames", "decoding"} <= set(result["timings_s"])
+    assert result["memory"]["peak_rss_mib"] > 0 and result["versions"]["torch"]
+    frames = sorted((run_dir / "frames").glob("*.png"))
+    assert [f.name for f in frames] == ["0000.png", "0001.png", "0002.png"]
+    assert np.asarray(Image.open(frames[0])).shape == (64, 64, 3)
+    import imageio.v3 as iio
+
+    video = iio.imread(run_dir / "video.mp4", plugin="FFMPEG")
+    assert video.shape[0] == 3 and video.shape[1:3] == (64, 64)
+    assert "method:" in (run_dir / "config.yaml").read_text()
+
+    # A finished run is never overwritten: the same output_dir is refused, and the run is intact.
+    before = (run_dir / "result.json").read_bytes()
+    code, _, err = run(["generate", "method=t2v_zero", "prompt=x", *TINY, f"output_dir={run_dir}"], capsys)
+    assert code == 2 and "already holds a finished run" in err and len(err.strip().splitlines()) == 1
+    assert (run_dir / "result.json").read_bytes() == before
+
+
+def test_default_run_directories_never_collide(tmp_path, capsys):
+    for _ in range(2):
+        code, _, err = run(["generate", "method=t2v_zero", "prompt=x", *TINY, "frames=1", f"outputs_root={tmp_path}"], capsys)
+        assert code == 0, err
+    runs = sorted(tmp_path.glob("generate/*/*_t2v_zero*"))
+    assert len(runs) == 2 and all((r / "result.json").exists() for r in runs)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["method=stylet2v0", "prompt=x"], "needs a style image"),
+        (["method=stylet2v0", "prompt=x", "style=/no/such/style.png"], "style image not found"),
+        (["method=t2v_zero", "prompt=x", "height=60"], "multiples of 8"),
+        (["method=t2v_zero", "prompt=x", "frames=0"], "frames must be at least 1"),
+        (["method=t2v_zero", "prompt=x", "steps=6", "method.t0=4", "method.t1=6"], "too small"),
+        (["method=nope", "prompt=x"], "unknown method 'nope'"),
+        (["method=t2v_zero", "model=sd99", "prompt=x"], "unknown model 'sd99'"),
+        (["method=t2v_zero", "prompt=x", "model.path=/no/such/weights"], "does not exist"),
+        (["method=t2v_zero", "prompt=x", "model=sd15"], "model.path="),
+        (["method=t2v_zero", "prompt=x", "no_such_key=1"], "Could not override 'no_such_key'"),
+        (["method=t2v_zero"], "prompt"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(args, message, capsys, tmp_path):
+    model = [] if any(a.startswith("model") for a in args) else ["model=tiny"]
+    code, out, err = run(["generate", *model, *args, f"outputs_root={tmp_path}"], capsys)
+    assert code == 2
+    assert "Traceback" not in err
+    if message:
+        assert message in err and len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.rglob("result.json"))
+
+
+def test_unreadable_style_image_leaves_no_run_directory(tmp_path, capsys):
+    broken = tmp_path / "style.png"
+    broken.write_text("not an image")
+    code, _, err = run(["generate", "method=stylet2v0", "prompt=x", f"style={broken}", *TINY, f"outputs_root={tmp_path / 'out'}"], capsys)
+    assert code == 2 and "cannot be read" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unavailable_tasks_say_so(capsys):
+    for task in ("train", "invert", "evaluate"):
+        code, _, err = run([task], capsys)
+        assert code == 2 and "not yet available" in err
+
+
+def test_cfg_job_prints_the_composed_config(capsys):
+    code, out, _ = run(["generate", "method=stylet2v0", "prompt=hello", "--cfg", "job"], capsys)
+    assert code == 0
+    assert "name: stylet2v0" in out and "strength: 1.0" in out and "prompt: hello" in out
+
+
+def test_multirun_sweeps_methods_into_one_sweep_directory(tmp_path, capsys, style_image_path):
+    sweep = tmp_path / "sweep"
+    code, _, err = run(
+        ["generate", "-m", "method=t2v_zero,stylet2v0", "prompt=x", f"style={style_image_path}", *TINY, "frames=2",
+         f"hydra.sweep.dir={sweep}"],
+        capsys,
+    )
+    assert code == 0, err
+    results = {json.loads(p.read_text())["method"]: p.parent.name for p in sweep.glob("*/result.json")}
+    assert results == {"t2v_zero": "0_t2v_zero", "stylet2v0": "1_stylet2v0"}
