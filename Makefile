@@ -20,7 +20,7 @@ install: $(STAMP)
 demo: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/stylevid generate method=stylet2v0 model=tiny \
 		prompt="a red circle moving right" style=examples/styles/mosaic.png \
-		frames=8 height=64 width=64 steps=20 t0=14 t1=17 seed=0
+		frames=8 height=64 width=64 steps=20 seed=0
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

@@ -26,16 +26,33 @@ def _hydra_job_dir() -> str | None:
     return hydra_cfg.runtime.output_dir if hydra_cfg.mode == RunMode.MULTIRUN else None
 
 
+def _run(run_task, cfg: DictConfig, main_file: str) -> None:
+    """Run a `run_<task>(cfg, reporter, hydra_job_dir)`; print where its main output is."""
+    try:
+        with stage_reporter(console) as reporter:
+            run_dir = run_task(cfg, reporter=reporter, hydra_job_dir=_hydra_job_dir())
+    except UserInputError as error:
+        _fail(error)
+    console.print(f"[bold green]done:[/] {run_dir / main_file}", highlight=False, soft_wrap=True)
+    print(run_dir / main_file)
+
+
 def generate(cfg: DictConfig) -> None:
     from stylevid.generate import run_generate
 
-    try:
-        with stage_reporter(console) as reporter:
-            run_dir = run_generate(cfg, reporter=reporter, hydra_job_dir=_hydra_job_dir())
-    except UserInputError as error:
-        _fail(error)
-    console.print(f"[bold green]done:[/] {run_dir / 'video.mp4'}", highlight=False, soft_wrap=True)
-    print(run_dir / "video.mp4")
+    _run(run_generate, cfg, "video.mp4")
 
 
-TASK_FUNCTIONS = {"generate": generate}
+def invert(cfg: DictConfig) -> None:
+    from stylevid.invert import run_invert
+
+    _run(run_invert, cfg, "result.json")
+
+
+def evaluate(cfg: DictConfig) -> None:
+    from stylevid.evaluate import run_evaluate
+
+    _run(run_evaluate, cfg, "metrics.json")
+
+
+TASK_FUNCTIONS = {"generate": generate, "invert": invert, "evaluate": evaluate}

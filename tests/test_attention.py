@@ -48,31 +48,29 @@ def test_style_processor_equals_direct_computation_of_eqs_7_to_9():
     attn = make_attention()
     torch.manual_seed(1)
     groups, frames, tokens = 2, 3, 6
-    hidden = torch.randn(groups * (1 + frames), tokens, 16)
+    hidden = torch.randn(1 + groups * frames, tokens, 16)  # [style, group 1 frames, group 2 frames]
     attn.set_processor(StyleSharedAttnProcessor(StyleSharing(strength=1.0), num_groups=groups))
     out = attn(hidden)
 
+    def attend(query, key, value):
+        weights = torch.softmax(query @ key.transpose(-1, -2) / math.sqrt(query.shape[-1]), dim=-1)
+        return weights @ value
+
+    def norm(x, ref):  # AdaIN written out: per head and channel, statistics over tokens
+        mu, sd = x.mean(1, keepdim=True), (x.var(1, keepdim=True, unbiased=False) + 1e-5).sqrt()
+        mu_r, sd_r = ref.mean(1, keepdim=True), (ref.var(1, keepdim=True, unbiased=False) + 1e-5).sqrt()
+        return (x - mu) / sd * sd_r + mu_r
+
     with torch.no_grad():
         q, k, v = (heads(layer(hidden)) for layer in (attn.to_q, attn.to_k, attn.to_v))
-        expected = []
+        q_r, k_r, v_r = q[0], k[0], v[0]
+        expected = [attend(q_r, k_r, v_r)]  # the style row attends to itself
         for g in range(groups):
-            base = g * (1 + frames)
-            q_r, k_r, v_r = q[base], k[base], v[base]
-
-            def attend(query, key, value):
-                weights = torch.softmax(query @ key.transpose(-1, -2) / math.sqrt(query.shape[-1]), dim=-1)
-                return weights @ value
-
-            def norm(x, ref):  # AdaIN written out: per head and channel over tokens
-                mu, sd = x.mean(1, keepdim=True), (x.var(1, keepdim=True, unbiased=False) + 1e-5).sqrt()
-                mu_r, sd_r = ref.mean(1, keepdim=True), (ref.var(1, keepdim=True, unbiased=False) + 1e-5).sqrt()
-                return (x - mu) / sd * sd_r + mu_r
-
-            expected.append(attend(q_r, k_r, v_r))  # the style row attends to itself
-            key = norm(k[base + 1], k_r)  # eq. 8: K = AdaIN(K_1, K_r)
-            value = v[base + 1]  # eq. 8: V = V_1
+            first = 1 + g * frames
+            key = norm(k[first], k_r)  # eq. 8: K = AdaIN(K_1, K_r)
+            value = v[first]  # eq. 8: V = V_1
             for i in range(frames):
-                expected.append(attend(norm(q[base + 1 + i], q_r), key, value))  # eqs. 7, 9
+                expected.append(attend(norm(q[first + i], q_r), key, value))  # eqs. 7, 9
         expected = torch.stack(expected).transpose(1, 2).reshape(hidden.shape[0], tokens, 16)
         expected = attn.to_out[0](expected)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
@@ -82,17 +80,16 @@ def test_style_strength_zero_gives_cross_frame_attention_for_the_frames_exactly(
     attn = make_attention()
     torch.manual_seed(2)
     groups, frames = 2, 3
-    with_style = torch.randn(groups, 1 + frames, 5, 16)
+    hidden = torch.randn(1 + groups * frames, 5, 16)
     attn.set_processor(StyleSharedAttnProcessor(StyleSharing(strength=0.0), num_groups=groups))
-    styled = attn(with_style.flatten(0, 1)).unflatten(0, (groups, 1 + frames))[:, 1:]
+    styled = attn(hidden)[1:]
     attn.set_processor(CrossFrameAttnProcessor(num_groups=groups))
-    plain = attn(with_style[:, 1:].flatten(0, 1)).unflatten(0, (groups, frames))
-    assert torch.equal(styled, plain)
+    assert torch.equal(styled, attn(hidden[1:]))
 
 
 def test_reference_tokens_with_very_negative_shift_change_nothing():
     attn = make_attention()
-    hidden = torch.randn(2 * 3, 5, 16)
+    hidden = torch.randn(1 + 2 * 3, 5, 16)
     attn.set_processor(StyleSharedAttnProcessor(StyleSharing(strength=1.0), num_groups=2))
     without = attn(hidden)
     attn.set_processor(StyleSharedAttnProcessor(StyleSharing(strength=1.0, attend_to_reference=True, reference_score_shift=-1e4), num_groups=2))

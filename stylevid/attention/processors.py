@@ -3,8 +3,8 @@ AdaIN attention of StyleT2V0 (eqs. 7-9).
 
 They follow diffusers' processor protocol (`__call__(attn, hidden_states, encoder_hidden_states, ...)`) and
 are installed with `unet.set_attn_processor` by `stylevid.attention.install`; cross-attention to the text
-runs unchanged. The UNet batch is laid out in *groups* (one per classifier-free-guidance branch), each group
-holding `[style row (optional), frame 1, ..., frame n]`.
+runs unchanged. The UNet batch holds the frames in *groups* (one per classifier-free-guidance branch), frame 1 first in
+each; with a style image, one style row leads the whole batch: `[style, uncond frames..., cond frames...]`.
 """
 
 from __future__ import annotations
@@ -131,10 +131,12 @@ class StyleSharing:
 
 
 class StyleSharedAttnProcessor(_ZeroShotVideoProcessor):
-    """StyleT2V0's shared attention (eqs. 7-9) on a batch of groups `[style, frame 1, ..., frame n]`.
+    """StyleT2V0's shared attention (eqs. 7-9) on a batch `[style, group 1 frames..., group 2 frames...]`.
 
-    The style row attends to itself only, so its features stay those of the (inverted) style image; each
-    frame i uses Q̂_i = AdaIN(Q_i, Q_r), K = AdaIN(K_1, K_r), V = V_1 and softmax(Q̂ Kᵀ/√d) V.
+    One style row serves every guidance group (its latent and prompt are the same in each, so computing it
+    once per group would only cost time). It attends to itself only, so its features stay those of the
+    (inverted) style image; frame i of each group uses Q̂_i = AdaIN(Q_i, Q_r), K = AdaIN(K_1, K_r), V = V_1
+    with K_1, V_1 from that group's frame 1, and softmax(Q̂ Kᵀ/√d) V.
     """
 
     def __init__(self, sharing: StyleSharing, num_groups: int = 2):
@@ -143,34 +145,29 @@ class StyleSharedAttnProcessor(_ZeroShotVideoProcessor):
 
     def self_attention(self, query, key, value, scale):
         share = self.sharing
-        rows = query.shape[0] // self.num_groups  # style row + frames
-        query, key, value = (t.unflatten(0, (self.num_groups, rows)) for t in (query, key, value))
-        style_q, style_k, style_v = query[:, :1], key[:, :1], value[:, :1]
-        frame_q = query[:, 1:]
-        anchor_k, anchor_v = key[:, 1:2], value[:, 1:2]  # K_1, V_1
-        frames = rows - 1
+        style_q, style_k, style_v = query[:1], key[:1], value[:1]  # (1, heads, tokens, head_dim)
+        frame_q, frame_k, frame_v = (t[1:].unflatten(0, (self.num_groups, -1)) for t in (query, key, value))
+        frames = frame_q.shape[1]
+        anchor_k, anchor_v = frame_k[:, :1], frame_v[:, :1]  # K_1, V_1 of each group
 
         if share.strength != 0 and share.adain_queries:
             frame_q = frame_q + share.strength * (adain(frame_q, style_q) - frame_q)  # eq. 7
         if share.strength != 0 and share.adain_keys:
             anchor_k = anchor_k + share.strength * (adain(anchor_k, style_k) - anchor_k)  # eq. 8
 
-        frame_k = anchor_k.expand(-1, frames, -1, -1, -1)
-        frame_v = anchor_v.expand(-1, frames, -1, -1, -1)
+        keys = anchor_k.expand(-1, frames, -1, -1, -1)
+        values = anchor_v.expand(-1, frames, -1, -1, -1)
         mask = None
         if share.attend_to_reference and share.strength != 0:
-            frame_k = torch.cat([frame_k, style_k.expand(-1, frames, -1, -1, -1)], dim=-2)
-            frame_v = torch.cat([frame_v, style_v.expand(-1, frames, -1, -1, -1)], dim=-2)
-            tokens = anchor_k.shape[-2]
+            reference_k = style_k.expand(self.num_groups, frames, -1, -1, -1)
+            reference_v = style_v.expand(self.num_groups, frames, -1, -1, -1)
+            keys, values = torch.cat([keys, reference_k], dim=-2), torch.cat([values, reference_v], dim=-2)
             # An additive bias on the logits, broadcast over batch, heads and queries: 0 for frame 1's keys,
             # the shift for the style image's.
-            mask = torch.zeros(1, 1, 1, frame_k.shape[-2], dtype=query.dtype, device=query.device)
-            mask[..., tokens:] = share.reference_score_shift
+            mask = torch.zeros(1, 1, 1, keys.shape[-2], dtype=query.dtype, device=query.device)
+            mask[..., anchor_k.shape[-2] :] = share.reference_score_shift
         frame_out = F.scaled_dot_product_attention(
-            frame_q.flatten(0, 1), frame_k.flatten(0, 1), frame_v.flatten(0, 1), attn_mask=mask, scale=scale
+            frame_q.flatten(0, 1), keys.flatten(0, 1), values.flatten(0, 1), attn_mask=mask, scale=scale
         )  # eq. 9
-        style_out = F.scaled_dot_product_attention(
-            style_q.flatten(0, 1), style_k.flatten(0, 1), style_v.flatten(0, 1), scale=scale
-        )
-        out = torch.cat([style_out.unflatten(0, (self.num_groups, 1)), frame_out.unflatten(0, (self.num_groups, frames))], dim=1)
-        return out.flatten(0, 1)
+        style_out = F.scaled_dot_product_attention(style_q, style_k, style_v, scale=scale)
+        return torch.cat([style_out, frame_out])

@@ -65,13 +65,12 @@ def generate(pipe, settings: ZeroShotSettings, style: StyleSettings, reporter: S
         # Text2Video-Zero's, bit for bit.
         return ZeroShotVideo(pipe, reporter)(settings)
     device = pipe._execution_device
-    use_guidance = settings.guidance_scale > 1.0
 
     # 1. The style image's latent at every timestep, by DDIM inversion with the style prompt.
-    style_cond, style_uncond = pipe.encode_prompt(style.prompt, device, 1, use_guidance, settings.negative_prompt or None)
+    style_embeds, _ = pipe.encode_prompt(style.prompt, device, 1, False)
     with reporter.stage("style inversion", total=settings.steps):
-        clean = encode_images(pipe.vae, image[None]).to(style_cond.dtype)
-        trajectory = ddim_invert(pipe.unet, pipe.scheduler, clean, style_cond, settings.steps, on_step=lambda i: reporter.advance())
+        clean = encode_images(pipe.vae, image[None]).to(style_embeds.dtype)
+        trajectory = ddim_invert(pipe.unet, pipe.scheduler, clean, style_embeds, settings.steps, on_step=lambda i: reporter.advance())
     known = torch.tensor(sorted(trajectory))
 
     def style_latents_at(timestep: int) -> torch.Tensor:
@@ -80,7 +79,8 @@ def generate(pipe, settings: ZeroShotSettings, style: StyleSettings, reporter: S
         # A schedule whose timesteps differ from the inverse scheduler's: use the nearest inverted level.
         return trajectory[int(known[(known - timestep).abs().argmin()])]
 
-    extra = ExtraRows(latents_at=style_latents_at, cond_embeds=style_cond, uncond_embeds=style_uncond if use_guidance else None)
+    # One style row serves both guidance branches, under the style prompt it was inverted with.
+    extra = ExtraRows(latents_at=style_latents_at, embeds=style_embeds)
 
     # 2. Shared AdaIN attention in the selected self-attention layers; plain cross-frame attention elsewhere.
     def processor_for(layer: str, groups: int) -> StyleSharedAttnProcessor:

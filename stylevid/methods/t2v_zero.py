@@ -71,14 +71,12 @@ class ZeroShotSettings:
 
 @dataclass
 class ExtraRows:
-    """Rows that lead every guidance group of every UNet call and whose predictions are discarded.
-
-    StyleT2V0 uses one: the style image's DDIM-inverted latent at the current timestep.
+    """Rows that lead the batch of every UNet call, shared by the guidance groups; their predictions are
+    discarded. StyleT2V0 uses one: the style image's DDIM-inverted latent at the current timestep.
     """
 
     latents_at: Callable[[int], torch.Tensor]  # timestep -> (rows, C, h, w)
-    cond_embeds: torch.Tensor  # (rows, tokens, dim)
-    uncond_embeds: torch.Tensor
+    embeds: torch.Tensor  # (rows, tokens, dim)
 
 
 @dataclass
@@ -178,21 +176,19 @@ class ZeroShotVideo:
         """DDIM from timesteps[0] through timesteps[-1] for the frames `frame_ids` (row 0 is frame 1 if present)."""
         s, scheduler, cond, uncond = self._settings, self._scheduler, *self._embeds
         rows = latents.shape[0]
-        cond_rows, uncond_rows = cond.expand(rows, -1, -1), uncond.expand(rows, -1, -1)
+        embeds = cond.expand(rows, -1, -1)
+        if self._use_guidance:
+            embeds = torch.cat([uncond.expand(rows, -1, -1), embeds])
+        extra_rows = 0
         if self._extra is not None:
-            cond_rows = torch.cat([self._extra.cond_embeds, cond_rows])
-            uncond_rows = torch.cat([self._extra.uncond_embeds, uncond_rows])
-        embeds = torch.cat([uncond_rows, cond_rows]) if self._use_guidance else cond_rows
+            extra_rows = self._extra.embeds.shape[0]
+            embeds = torch.cat([self._extra.embeds, embeds])
         for t in timesteps:
-            group = latents
+            model_input = torch.cat([latents] * 2) if self._use_guidance else latents
             if self._extra is not None:
-                group = torch.cat([self._extra.latents_at(int(t)).to(latents.dtype), latents])
-            model_input = torch.cat([group] * 2) if self._use_guidance else group
+                model_input = torch.cat([self._extra.latents_at(int(t)).to(latents.dtype), model_input])
             model_input = scheduler.scale_model_input(model_input, t)
-            noise = self.predict_noise(model_input, t, embeds)
-            if self._extra is not None:  # drop the extra rows' predictions, group by group
-                groups = 2 if self._use_guidance else 1
-                noise = noise.unflatten(0, (groups, -1))[:, -rows:].flatten(0, 1)
+            noise = self.predict_noise(model_input, t, embeds)[extra_rows:]  # drop the extra rows' predictions
             if self._use_guidance:
                 noise_uncond, noise_cond = noise.chunk(2)
                 noise = noise_uncond + s.guidance_scale * (noise_cond - noise_uncond)
