@@ -15,13 +15,13 @@ from pathlib import Path
 from rich.console import Console
 
 TASKS = {
-    "generate": "zero-shot video from text (t2v_zero) and from text plus a style image (stylet2v0)",
+    "generate": "zero-shot video from text (t2v_zero), a style image (stylet2v0) and pose/edge/depth conditions",
     "train": "train a motion module (not yet available)",
-    "invert": "DDIM-invert an image or video (not yet available)",
-    "evaluate": "CLIPSIM, consistency, style fidelity, warp error, FVD, IS (not yet available)",
+    "invert": "DDIM-invert an image or video: latents per step, a reconstruction and its PSNR",
+    "evaluate": "CLIPSIM, consistency, style fidelity, warp error, FVD, IS over runs, sweeps or video folders",
 }
-AVAILABLE = {"generate"}
-GROUPS_CHECKED = ("method", "model")  # group choices validated before Hydra, for a one-line error
+AVAILABLE = {"generate", "invert", "evaluate"}
+GROUPS_CHECKED = ("method", "model", "condition", "metrics")  # checked before Hydra, for a one-line error
 
 console = Console(stderr=True)
 
@@ -56,10 +56,14 @@ def check_group_choices(overrides: list[str]) -> None:
     for override in overrides:
         key, _, value = override.partition("=")
         key = key.lstrip("+~")
-        if key in GROUPS_CHECKED and value and "," not in value and not value.startswith(("[", "glob(", "range(")):
-            options = group_options(key)
-            if value not in options:
-                fail(f"unknown {key} {value!r}; choose one of: {', '.join(options)}")
+        if key not in GROUPS_CHECKED or not value or value.startswith(("glob(", "range(")):
+            continue
+        # `a`, a sweep `a,b`, or a list `[a,b]`: every name must be an option of the group
+        names = [n.strip() for n in value.strip("[]").split(",") if n.strip()]
+        options = group_options(key)
+        for name in names:
+            if name not in options:
+                fail(f"unknown {key} {name!r}; choose one of: {', '.join(options)}")
 
 
 def check_composes(task: str, overrides: list[str]) -> None:

@@ -26,7 +26,7 @@ def _hydra_job_dir() -> str | None:
     return hydra_cfg.runtime.output_dir if hydra_cfg.mode == RunMode.MULTIRUN else None
 
 
-def _run(run_task, cfg: DictConfig, main_file: str) -> None:
+def _run(run_task, cfg: DictConfig, main_file: str):
     """Run a `run_<task>(cfg, reporter, hydra_job_dir)`; print where its main output is."""
     try:
         with stage_reporter(console) as reporter:
@@ -35,6 +35,7 @@ def _run(run_task, cfg: DictConfig, main_file: str) -> None:
         _fail(error)
     console.print(f"[bold green]done:[/] {run_dir / main_file}", highlight=False, soft_wrap=True)
     print(run_dir / main_file)
+    return run_dir
 
 
 def generate(cfg: DictConfig) -> None:
@@ -50,9 +51,10 @@ def invert(cfg: DictConfig) -> None:
 
 
 def evaluate(cfg: DictConfig) -> None:
-    from stylevid.evaluate import run_evaluate
+    from stylevid.evaluate import print_metrics_table, run_evaluate
 
-    _run(run_evaluate, cfg, "metrics.json")
+    run_dir = _run(run_evaluate, cfg, "metrics.json")
+    print_metrics_table(run_dir, Console())
 
 
 TASK_FUNCTIONS = {"generate": generate, "invert": invert, "evaluate": evaluate}

@@ -150,11 +150,19 @@ def metrics_config(cfg: DictConfig) -> tuple[MetricsConfig, str]:
 @functools.lru_cache(maxsize=1)
 def tiny_clip_dir() -> Path:
     """Build the tiny CLIP once per process in a temporary directory (removed at exit)."""
+    from transformers.utils import logging as transformers_logging
+
     from .metrics.clip import build_tiny_clip
 
     directory = Path(tempfile.mkdtemp(prefix="stylevid-tiny-clip-"))
     atexit.register(shutil.rmtree, directory, ignore_errors=True)
-    return build_tiny_clip(directory / "clip", seed=0)
+    bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # "Writing model shards" bars would cut through our progress
+    try:
+        return build_tiny_clip(directory / "clip", seed=0)
+    finally:
+        if bars:
+            transformers_logging.enable_progress_bar()
 
 
 def check_weights(names: Sequence[str], config: MetricsConfig, cfg: DictConfig) -> None:
@@ -174,7 +182,9 @@ def check_weights(names: Sequence[str], config: MetricsConfig, cfg: DictConfig) 
         if name in needed:
             resolve_weights_file(*needed[name])
     if "fvd" in names and not cfg.get("real") and not config.fvd.stats_path:
-        raise UserInputError("fvd needs the real set: pass real=<folder of real videos> or metrics.fvd.stats_path=<.npz>")
+        raise UserInputError(
+            "fvd needs the real set: pass real=<folder of real videos> or metrics.fvd.stats_path=<.npz>"
+        )
     if cfg.get("real") and "fvd" not in names:
         log.warning("real= is used only by fvd, which is not among metrics=%s", list(names))
 
@@ -273,7 +283,8 @@ def sweep_items(sweep_dir: Path) -> list[VideoItem]:
     )
     if not run_dirs:
         raise UserInputError(f"sweep {sweep_dir} holds no run directories (none has a {RESULT_FILE})")
-    items = [run_item(run_dir, run_dir.relative_to(sweep_dir).as_posix() or run_dir.name) for run_dir in run_dirs]
+    names = [run_dir.relative_to(sweep_dir).as_posix() for run_dir in run_dirs]
+    items = [run_item(run_dir, run_dir.name if name == "." else name) for run_dir, name in zip(run_dirs, names)]
     flat_configs = [_flatten(_read_run_config(run_dir)) for run_dir in run_dirs]
     for key in swept_keys(flat_configs):
         for item, flat in zip(items, flat_configs):
@@ -389,9 +400,9 @@ def evaluation_dir(cfg: DictConfig, hydra_job_dir: str | None, home: Path | None
     """output_dir= exactly; a multirun job's directory; else <run or sweep>/evaluation (evaluation_2... when
     taken); else outputs/evaluate/<date>/<time>_evaluate. Never a directory holding anything already."""
     if cfg.get("output_dir"):
-        return _check_free(check_output_dir(cfg.output_dir))
+        return check_output_dir(cfg.output_dir)  # new or empty, so never a finished evaluation
     if hydra_job_dir is not None:
-        return _check_free(check_output_dir(hydra_job_dir))
+        return check_output_dir(hydra_job_dir)
     if home is not None:
         candidate, counter = home / EVALUATION_DIR, 1
         while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
@@ -399,12 +410,6 @@ def evaluation_dir(cfg: DictConfig, hydra_job_dir: str | None, home: Path | None
             candidate = home / f"{EVALUATION_DIR}_{counter}"
         return candidate
     return default_run_dir(cfg.get("outputs_root", "outputs"), "evaluate", "evaluate")
-
-
-def _check_free(path: Path) -> Path:
-    if (path / METRICS_FILE).exists():
-        raise UserInputError(f"output_dir {path} already holds a finished evaluation; choose another directory")
-    return path
 
 
 # --- evaluating ------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from .io.run_dir import (
     versions,
     write_json_atomic,
 )
+from .conditions.control import build_control, cache_condition_maps, prepare_condition_maps
 from .io.video import save_frames, write_video
 from .methods import stylet2v0
 from .methods.t2v_zero import ZeroShotSettings, ZeroShotVideo
@@ -107,6 +108,8 @@ def run_generate(cfg: DictConfig, reporter: StageReporter | None = None, hydra_j
         stylet2v0.load_style_image(style.image, settings.height, settings.width)  # fail early on an unreadable file
     if cfg.fps <= 0:
         raise UserInputError(f"fps must be positive, got {cfg.fps}")
+    with reporter.stage("conditions"):
+        conditions = prepare_condition_maps(cfg, settings.frames, settings.height, settings.width, float(cfg.fps))
 
     if cfg.get("output_dir"):
         run_dir = check_output_dir(cfg.output_dir)
@@ -123,15 +126,17 @@ def run_generate(cfg: DictConfig, reporter: StageReporter | None = None, hydra_j
             pipe.enable_model_cpu_offload(device=device)
         else:
             pipe.to(device)
+        control = build_control(cfg, conditions, pipe.unet, dtype, device) if conditions else None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     with run_directory(run_dir):
         started = time.perf_counter()
+        cached_maps = cache_condition_maps(conditions, run_dir) if conditions else {}
         if style is not None:
-            output = stylet2v0.generate(pipe, settings, style, reporter)
+            output = stylet2v0.generate(pipe, settings, style, reporter, control=control)
         else:
-            output = ZeroShotVideo(pipe, reporter)(settings)
+            output = ZeroShotVideo(pipe, reporter)(settings, control=control)
         with reporter.stage("writing"):
             write_video(run_dir / "video.mp4", output.frames, fps=float(cfg.fps))
             if cfg.get("save_frames"):
@@ -151,6 +156,12 @@ def run_generate(cfg: DictConfig, reporter: StageReporter | None = None, hydra_j
             "t1": settings.t1,
             "model": {"name": cfg.model.get("name"), "path": cfg.model.get("path")},
             "style": style.image if style else None,
+            "conditions": {
+                "kinds": conditions.kinds if conditions else [],
+                "video": cfg.condition.get("video"),
+                "maps": cached_maps,
+                "scales": control.scales if control else [],
+            },
             "device": str(device),
             "dtype": str(dtype).replace("torch.", ""),
             "timings_s": {**reporter.timings, "total_generate": time.perf_counter() - started},

@@ -118,6 +118,8 @@ def check_settings(cfg: DictConfig) -> None:
             raise UserInputError(f"{name} must be an integer, got {value!r}")
     if cfg.steps < 1:
         raise UserInputError(f"steps must be at least 1, got {cfg.steps}")
+    if cfg.start < 0 or cfg.stride < 1:
+        raise UserInputError(f"start must be >= 0 and stride >= 1, got start={cfg.start} stride={cfg.stride}")
     if cfg.height <= 0 or cfg.width <= 0 or cfg.height % 8 or cfg.width % 8:
         raise UserInputError(f"height and width must be positive multiples of 8, got {cfg.height}x{cfg.width}")
     frames = cfg.get("frames")
@@ -274,7 +276,7 @@ def run_invert(cfg: DictConfig, reporter: StageReporter | None = None, hydra_job
         with reporter.stage("decoding", total=2):
             reconstruction = decode_to_uint8(pipe.vae, reconstructed, frames_per_vae_call)
             reporter.advance()
-            # The VAE's own round trip, z_0 decoded: the best PSNR any inversion can reach with this VAE.
+            # The VAE's own round trip, z_0 decoded: what a perfect inversion would score, the reference for psnr_db.
             vae_round_trip = decode_to_uint8(pipe.vae, clean, frames_per_vae_call)
             reporter.advance()
 
@@ -290,7 +292,7 @@ def run_invert(cfg: DictConfig, reporter: StageReporter | None = None, hydra_job
             "width": int(cfg.width),
             "frame_indices": source.indices,
             "dtype": str(dtype).replace("torch.", ""),
-            "latents": f"VAE posterior means times scaling_factor={pipe.vae.config.scaling_factor}, "
+            "latent_format": f"VAE posterior means times scaling_factor={pipe.vae.config.scaling_factor}, "
             f"shape (frames, {clean.shape[1]}, {clean.shape[2]}, {clean.shape[3]}); key t%04d is timestep t",
         }
         with reporter.stage("writing"):

@@ -103,7 +103,7 @@ def test_unreadable_style_image_leaves_no_run_directory(tmp_path, capsys):
 
 
 def test_unavailable_tasks_say_so(capsys):
-    for task in ("train", "invert", "evaluate"):
+    for task in ("train",):
         code, _, err = run([task], capsys)
         assert code == 2 and "not yet available" in err
 
@@ -124,3 +124,24 @@ def test_multirun_sweeps_methods_into_one_sweep_directory(tmp_path, capsys, styl
     assert code == 0, err
     results = {json.loads(p.read_text())["method"]: p.parent.name for p in sweep.glob("*/result.json")}
     assert results == {"t2v_zero": "0_t2v_zero", "stylet2v0": "1_stylet2v0"}
+
+
+def test_invert_runs_from_the_command_line(tmp_path, capsys, style_image_path):
+    code, out, err = run(["invert", f"input={style_image_path}", "model=tiny", "steps=4", "height=64", "width=64",
+                          f"output_dir={tmp_path / 'inv'}"], capsys)
+    assert code == 0, err
+    result = json.loads((tmp_path / "inv" / "result.json").read_text())
+    assert (tmp_path / "inv" / "latents.safetensors").exists() and result["psnr_db"]["mean"] > 0
+    code, _, err = run(["invert", "input=/no/such/clip.mp4", "model=tiny"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_generate_then_evaluate_the_run(tmp_path, capsys, style_image_path):
+    run_dir = tmp_path / "run"
+    code, _, err = run(["generate", "method=stylet2v0", "prompt=a red circle", f"style={style_image_path}", *TINY, f"output_dir={run_dir}"], capsys)
+    assert code == 0, err
+    code, out, err = run(["evaluate", f"run={run_dir}", "metrics.clip.model=tiny", "metrics=[clipsim,style_fidelity,temporal_flicker]"], capsys)
+    assert code == 0, err
+    metrics = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
+    assert set(metrics["aggregate"]) >= {"clipsim", "style_fidelity", "temporal_flicker"}
+    assert "clipsim" in out  # the terminal table

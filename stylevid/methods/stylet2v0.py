@@ -22,7 +22,7 @@ from ..errors import UserInputError
 from ..progress import StageReporter
 from ..sampling.inversion import ddim_invert
 from ..sampling.vae import encode_images
-from .t2v_zero import ExtraRows, VideoOutput, ZeroShotSettings, ZeroShotVideo
+from .t2v_zero import Control, ExtraRows, VideoOutput, ZeroShotSettings, ZeroShotVideo
 
 
 @dataclass
@@ -54,7 +54,9 @@ def load_style_image(path: str, height: int, width: int) -> np.ndarray:
     return np.asarray(resized.crop((left, top, left + width, top + height)))
 
 
-def generate(pipe, settings: ZeroShotSettings, style: StyleSettings, reporter: StageReporter | None = None) -> VideoOutput:
+def generate(
+    pipe, settings: ZeroShotSettings, style: StyleSettings, reporter: StageReporter | None = None, control: Control | None = None
+) -> VideoOutput:
     reporter = reporter or StageReporter()
     settings.validate()
     if not 0.0 <= style.strength <= 1.0:
@@ -63,7 +65,7 @@ def generate(pipe, settings: ZeroShotSettings, style: StyleSettings, reporter: S
     if style.strength == 0:
         # No style to share: skip the inversion and the extra row, which would only cost time. The result is
         # Text2Video-Zero's, bit for bit.
-        return ZeroShotVideo(pipe, reporter)(settings)
+        return ZeroShotVideo(pipe, reporter)(settings, control=control)
     device = pipe._execution_device
 
     # 1. The style image's latent at every timestep, by DDIM inversion with the style prompt.
@@ -93,4 +95,4 @@ def generate(pipe, settings: ZeroShotSettings, style: StyleSettings, reporter: S
         )
         return StyleSharedAttnProcessor(sharing, num_groups=groups)
 
-    return ZeroShotVideo(pipe, reporter)(settings, extra_rows=extra, processor_for=processor_for)
+    return ZeroShotVideo(pipe, reporter)(settings, extra_rows=extra, processor_for=processor_for, control=control)

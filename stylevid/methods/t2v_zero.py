@@ -7,7 +7,12 @@ Read top to bottom against the paper:
 4. denoise all frames from t1 to 0 with cross-frame attention (keys and values of frame 1);
 5. optional background smoothing (eq. 6) in that last loop.
 Long videos run step 4 chunk by chunk, each chunk led by frame 1 as the shared anchor, so memory does not
-grow with the number of frames. StyleT2V0 (`methods/stylet2v0.py`) runs this same procedure with one extra
+grow with the number of frames.
+
+With structure conditions (pose, edge or depth maps through ControlNet), Text2Video-Zero's conditional mode
+replaces steps 1-3: every frame starts from the same noise latent and is denoised over the whole schedule,
+the maps giving the motion; the motion-field procedure stays available behind `Control.motion_field`.
+Cross-frame attention is installed in the ControlNet as well. StyleT2V0 (`methods/stylet2v0.py`) runs this same procedure with one extra
 batch row, the style image, and another attention processor.
 
 The step counts t0 < t1 are Text2Video-Zero's: they count DDIM steps from the end of the schedule, so with
@@ -17,6 +22,7 @@ The step counts t0 < t1 are Text2Video-Zero's: they count DDIM steps from the en
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,6 +86,23 @@ class ExtraRows:
 
 
 @dataclass
+class Control:
+    """ControlNet guidance: one ControlNet (or diffusers' MultiControlNetModel) and its per-frame maps."""
+
+    controlnet: torch.nn.Module
+    images: list[torch.Tensor]  # per ControlNet: (frames, 3, H, W) in [0, 1]
+    scales: list[float]
+    guidance_start: float = 0.0  # fraction of the schedule where the control starts / ends
+    guidance_end: float = 1.0
+    shared_noise: bool = True  # Text2Video-Zero's conditional mode: one x_T for all frames
+    motion_field: bool = False  # instead: the motion-field procedure of the text-only mode
+
+    def active_at(self, step: int, total: int) -> bool:
+        """Whether step `step` of `total` lies in [guidance_start, guidance_end], as in diffusers."""
+        return not (step / total < self.guidance_start or (step + 1) / total > self.guidance_end)
+
+
+@dataclass
 class VideoOutput:
     frames: np.ndarray  # (F, H, W, 3) uint8
     latents: torch.Tensor  # (F, C, h, w) final latents
@@ -96,6 +119,13 @@ def frame_chunks(frames: int, chunk_size: int) -> list[list[int]]:
     return chunks
 
 
+def controlnets(control: Control | None) -> list[torch.nn.Module]:
+    """The ControlNet models in `control` (the members of a MultiControlNetModel), for processor installation."""
+    if control is None:
+        return []
+    return list(getattr(control.controlnet, "nets", [control.controlnet]))
+
+
 class ZeroShotVideo:
     """Runs Text2Video-Zero on the components of a Stable Diffusion pipeline (`pipe`)."""
 
@@ -109,6 +139,7 @@ class ZeroShotVideo:
         s: ZeroShotSettings,
         extra_rows: ExtraRows | None = None,
         processor_for: Callable[[str, int], object] | None = None,
+        control: Control | None = None,
     ) -> VideoOutput:
         s.validate()
         pipe = self.pipe
@@ -124,44 +155,36 @@ class ZeroShotVideo:
         self._extra = extra_rows
         self._use_guidance = use_guidance
         self._settings = s
+        self._control = control
 
         scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         scheduler.set_timesteps(s.steps, device=device)
         timesteps = scheduler.timesteps
         self._scheduler = scheduler
 
-        with installed_processors(pipe.unet, lambda name: processor_for(name, groups)):
-            # 1. x_1^T, then Δt DDIM steps on frame 1 alone: T -> t1 -> t0.
-            latent_shape = (1, pipe.unet.config.in_channels, s.height // pipe.vae_scale_factor, s.width // pipe.vae_scale_factor)
-            x1_T = randn_tensor(latent_shape, generator=generator, device=device, dtype=cond.dtype)
-            x1_T = x1_T * scheduler.init_noise_sigma
-            with self.reporter.stage("first frame", total=s.steps - s.t0 - 1):
-                x1_t1 = self.denoise(x1_T, timesteps[: -s.t1 - 1], frame_ids=[0])
-                x1_t0 = self.denoise(x1_t1, timesteps[-s.t1 - 1 : -s.t0 - 1], frame_ids=[0])
+        self._timesteps = timesteps
+        latent_shape = (1, pipe.unet.config.in_channels, s.height // pipe.vae_scale_factor, s.width // pipe.vae_scale_factor)
+        with ExitStack() as installed:
+            for model in [pipe.unet, *controlnets(control)]:
+                installed.enter_context(installed_processors(model, lambda name: processor_for(name, groups)))
 
-            # 2-3. Motion: W_k(x_1^{t0}) for the other frames, then DDPM forward from t0 to t1.
-            latents_t1 = x1_t1
-            if s.frames > 1:
-                others = warp_latents(
-                    x1_t0.repeat(s.frames - 1, 1, 1, 1),
-                    frame_ids=range(1, s.frames),
-                    strength_x=s.motion_field_strength_x,
-                    strength_y=s.motion_field_strength_y,
-                )
-                noise = randn_tensor(others.shape, generator=generator, device=device, dtype=others.dtype)
-                t0_value, t1_value = int(timesteps[-s.t0 - 1]), int(timesteps[-s.t1 - 1])
-                # Text2Video-Zero's forward jump: the product of alphas over [t0, t1).
-                alpha = torch.prod(scheduler.alphas[t0_value:t1_value]).to(device)
-                others = alpha.sqrt() * others + (1 - alpha).sqrt() * noise
-                latents_t1 = torch.cat([x1_t1, others])
+            if control is not None and not control.motion_field:
+                # Conditional mode: the maps carry the motion; all frames start from one x_T (or their own).
+                shape = latent_shape if control.shared_noise else (s.frames, *latent_shape[1:])
+                x_T = randn_tensor(shape, generator=generator, device=device, dtype=cond.dtype)
+                start_latents = (x_T * scheduler.init_noise_sigma).expand(s.frames, -1, -1, -1).contiguous()
+                last_loop = timesteps
+            else:
+                start_latents = self.motion_dynamics(latent_shape, generator, device, cond.dtype)
+                last_loop = timesteps[-s.t1 - 1 :]
 
-            # 4. All frames from t1 to 0 with cross-frame attention, chunk by chunk around the anchor.
-            final_latents = torch.empty_like(latents_t1)
+            # 4. All frames with cross-frame attention, chunk by chunk around the anchor.
+            final_latents = torch.empty_like(start_latents)
             frames = np.empty((s.frames, s.height, s.width, 3), dtype=np.uint8)
             chunks = frame_chunks(s.frames, s.chunk_size)
-            with self.reporter.stage("all frames", total=len(chunks) * (s.t1 + 1)):
+            with self.reporter.stage("all frames", total=len(chunks) * len(last_loop)):
                 for index, ids in enumerate(chunks):
-                    denoised = self.denoise(latents_t1[ids], timesteps[-s.t1 - 1 :], frame_ids=ids)
+                    denoised = self.denoise(start_latents[ids], last_loop, frame_ids=ids)
                     fresh = slice(None) if index == 0 else slice(1, None)  # later chunks repeat the anchor
                     final_latents[ids[fresh]] = denoised[fresh]
 
@@ -171,6 +194,30 @@ class ZeroShotVideo:
                 frames[fresh_ids] = decode_to_uint8(pipe.vae, final_latents[fresh_ids], s.frames_per_decode or None)
                 self.reporter.advance()
         return VideoOutput(frames=frames, latents=final_latents, timings=dict(self.reporter.timings))
+
+    def motion_dynamics(self, latent_shape, generator, device, dtype) -> torch.Tensor:
+        """Steps 1-3: frame 1 alone to t0, warped to every frame, noised back to t1; returns latents at t1."""
+        s, scheduler, timesteps = self._settings, self._scheduler, self._timesteps
+        # 1. x_1^T, then Δt DDIM steps on frame 1 alone: T -> t1 -> t0.
+        x1_T = randn_tensor(latent_shape, generator=generator, device=device, dtype=dtype) * scheduler.init_noise_sigma
+        with self.reporter.stage("first frame", total=s.steps - s.t0 - 1):
+            x1_t1 = self.denoise(x1_T, timesteps[: -s.t1 - 1], frame_ids=[0])
+            x1_t0 = self.denoise(x1_t1, timesteps[-s.t1 - 1 : -s.t0 - 1], frame_ids=[0])
+        if s.frames == 1:
+            return x1_t1
+        # 2. Motion dynamics: W_k(x_1^{t0}) for frames 2..F.
+        others = warp_latents(
+            x1_t0.repeat(s.frames - 1, 1, 1, 1),
+            frame_ids=range(1, s.frames),
+            strength_x=s.motion_field_strength_x,
+            strength_y=s.motion_field_strength_y,
+        )
+        # 3. DDPM forward from t0 to t1 (Text2Video-Zero's jump: the product of alphas over [t0, t1)).
+        noise = randn_tensor(others.shape, generator=generator, device=device, dtype=others.dtype)
+        t0_value, t1_value = int(timesteps[-s.t0 - 1]), int(timesteps[-s.t1 - 1])
+        alpha = torch.prod(scheduler.alphas[t0_value:t1_value]).to(device)
+        others = alpha.sqrt() * others + (1 - alpha).sqrt() * noise
+        return torch.cat([x1_t1, others])
 
     def denoise(self, latents: torch.Tensor, timesteps: torch.Tensor, frame_ids: list[int]) -> torch.Tensor:
         """DDIM from timesteps[0] through timesteps[-1] for the frames `frame_ids` (row 0 is frame 1 if present)."""
@@ -188,7 +235,7 @@ class ZeroShotVideo:
             if self._extra is not None:
                 model_input = torch.cat([self._extra.latents_at(int(t)).to(latents.dtype), model_input])
             model_input = scheduler.scale_model_input(model_input, t)
-            noise = self.predict_noise(model_input, t, embeds)[extra_rows:]  # drop the extra rows' predictions
+            noise = self.predict_noise(model_input, t, embeds, frame_ids, extra_rows)[extra_rows:]  # drop extra rows
             if self._use_guidance:
                 noise_uncond, noise_cond = noise.chunk(2)
                 noise = noise_uncond + s.guidance_scale * (noise_cond - noise_uncond)
@@ -199,8 +246,26 @@ class ZeroShotVideo:
             self.reporter.advance()
         return latents
 
-    def predict_noise(self, model_input: torch.Tensor, t, embeds: torch.Tensor) -> torch.Tensor:
-        return self.pipe.unet(model_input, t, encoder_hidden_states=embeds).sample
+    def predict_noise(self, model_input, t, embeds, frame_ids: list[int], extra_rows: int) -> torch.Tensor:
+        control = self._control
+        residuals = {}
+        step = int((self._timesteps == t).nonzero()[0, 0]) if control is not None else 0
+        if control is not None and control.active_at(step, len(self._timesteps)):
+            groups = 2 if self._use_guidance else 1
+            images = [image[frame_ids].to(model_input.device, model_input.dtype).repeat(groups, 1, 1, 1) for image in control.images]
+            if extra_rows:  # extra rows (the style image) get a blank map, and their residuals are zeroed below
+                images = [torch.cat([image.new_zeros(extra_rows, *image.shape[1:]), image]) for image in images]
+            down, mid = control.controlnet(
+                model_input, t, encoder_hidden_states=embeds,
+                controlnet_cond=images if len(images) > 1 else images[0],
+                conditioning_scale=control.scales if len(images) > 1 else control.scales[0],
+                return_dict=False,
+            )
+            if extra_rows:
+                down = [torch.cat([r[:extra_rows] * 0, r[extra_rows:]]) for r in down]
+                mid = torch.cat([mid[:extra_rows] * 0, mid[extra_rows:]])
+            residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+        return self.pipe.unet(model_input, t, encoder_hidden_states=embeds, **residuals).sample
 
     def smooth_background(self, latents: torch.Tensor, predicted_x0: torch.Tensor, frame_ids: list[int]) -> torch.Tensor:
         """Eq. 6: x_k = M_k x_k + (1 - M_k)(α x̂_k + (1 - α) x_k), x̂_k being frame 1's latent warped to frame k.
