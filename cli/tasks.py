@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from hydra.core.hydra_config import HydraConfig
@@ -33,8 +34,11 @@ def _run(run_task, cfg: DictConfig, main_file: str):
             run_dir = run_task(cfg, reporter=reporter, hydra_job_dir=_hydra_job_dir())
     except UserInputError as error:
         _fail(error)
-    console.print(f"[bold green]done:[/] {run_dir / main_file}", highlight=False, soft_wrap=True)
-    print(run_dir / main_file)
+    # A batch (prompts=FILE) is a directory of runs: point at the directory itself.
+    shown = run_dir / main_file if (run_dir / main_file).exists() else run_dir
+    if int(os.environ.get("RANK", "0")) == 0:
+        console.print(f"[bold green]done:[/] {shown}", highlight=False, soft_wrap=True)
+        print(shown)
     return run_dir
 
 

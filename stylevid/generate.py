@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,7 +21,8 @@ from .io.run_dir import (
     versions,
     write_json_atomic,
 )
-from .conditions.control import build_control, cache_condition_maps, prepare_condition_maps
+from .conditions.control import ConditionMaps, build_control, cache_condition_maps, prepare_condition_maps
+from .distributed import Rank, broadcast_from_main, current_rank, gather_to_main, rank_device, shard
 from .io.video import save_frames, write_video
 from .methods import stylet2v0
 from .methods.t2v_zero import ZeroShotSettings, ZeroShotVideo
@@ -91,15 +94,22 @@ def check_style_file(path: str) -> None:
         raise UserInputError(f"style image not found: {path}")
 
 
-def run_generate(cfg: DictConfig, reporter: StageReporter | None = None, hydra_job_dir: str | None = None) -> Path:
-    """Generate one video as `cfg` says and return its run directory.
+@dataclass
+class GenerateJob:
+    """One video to make: everything checked, nothing loaded or written yet."""
 
-    Everything a user can get wrong is checked before the run directory is created.
-    """
-    reporter = reporter or StageReporter()
+    cfg: DictConfig
+    settings: ZeroShotSettings
+    style: stylet2v0.StyleSettings | None
+
+
+def plan_job(cfg: DictConfig) -> GenerateJob:
+    """Check everything a user can get wrong in one video's config, before anything is created."""
     method = cfg.method.name
     if method not in METHODS:
         raise UserInputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if not cfg.get("prompt"):
+        raise UserInputError('no prompt: pass prompt="..." (or prompts=FILE for one video per row)')
     settings = zero_shot_settings(cfg)
     settings.validate()
     style = style_settings(cfg) if method == "stylet2v0" else None
@@ -108,17 +118,25 @@ def run_generate(cfg: DictConfig, reporter: StageReporter | None = None, hydra_j
         stylet2v0.load_style_image(style.image, settings.height, settings.width)  # fail early on an unreadable file
     if cfg.fps <= 0:
         raise UserInputError(f"fps must be positive, got {cfg.fps}")
+    return GenerateJob(cfg=cfg, settings=settings, style=style)
+
+
+@dataclass
+class Loaded:
+    """What every video of a run shares: the pipeline, the ControlNet guidance and its maps."""
+
+    pipe: object
+    device: torch.device
+    dtype: torch.dtype
+    conditions: ConditionMaps | None
+    control: object | None
+
+
+def load_for(job: GenerateJob, reporter: StageReporter, rank: Rank = Rank()) -> Loaded:
+    cfg, settings = job.cfg, job.settings
     with reporter.stage("conditions"):
         conditions = prepare_condition_maps(cfg, settings.frames, settings.height, settings.width, float(cfg.fps))
-
-    if cfg.get("output_dir"):
-        run_dir = check_output_dir(cfg.output_dir)
-    elif hydra_job_dir is not None:  # a multirun job: Hydra chose <sweep dir>/<job number>_<method>
-        run_dir = check_output_dir(hydra_job_dir)
-    else:
-        run_dir = default_run_dir(cfg.get("outputs_root", "outputs"), "generate", method)
-
-    device = resolve_device(str(cfg.device))
+    device = rank_device(resolve_device(str(cfg.device)), rank)
     dtype = resolve_dtype(str(cfg.dtype), device)
     with reporter.stage("loading model"):
         pipe = load_pipeline(cfg.model, dtype)
@@ -127,16 +145,22 @@ def run_generate(cfg: DictConfig, reporter: StageReporter | None = None, hydra_j
         else:
             pipe.to(device)
         control = build_control(cfg, conditions, pipe.unet, dtype, device) if conditions else None
+    return Loaded(pipe=pipe, device=device, dtype=dtype, conditions=conditions, control=control)
+
+
+def execute_job(job: GenerateJob, loaded: Loaded, run_dir: Path, reporter: StageReporter) -> Path:
+    """Generate the video into `run_dir` and write its files, `result.json` last."""
+    cfg, settings, style, device = job.cfg, job.settings, job.style, loaded.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-
+    reporter.timings.clear()
     with run_directory(run_dir):
         started = time.perf_counter()
-        cached_maps = cache_condition_maps(conditions, run_dir) if conditions else {}
+        cached_maps = cache_condition_maps(loaded.conditions, run_dir) if loaded.conditions else {}
         if style is not None:
-            output = stylet2v0.generate(pipe, settings, style, reporter, control=control)
+            output = stylet2v0.generate(loaded.pipe, settings, style, reporter, control=loaded.control)
         else:
-            output = ZeroShotVideo(pipe, reporter)(settings, control=control)
+            output = ZeroShotVideo(loaded.pipe, reporter)(settings, control=loaded.control)
         with reporter.stage("writing"):
             write_video(run_dir / "video.mp4", output.frames, fps=float(cfg.fps))
             if cfg.get("save_frames"):
@@ -144,7 +168,7 @@ def run_generate(cfg: DictConfig, reporter: StageReporter | None = None, hydra_j
             (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         result = {
             "task": "generate",
-            "method": method,
+            "method": cfg.method.name,
             "prompt": settings.prompt,
             "seed": settings.seed,
             "frames": settings.frames,
@@ -157,13 +181,13 @@ def run_generate(cfg: DictConfig, reporter: StageReporter | None = None, hydra_j
             "model": {"name": cfg.model.get("name"), "path": cfg.model.get("path")},
             "style": style.image if style else None,
             "conditions": {
-                "kinds": conditions.kinds if conditions else [],
+                "kinds": loaded.conditions.kinds if loaded.conditions else [],
                 "video": cfg.condition.get("video"),
                 "maps": cached_maps,
-                "scales": control.scales if control else [],
+                "scales": loaded.control.scales if loaded.control else [],
             },
             "device": str(device),
-            "dtype": str(dtype).replace("torch.", ""),
+            "dtype": str(loaded.dtype).replace("torch.", ""),
             "timings_s": {**reporter.timings, "total_generate": time.perf_counter() - started},
             "memory": peak_memory(device),
             "versions": versions(),
@@ -172,3 +196,88 @@ def run_generate(cfg: DictConfig, reporter: StageReporter | None = None, hydra_j
         write_json_atomic(run_dir / RESULT_FILE, result)
     log.info("wrote %s", run_dir)
     return run_dir
+
+
+def run_generate(cfg: DictConfig, reporter: StageReporter | None = None, hydra_job_dir: str | None = None) -> Path:
+    """Generate one video as `cfg` says (or one per row of `prompts=FILE`) and return the run directory."""
+    reporter = reporter or StageReporter()
+    if cfg.get("prompts"):
+        return run_generate_batch(cfg, reporter, hydra_job_dir)
+    job = plan_job(cfg)
+    run_dir = choose_run_dir(cfg, hydra_job_dir, cfg.method.name)
+    return execute_job(job, load_for(job, reporter), run_dir, reporter)
+
+
+def choose_run_dir(cfg: DictConfig, hydra_job_dir: str | None, name: str) -> Path:
+    if cfg.get("output_dir"):
+        return check_output_dir(cfg.output_dir)
+    if hydra_job_dir is not None:  # a multirun job: Hydra chose <sweep dir>/<job number>_<method>
+        return check_output_dir(hydra_job_dir)
+    return default_run_dir(cfg.get("outputs_root", "outputs"), "generate", name)
+
+
+# Columns a prompts CSV may carry besides `prompt`; each overrides the run's key of the same name.
+ROW_KEYS = ("seed", "style", "negative_prompt", "style_prompt")
+
+
+def read_prompt_rows(path: str) -> list[dict[str, str]]:
+    """A .txt file (one prompt per non-empty line) or a .csv with a `prompt` column and optional ROW_KEYS."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserInputError(f"prompts file not found: {path}")
+    if file.suffix.lower() == ".csv":
+        with file.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            if not reader.fieldnames or "prompt" not in reader.fieldnames:
+                raise UserInputError(f"prompts file {path} has no `prompt` column (columns: {reader.fieldnames})")
+            unknown = sorted(set(reader.fieldnames) - {"prompt", *ROW_KEYS})
+            if unknown:
+                raise UserInputError(f"prompts file {path}: unknown columns {', '.join(unknown)}; allowed: prompt, {', '.join(ROW_KEYS)}")
+            rows = [{k: v for k, v in row.items() if v not in (None, "")} for row in reader]
+    else:
+        rows = [{"prompt": line.strip()} for line in file.read_text().splitlines() if line.strip()]
+    if not rows:
+        raise UserInputError(f"prompts file {path} holds no prompts")
+    for number, row in enumerate(rows, start=1):
+        if not row.get("prompt"):
+            raise UserInputError(f"prompts file {path}, row {number}: empty prompt")
+        if "seed" in row and not row["seed"].lstrip("-").isdigit():
+            raise UserInputError(f"prompts file {path}, row {number}: seed {row['seed']!r} is not an integer")
+    return rows
+
+
+def run_generate_batch(cfg: DictConfig, reporter: StageReporter, hydra_job_dir: str | None) -> Path:
+    """One video per row of `prompts=FILE`, as run directories `0000`, `0001`... of one sweep directory.
+
+    Under torchrun the rows are sharded across ranks (each loads the model once); rank 0 chooses the
+    directory. Every row is checked before anything is generated.
+    """
+    rows = read_prompt_rows(str(cfg.prompts))
+    jobs = []
+    for row in rows:
+        row_cfg = cfg.copy()
+        OmegaConf.set_struct(row_cfg, False)
+        row_cfg.prompts = None
+        for key, value in row.items():
+            row_cfg[key] = int(value) if key == "seed" else value
+        OmegaConf.set_struct(row_cfg, True)
+        jobs.append(plan_job(row_cfg))
+
+    rank = current_rank()
+    batch_dir = None
+    if rank.is_main:
+        batch_dir = choose_run_dir(cfg, hydra_job_dir, f"{cfg.method.name}_batch")
+        batch_dir.mkdir(parents=True, exist_ok=True)
+    batch_dir = Path(broadcast_from_main(str(batch_dir) if batch_dir else None, rank))
+    mine = shard(list(enumerate(jobs)), rank)
+    loaded = load_for(jobs[0], reporter, rank)
+    for index, job in mine:
+        execute_job(job, loaded, batch_dir / f"{index:04d}", reporter)
+    done = gather_to_main([index for index, _ in mine], rank)
+    if rank.is_main:
+        finished = sorted(i for part in done for i in part)
+        write_json_atomic(batch_dir / "batch.json", {
+            "prompts": str(cfg.prompts), "runs": [f"{i:04d}" for i in finished], "world_size": rank.world_size,
+            "ranks": {str(r): [f"{i:04d}" for i in part] for r, part in enumerate(done)},
+        })
+    return batch_dir

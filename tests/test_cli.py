@@ -81,7 +81,7 @@ def test_default_run_directories_never_collide(tmp_path, capsys):
         (["method=t2v_zero", "prompt=x", "model.path=/no/such/weights"], "does not exist"),
         (["method=t2v_zero", "prompt=x", "model=sd15"], "model.path="),
         (["method=t2v_zero", "prompt=x", "no_such_key=1"], "Could not override 'no_such_key'"),
-        (["method=t2v_zero"], "prompt"),
+        (["method=t2v_zero"], "no prompt"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(args, message, capsys, tmp_path):

@@ -1,0 +1,63 @@
+"""torchrun support: who am I, the shared run directory, and gathering results on rank 0.
+
+Outside torchrun everything here is a no-op with rank 0 of 1, so single-process code needs no branches.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Rank:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def current_rank() -> Rank:
+    """Read torchrun's environment; initialise the process group (gloo on CPU, nccl on GPU) once."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Rank()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return Rank(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def rank_device(device: torch.device, rank: Rank) -> torch.device:
+    """Each rank on its own GPU when the run asks for CUDA without an index."""
+    if device.type == "cuda" and device.index is None and rank.world_size > 1:
+        return torch.device("cuda", rank.local_rank)
+    return device
+
+
+def broadcast_from_main(value, rank: Rank):
+    """Rank 0's `value` on every rank (e.g. the run directory it chose)."""
+    if rank.world_size == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_to_main(value, rank: Rank) -> list | None:
+    """Every rank's `value`, in rank order, on rank 0 (None elsewhere)."""
+    if rank.world_size == 1:
+        return [value]
+    gathered = [None] * rank.world_size if rank.is_main else None
+    dist.gather_object(value, gathered, dst=0)
+    return gathered
+
+
+def shard(items: list, rank: Rank) -> list:
+    """Rows i with i % world_size == rank: an even spread that keeps each row on one rank."""
+    return items[rank.rank :: rank.world_size]
