@@ -58,7 +58,8 @@ def evaluate(cfg: DictConfig) -> None:
     from stylevid.evaluate import print_metrics_table, run_evaluate
 
     run_dir = _run(run_evaluate, cfg, "metrics.json")
-    print_metrics_table(run_dir, Console())
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 holds the gathered table
+        print_metrics_table(run_dir, Console())
 
 
 TASK_FUNCTIONS = {"generate": generate, "invert": invert, "evaluate": evaluate}

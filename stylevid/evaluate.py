@@ -42,6 +42,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserInputError
+from .distributed import broadcast_from_main, current_rank, gather_to_main, shard
 from .io.run_dir import RESULT_FILE, check_output_dir, default_run_dir, run_directory, versions, write_json_atomic
 from .io.video_input import GIF_SUFFIXES, VIDEO_SUFFIXES, iter_frames, natural_sort_key
 from .metrics import PER_VIDEO_METRICS, SET_METRICS, MetricsConfig, aggregate, compute_metrics, compute_set_metrics
@@ -88,7 +89,8 @@ def run_evaluate(cfg: DictConfig, reporter: StageReporter | None = None, hydra_j
     check_weights(names, config, cfg)
     style_images = load_style_images(items)
     max_frames = _max_frames(cfg)
-    eval_dir = evaluation_dir(cfg, hydra_job_dir, home)
+    rank = current_rank()
+    eval_dir = Path(broadcast_from_main(str(evaluation_dir(cfg, hydra_job_dir, home)) if rank.is_main else None, rank))
 
     if _USES_CLIP.intersection(per_video):
         from .metrics.clip import load_clip
@@ -96,12 +98,32 @@ def run_evaluate(cfg: DictConfig, reporter: StageReporter | None = None, hydra_j
         with reporter.stage("loading CLIP"):
             load_clip(config.clip.model, config.device, config.clip.batch_size)  # a missing model fails here
 
-    with run_directory(eval_dir):
+    keep_frames = _set_metric_frames(set_level, config)
+    if rank.world_size > 1:
+        # torchrun: every rank scores its share of the videos; rank 0 gathers them, in input order, and does
+        # the rest (set-level metrics read the whole set there, since their features need all videos at once).
         started = time.perf_counter()
-        keep_frames = _set_metric_frames(set_level, config)
+        mine = shard(list(range(len(items))), rank)
+        part = evaluate_videos([items[i] for i in mine], per_video, config, style_images, max_frames, 0, reporter,
+                               require_readable=False)
+        parts = gather_to_main((mine, part[0], part[1]), rank)
+        if not rank.is_main:
+            return eval_dir
+        order = {name: position for position, name in enumerate(item.name for item in items)}
+        records = sorted((r for _, recs, _ in parts for r in recs), key=lambda r: order[r["video"]])
+        skipped = sorted((k for _, _, skips in parts for k in skips), key=lambda k: order[k["video"]])
+        require_some_readable(records, skipped)
+        kept_videos = []
+        if keep_frames:
+            readable = {r["video"] for r in records}
+            kept_videos, _ = read_video_set([i.path for i in items if i.name in readable], keep_frames, "video")
+    else:
+        started = time.perf_counter()
         records, skipped, kept_videos = evaluate_videos(
             items, per_video, config, style_images, max_frames, keep_frames, reporter
         )
+
+    with run_directory(eval_dir):
         set_values, skipped_real = {}, []
         if set_level:
             with reporter.stage("set metrics"):
@@ -113,6 +135,7 @@ def run_evaluate(cfg: DictConfig, reporter: StageReporter | None = None, hydra_j
         strips = [record.pop("frame_strip_png") for record in records]
         summary = build_summary(cfg, names, config, clip_label, records, skipped, skipped_real, set_values)
         summary["timings_s"] = {**reporter.timings, "total_evaluate": time.perf_counter() - started}
+        summary["world_size"] = rank.world_size
         with reporter.stage("writing"):
             write_csv(eval_dir / "metrics.csv", summary)
             (eval_dir / "report.html").write_text(render_html(summary, strips), encoding="utf-8")
@@ -462,9 +485,10 @@ def evaluate_videos(
     max_frames: int | None,
     keep_frames: int,
     reporter: StageReporter,
+    require_readable: bool = True,
 ) -> tuple[list[dict], list[dict], list[np.ndarray]]:
     """Per-video metrics of every readable video: (records, skipped videos, the leading `keep_frames` frames of
-    each readable video for set-level metrics)."""
+    each readable video for set-level metrics). `require_readable=False` lets a torchrun shard come back empty."""
     records, skipped, kept = [], [], []
     with reporter.stage("evaluating", total=len(items)):
         for item in items:
@@ -495,9 +519,14 @@ def evaluate_videos(
             if keep_frames:
                 kept.append(frames[:keep_frames].copy())
             reporter.advance()
-    if not records:
-        raise UserInputError(f"none of the {len(items)} videos can be read; first: {skipped[0]['reason']}")
+    if require_readable:
+        require_some_readable(records, skipped)
     return records, skipped, kept
+
+
+def require_some_readable(records: Sequence[dict], skipped: Sequence[dict]) -> None:
+    if not records:
+        raise UserInputError(f"none of the {len(skipped)} videos can be read; first: {skipped[0]['reason']}")
 
 
 def frame_strip_png(frames: np.ndarray, count: int = STRIP_FRAMES, height: int = STRIP_HEIGHT) -> bytes:

@@ -4,6 +4,7 @@ import pytest
 import torch
 from diffusers import MotionAdapter
 from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
+from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
 from safetensors.torch import load_file
 
 from stylevid.errors import UserInputError
@@ -46,11 +47,23 @@ def test_zero_initialised_inflated_unet_equals_the_image_unet_per_frame(unet_inp
     adapter = tiny_motion_adapter(seed=0)
     assert all(torch.count_nonzero(m.proj_out.weight) == 0 for m in adapter.modules() if hasattr(m, "proj_out"))
     video_unet = inflate(unet, adapter).eval()
+    identity = []
+    hooks = [
+        m.register_forward_hook(lambda module, args, out: identity.append(torch.equal(args[0], out)))
+        for m in video_unet.modules()
+        if isinstance(m, AnimateDiffTransformer3D)
+    ]
     with torch.no_grad():
         image_out = unet(frames, 500, encoder_hidden_states=text.expand(FRAMES, -1, -1)).sample
         video_in = frames.permute(1, 0, 2, 3)[None]  # (1, C, F, H, W)
         video_out = video_unet(video_in, 500, encoder_hidden_states=text.expand(FRAMES, -1, -1)).sample[0].permute(1, 0, 2, 3)
-    assert torch.equal(video_out, image_out)  # exactly, not within a tolerance
+    for hook in hooks:
+        hook.remove()
+    # Every motion module is exactly the identity at step 0 (bit for bit) ...
+    assert len(identity) == 7 and all(identity)
+    # ... so the inflated UNet is the image UNet per frame; the last ~1e-6 is diffusers' own spatial code path
+    # in UNetMotionModel vs UNet2DConditionModel (float summation order), not the motion modules.
+    torch.testing.assert_close(video_out, image_out, rtol=0, atol=1e-5)
 
     # diffusers' own initialisation (no zero proj_out) is not the identity: the zero-init is what makes it so.
     video_unet_random = inflate(unet, tiny_motion_adapter(seed=0, zero_init=False)).eval()

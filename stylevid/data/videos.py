@@ -1,0 +1,139 @@
+"""Text-video clips for motion-module training (AnimateDiff Section 4.1.1).
+
+Each item is one clip of `frames` frames taken every `stride`-th source frame from a random start, resized
+and centre-cropped to `size` x `size`, randomly flipped left-right, as float (F, 3, size, size) in [-1, 1],
+with its caption. Randomness comes from a generator seeded by (seed, epoch, index), so an item is the same
+in every run, worker and rank for a given seed.
+
+A clip that cannot be decoded or is shorter than frames * stride is skipped: the next record is tried,
+at most `max_skips` times (never an endless retry), and the number skipped travels with the item so the
+trainer can log it.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import UserInputError
+from ..io.video_input import VIDEO_SUFFIXES, _open, fit_frame
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    frames: int = 16
+    stride: int = 4
+    size: int = 256
+    flip: bool = True
+
+    @property
+    def span(self) -> int:
+        """Source frames one clip covers."""
+        return (self.frames - 1) * self.stride + 1
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    path: Path
+    caption: str
+
+
+def webvid_records(csv_path: str | Path, video_folder: str | Path) -> list[VideoRecord]:
+    """WebVid's CSV (videoid, name = caption, page_dir): video at <folder>/<videoid>.mp4 or <folder>/<page_dir>/<videoid>.mp4."""
+    csv_path, video_folder = Path(csv_path), Path(video_folder)
+    if not csv_path.is_file():
+        raise UserInputError(f"data.csv {csv_path} not found")
+    if not video_folder.is_dir():
+        raise UserInputError(f"data.video_folder {video_folder} is not a folder")
+    records = []
+    with csv_path.open(newline="") as file:
+        reader = csv.DictReader(file)
+        missing = {"videoid", "name"} - set(reader.fieldnames or [])
+        if missing:
+            raise UserInputError(f"data.csv {csv_path} lacks the column(s) {', '.join(sorted(missing))} (WebVid: videoid, name, page_dir)")
+        for row in reader:
+            flat = video_folder / f"{row['videoid']}.mp4"
+            nested = video_folder / row.get("page_dir", "") / f"{row['videoid']}.mp4"
+            records.append(VideoRecord(flat if flat.exists() or not nested.exists() else nested, row["name"]))
+    if not records:
+        raise UserInputError(f"data.csv {csv_path} lists no videos")
+    return records
+
+
+def folder_records(folder: str | Path, captions_csv: str | Path | None = None) -> list[VideoRecord]:
+    """Videos in `folder` with a sidecar `<name>.txt` caption each, or captions from a CSV (file, caption)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserInputError(f"data.video_folder {folder} is not a folder")
+    if captions_csv:
+        with Path(captions_csv).open(newline="") as file:
+            reader = csv.DictReader(file)
+            if not {"file", "caption"} <= set(reader.fieldnames or []):
+                raise UserInputError(f"data.captions {captions_csv} needs the columns file, caption")
+            records = [VideoRecord(folder / row["file"], row["caption"]) for row in reader]
+    else:
+        videos = sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
+        records = []
+        for video in videos:
+            sidecar = video.with_suffix(".txt")
+            if not sidecar.exists():
+                raise UserInputError(f"{video} has no caption file {sidecar.name} (or pass data.captions=<csv>)")
+            records.append(VideoRecord(video, sidecar.read_text().strip()))
+    if not records:
+        raise UserInputError(f"data.video_folder {folder} holds no videos ({', '.join(VIDEO_SUFFIXES)})")
+    return records
+
+
+class VideoClipDataset(Dataset):
+    def __init__(self, records: list[VideoRecord], spec: ClipSpec, seed: int = 0, max_skips: int = 16):
+        self.records, self.spec, self.seed, self.max_skips = records, spec, seed, max_skips
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        for skipped in range(self.max_skips + 1):
+            record = self.records[(index + skipped) % len(self.records)]
+            rng = np.random.default_rng([self.seed, self.epoch, index, skipped])
+            clip = self.read_clip(record, rng)
+            if clip is not None:
+                return {"pixel_values": clip, "caption": record.caption, "skipped": skipped}
+        raise RuntimeError(f"{self.max_skips + 1} clips in a row from record {index} on could not be read; check the data")
+
+    def read_clip(self, record: VideoRecord, rng: np.random.Generator) -> torch.Tensor | None:
+        spec = self.spec
+        try:
+            source = _open(record.path, "video", None)
+            if source.num_frames < spec.span:
+                log.info("skipped %s: %d frames, a clip needs %d", record.path, source.num_frames, spec.span)
+                return None
+            start = int(rng.integers(0, source.num_frames - spec.span + 1))
+            indices = list(range(start, start + spec.span, spec.stride))
+            frames = np.stack([fit_frame(frame, spec.size, spec.size, "crop") for frame in source.read(indices)])
+        except (UserInputError, RuntimeError, OSError) as error:
+            log.info("skipped %s: %s", record.path, str(error).splitlines()[0] if str(error) else type(error).__name__)
+            return None
+        if spec.flip and rng.random() < 0.5:
+            frames = frames[:, :, ::-1]
+        pixels = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        return pixels  # (F, 3, size, size) in [-1, 1]
+
+
+def collate_clips(items: list[dict]) -> dict:
+    return {
+        "pixel_values": torch.stack([item["pixel_values"] for item in items]),
+        "captions": [item["caption"] for item in items],
+        "skipped": sum(item["skipped"] for item in items),
+    }

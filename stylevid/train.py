@@ -1,0 +1,82 @@
+"""`run_train(cfg)`: the train task (`stylevid train motion_module ...`), also under torchrun.
+
+Under torchrun (WORLD_SIZE > 1) every rank trains its shard; rank 0 alone chooses the run directory
+(broadcast to the others) and writes logs, checkpoints, validation videos and the final module.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import UserInputError
+from .io.run_dir import RESULT_FILE, check_output_dir, default_run_dir, peak_memory, versions, write_json_atomic
+from .models.loading import resolve_device
+from .progress import StageReporter
+from .training.distributed import broadcast_object, init_from_env
+
+log = logging.getLogger(__name__)
+TARGETS = ("motion_module",)
+
+
+def run_train(cfg: DictConfig, reporter: StageReporter | None = None, hydra_job_dir: str | None = None) -> Path:
+    """Train `cfg.target` and return the run directory (on every rank)."""
+    reporter = reporter or StageReporter()
+    if cfg.target not in TARGETS:
+        raise UserInputError(f"unknown training target {cfg.target!r}; choose one of {', '.join(TARGETS)}")
+    device = resolve_device(str(cfg.device))
+    ctx = init_from_env(device)
+    if device.type == "cuda" and ctx.enabled:
+        import torch
+
+        device = torch.device("cuda", ctx.local_rank)
+        torch.cuda.set_device(device)
+
+    run_dir = None
+    if ctx.is_main:
+        if cfg.get("output_dir"):
+            run_dir = check_output_dir(cfg.output_dir)
+        elif hydra_job_dir is not None:
+            run_dir = check_output_dir(hydra_job_dir)
+        else:
+            run_dir = default_run_dir(cfg.get("outputs_root", "outputs"), "train", str(cfg.target))
+    run_dir = Path(broadcast_object(str(run_dir) if run_dir else None, ctx))
+
+    from .training.motion import MotionTrainer
+
+    with reporter.stage("loading model"):
+        trainer = MotionTrainer(cfg, run_dir if ctx.is_main else None, ctx, device, reporter)
+        if cfg.trainer.get("resume"):
+            trainer.resume(str(cfg.trainer.resume))
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    started = time.perf_counter()
+    summary = trainer.train()
+    if ctx.is_main:
+        with reporter.stage("writing"):
+            files = trainer.save_final()
+        result = {
+            "task": "train",
+            "target": str(cfg.target),
+            "seed": int(cfg.seed),
+            "model": {"name": cfg.model.get("name"), "path": cfg.model.get("path")},
+            "data": {"name": cfg.data.name, "videos": len(trainer.dataset), "frames": int(cfg.data.frames),
+                     "stride": int(cfg.data.stride), "size": int(cfg.data.size)},
+            "schedule": str(cfg.schedule),
+            "world_size": ctx.world_size,
+            "resumed_from": str(cfg.trainer.resume) if cfg.trainer.get("resume") else None,
+            **summary,
+            "losses_tail": trainer.losses[-10:],
+            "files": files,
+            "device": str(device),
+            "timings_s": {**reporter.timings, "total_train": time.perf_counter() - started},
+            "memory": peak_memory(device),
+            "versions": versions(),
+        }
+        write_json_atomic(run_dir / RESULT_FILE, result)
+        log.info("wrote %s", run_dir)
+    return run_dir

@@ -1,0 +1,1 @@
+"""Training: the motion-module trainer, checkpoints, distributed helpers."""

@@ -1,0 +1,382 @@
+"""Training AnimateDiff's motion module (paper Section 3.3.3, setup of Section 4.1.1).
+
+Video clips z^0_{1:N} are encoded frame by frame by the frozen VAE, noised by the forward process
+z^t = sqrt(ᾱ_t) z^0 + sqrt(1 - ᾱ_t) ε, and the UNet inflated with the motion module predicts ε from z^t,
+the caption embedding (replaced by the empty caption with probability `text_dropout`) and t:
+L = E ||ε - ε_θ(z^t, c, t)||². The VAE, text encoder and image UNet stay frozen; only motion parameters train.
+
+Reproducibility: every random draw of an optimizer step (VAE posterior sample, ε, t, caption dropout)
+comes from a CPU generator seeded by (seed, step, micro-batch, rank), and the data order from a sampler
+seeded by (seed, epoch) that can start mid-epoch, so a resumed run repeats the uninterrupted run's losses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, MotionAdapter
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ..data.videos import ClipSpec, VideoClipDataset, collate_clips, folder_records, webvid_records
+from ..errors import UserInputError
+from ..models.loading import load_pipeline
+from ..models.motion_module import (
+    adapter_from_unet,
+    export_original,
+    inflate,
+    load_motion_adapter,
+    motion_adapter_for_unet,
+    motion_parameters,
+    save_motion_adapter,
+    zero_init_output_projections,
+)
+from ..progress import StageReporter
+from .checkpoint import load_checkpoint, save_checkpoint
+from .distributed import Dist, mean_over_ranks, sum_over_ranks
+
+log = logging.getLogger(__name__)
+
+# Paper Table 2. B (linear 0.00085-0.012) is AnimateDiff's choice; A is SD's own pre-training schedule.
+SCHEDULES = {
+    "A": {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
+    "B": {"beta_schedule": "linear", "beta_start": 0.00085, "beta_end": 0.012},
+    "C": {"beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02},
+}
+
+
+class ResumableDistributedSampler(DistributedSampler):
+    """torch's DistributedSampler (seeded shuffle per epoch, one shard per rank) that can start mid-epoch."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.start = 0
+
+    def set_position(self, epoch: int, start: int) -> None:
+        self.set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.start :])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+def noise_schedule(name: str) -> DDPMScheduler:
+    if name not in SCHEDULES:
+        raise UserInputError(f"schedule must be one of {', '.join(SCHEDULES)} (paper Table 2), got {name!r}")
+    return DDPMScheduler(num_train_timesteps=1000, clip_sample=False, **SCHEDULES[name])
+
+
+def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
+    state = np.random.SeedSequence([seed, step, micro, rank]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+
+
+def build_dataset(cfg) -> VideoClipDataset:
+    data = cfg.data
+    spec = ClipSpec(frames=int(data.frames), stride=int(data.stride), size=int(data.size), flip=bool(data.flip))
+    if spec.size % 8:
+        raise UserInputError(f"data.size must be a multiple of 8, got {spec.size}")
+    if data.name == "webvid":
+        records = webvid_records(data.csv, data.video_folder)
+    elif data.name == "folder":
+        records = folder_records(data.video_folder, data.get("captions"))
+    else:
+        raise UserInputError(f"unknown data {data.name!r}; choose webvid or folder")
+    return VideoClipDataset(records, spec, seed=int(cfg.seed), max_skips=int(data.get("max_skips", 16)))
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for full float32."""
+    if name == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    choices = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if name not in choices:
+        raise UserInputError(f"trainer.mixed_precision must be auto, no, bf16 or fp16; got {name!r}")
+    if choices[name] is not None and device.type != "cuda":
+        raise UserInputError(f"trainer.mixed_precision={name} needs a CUDA device; use no on the CPU")
+    return choices[name]
+
+
+class MotionTrainer:
+    def __init__(self, cfg, run_dir: Path | None, ctx: Dist, device: torch.device, reporter: StageReporter | None = None):
+        self.cfg, self.run_dir, self.ctx, self.device = cfg, run_dir, ctx, device
+        self.reporter = reporter or StageReporter()
+        trainer = cfg.trainer
+        self.batch_size, self.grad_accum = int(trainer.batch_size), int(trainer.grad_accum)
+        self.max_steps, self.seed = int(trainer.max_steps), int(cfg.seed)
+        self.text_dropout = float(cfg.text_dropout)
+        self.autocast_dtype = resolve_precision(str(trainer.mixed_precision), device)
+        self.losses: list[float] = []
+        self.skipped_total = 0
+
+        torch.manual_seed(self.seed)
+        self.dataset = build_dataset(cfg)
+        self.sampler = ResumableDistributedSampler(
+            self.dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=self.seed, drop_last=True
+        )
+        micro_per_epoch = self.sampler.num_samples // self.batch_size
+        self.steps_per_epoch = micro_per_epoch // self.grad_accum
+        if self.steps_per_epoch < 1:
+            raise UserInputError(
+                f"{len(self.dataset)} videos are too few for batch_size={self.batch_size} x grad_accum={self.grad_accum} "
+                f"x {ctx.world_size} rank(s)"
+            )
+
+        # Frozen parts (Section 3.3.3): VAE, text encoder, image UNet.
+        pipe = load_pipeline(cfg.model, torch.float32)
+        self.pipe = pipe
+        self.vae, self.text_encoder, self.tokenizer = pipe.vae, pipe.text_encoder, pipe.tokenizer
+        motion = cfg.motion
+        if motion.get("init_path"):
+            self.adapter_template = load_motion_adapter(str(motion.init_path), num_attention_heads=int(motion.num_attention_heads))
+        else:
+            self.adapter_template = motion_adapter_for_unet(
+                pipe.unet,
+                num_attention_heads=int(motion.num_attention_heads),
+                max_seq_length=int(motion.max_seq_length),
+                transformer_layers_per_block=int(motion.transformer_layers_per_block),
+                seed=self.seed,
+            )
+        if self.dataset.spec.frames > self.adapter_template.config.motion_max_seq_length:
+            raise UserInputError(f"data.frames={self.dataset.spec.frames} exceeds motion.max_seq_length")
+        self.unet = inflate(pipe.unet, self.adapter_template)
+        self.unet.freeze_unet2d_params()
+        if trainer.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        for module in (self.vae, self.text_encoder):
+            module.requires_grad_(False)
+        weight_dtype = self.autocast_dtype or torch.float32
+        self.vae.to(device, weight_dtype)
+        self.text_encoder.to(device, weight_dtype)
+        self.unet.to(device)
+        for _, parameter in self.unet.named_parameters():
+            if not parameter.requires_grad:  # frozen image weights at the low precision, motion weights stay fp32
+                parameter.data = parameter.data.to(weight_dtype)
+        self.trainable = [p for _, p in motion_parameters(self.unet)]
+        self.model = self.unet
+        if ctx.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.model = DistributedDataParallel(
+                self.unet, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+            )
+
+        from diffusers.optimization import get_scheduler
+
+        self.optimizer = torch.optim.AdamW(
+            self.trainable,
+            lr=float(trainer.lr),
+            betas=(float(trainer.adam_beta1), float(trainer.adam_beta2)),
+            weight_decay=float(trainer.weight_decay),
+            eps=float(trainer.adam_epsilon),
+        )
+        self.lr_scheduler = get_scheduler(
+            str(trainer.lr_scheduler), self.optimizer, num_warmup_steps=int(trainer.warmup_steps), num_training_steps=self.max_steps
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
+        self.ema = None
+        if trainer.ema:
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(self.trainable, decay=float(trainer.ema_decay))
+        self.noise_scheduler = noise_schedule(str(cfg.schedule))
+        self.global_step = 0
+        self.empty_ids = self.tokenize([""])
+
+    # --- one optimizer step ----------------------------------------------------------------------------------
+
+    def tokenize(self, captions: list[str]) -> torch.Tensor:
+        return self.tokenizer(
+            captions, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
+
+    def loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        pixels = batch["pixel_values"].to(self.device)  # (B, F, 3, H, W)
+        batch_size, frames = pixels.shape[:2]
+        with torch.no_grad():
+            posterior = self.vae.encode(pixels.flatten(0, 1).to(self.vae.dtype)).latent_dist
+            latents = posterior.sample(generator=generator).float() * self.vae.config.scaling_factor
+            latents = latents.unflatten(0, (batch_size, frames)).permute(0, 2, 1, 3, 4)  # (B, C, F, h, w)
+            noise = torch.randn(latents.shape, generator=generator).to(self.device)
+            timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
+            dropped = torch.rand(batch_size, generator=generator) < self.text_dropout
+            captions = ["" if drop else caption for drop, caption in zip(dropped.tolist(), batch["captions"])]
+            text = self.text_encoder(self.tokenize(captions).to(self.device))[0]
+            text = text.repeat_interleave(frames, dim=0)  # one caption embedding per frame (image layers)
+            noisy = self.noise_scheduler.add_noise(latents, noise, timesteps.to(self.device))
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
+        )
+        with autocast:
+            prediction = self.model(noisy, timesteps.to(self.device), encoder_hidden_states=text).sample
+        return F.mse_loss(prediction.float(), noise.float())  # ε-prediction, L2 (Section 3.3.3)
+
+    def optimizer_step(self, batches) -> tuple[float, int]:
+        total, skipped = 0.0, 0
+        for micro in range(self.grad_accum):
+            batch = next(batches)
+            skipped += int(batch["skipped"])
+            generator = step_generator(self.seed, self.global_step, micro, self.ctx.rank)
+            # Real accumulation under DDP: gradients are all-reduced only on the last micro-batch.
+            sync = nullcontext() if (not self.ctx.enabled or micro == self.grad_accum - 1) else self.model.no_sync()
+            with sync:
+                loss = self.loss(batch, generator)
+                self.scaler.scale(loss / self.grad_accum).backward()
+            total += float(loss.detach()) / self.grad_accum
+        self.scaler.unscale_(self.optimizer)
+        max_norm = float(self.cfg.trainer.max_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, max_norm if max_norm > 0 else float("inf"))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.step(self.trainable)
+        self.global_step += 1
+        self.last_grad_norm = float(grad_norm)
+        return total, skipped
+
+    # --- state ---------------------------------------------------------------------------------------------
+
+    def current_adapter(self, use_ema: bool = False) -> MotionAdapter:
+        if use_ema and self.ema is not None:
+            self.ema.store(self.trainable)
+            self.ema.copy_to(self.trainable)
+            adapter = adapter_from_unet(self.unet, self.adapter_template)
+            self.ema.restore(self.trainable)
+            return adapter
+        return adapter_from_unet(self.unet, self.adapter_template)
+
+    def state(self) -> dict:
+        return {
+            "global_step": self.global_step,
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "world_size": self.ctx.world_size,
+            "batch_size": self.batch_size,
+            "grad_accum": self.grad_accum,
+        }
+
+    def resume(self, path: str) -> None:
+        motion_dir, state = load_checkpoint(path)
+        if (state["world_size"], state["batch_size"], state["grad_accum"]) != (self.ctx.world_size, self.batch_size, self.grad_accum):
+            log.warning("resuming with a different world size / batch size / accumulation: the data order will differ")
+        self.unet.load_motion_modules(MotionAdapter.from_pretrained(str(motion_dir)).to(self.device))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.global_step = int(state["global_step"])
+
+    # --- the loop ------------------------------------------------------------------------------------------
+
+    def batches(self):
+        """Micro-batches from the current position on, epoch after epoch."""
+        loader_kwargs = {"batch_size": self.batch_size, "num_workers": int(self.cfg.data.num_workers), "drop_last": True,
+                         "collate_fn": collate_clips, "persistent_workers": False}
+        epoch, within = divmod(self.global_step, self.steps_per_epoch)
+        while True:
+            self.sampler.set_position(epoch, within * self.grad_accum * self.batch_size)
+            self.dataset.set_epoch(epoch)
+            loader = DataLoader(self.dataset, sampler=self.sampler, **loader_kwargs)
+            yield from loader
+            epoch, within = epoch + 1, 0
+
+    def train(self) -> dict:
+        trainer = self.cfg.trainer
+        writer = self.open_tensorboard() if self.ctx.is_main else None
+        metrics_file = (self.run_dir / "metrics.jsonl").open("a") if self.ctx.is_main and self.run_dir else None
+        batches = self.batches()
+        self.model.train()
+        started = time.perf_counter()
+        try:
+            with self.reporter.stage("training", total=self.max_steps - self.global_step):
+                while self.global_step < self.max_steps:
+                    step_started = time.perf_counter()
+                    loss, skipped = self.optimizer_step(batches)
+                    loss = mean_over_ranks(loss, self.ctx)
+                    skipped = sum_over_ranks(skipped, self.ctx)
+                    self.losses.append(loss)
+                    self.skipped_total += skipped
+                    self.reporter.advance()
+                    if not math.isfinite(loss):
+                        raise RuntimeError(f"loss is {loss} at step {self.global_step}; lower trainer.lr or use bf16")
+                    record = {"step": self.global_step, "loss": loss, "lr": self.lr_scheduler.get_last_lr()[0],
+                              "grad_norm": self.last_grad_norm, "skipped_clips": skipped,
+                              "skipped_clips_total": self.skipped_total, "step_s": time.perf_counter() - step_started}
+                    if metrics_file and (self.global_step % int(trainer.log_every) == 0 or self.global_step == self.max_steps):
+                        metrics_file.write(json.dumps(record) + "\n")
+                        metrics_file.flush()
+                        if writer is not None:
+                            for key in ("loss", "lr", "grad_norm", "skipped_clips_total"):
+                                writer.add_scalar(f"train/{key}", record[key], self.global_step)
+                    if skipped:
+                        log.info("step %d: skipped %d unreadable or short clips", self.global_step, skipped)
+                    every = int(trainer.checkpoint_every)
+                    if self.ctx.is_main and self.run_dir and every > 0 and self.global_step % every == 0:
+                        save_checkpoint(self.run_dir / "checkpoints", self.global_step, self.current_adapter(), self.state(),
+                                        keep=int(trainer.keep_checkpoints))
+                    validation_every = int(self.cfg.validation.every)
+                    if self.ctx.is_main and self.run_dir and validation_every > 0 and self.global_step % validation_every == 0:
+                        self.validate()
+        finally:
+            if metrics_file:
+                metrics_file.close()
+            if writer is not None:
+                writer.close()
+        return {"steps": self.global_step, "final_loss": self.losses[-1] if self.losses else None,
+                "skipped_clips": self.skipped_total, "train_s": time.perf_counter() - started}
+
+    def open_tensorboard(self):
+        if not self.cfg.trainer.tensorboard or self.run_dir is None:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # the optional `tensorboard` package is absent; metrics.jsonl is always written
+            log.info("tensorboard is not installed; logging to metrics.jsonl only")
+            return None
+        return SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    @torch.no_grad()
+    def validate(self) -> None:
+        from ..io.video import write_video
+        from ..methods import animatediff
+
+        validation = self.cfg.validation
+        adapter = self.current_adapter(use_ema=True)
+        folder = self.run_dir / "validation"
+        folder.mkdir(exist_ok=True)
+        self.model.eval()
+        for index, prompt in enumerate(validation.prompts):
+            settings = animatediff.AnimateDiffSettings(
+                prompt=str(prompt), frames=int(self.cfg.data.frames), height=int(self.cfg.data.size),
+                width=int(self.cfg.data.size), steps=int(validation.steps), guidance_scale=float(validation.guidance_scale),
+                seed=self.seed, beta_schedule=SCHEDULES[str(self.cfg.schedule)]["beta_schedule"],
+            )
+            output = animatediff.generate(self.pipe, adapter, settings, StageReporter())
+            write_video(folder / f"step_{self.global_step:07d}_{index}.mp4", output.frames, fps=float(validation.fps))
+        self.model.train()
+
+    def save_final(self) -> dict:
+        adapter = self.current_adapter(use_ema=True)
+        save_motion_adapter(adapter, self.run_dir / "motion_module")
+        export_original(adapter, self.run_dir / "motion_module.safetensors")
+        return {"diffusers": "motion_module/", "original": "motion_module.safetensors", "ema": self.ema is not None}
+
+
+__all__ = ["MotionTrainer", "SCHEDULES", "noise_schedule", "zero_init_output_projections"]

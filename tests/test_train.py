@@ -1,0 +1,123 @@
+"""Motion-module training: data, objective, checkpoint/resume equivalence, outputs."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from diffusers import MotionAdapter
+from hydra import compose, initialize_config_module
+
+from stylevid.data.toy import write_toy_videos
+from stylevid.data.videos import ClipSpec, VideoClipDataset, folder_records, webvid_records
+from stylevid.errors import UserInputError
+from stylevid.models.motion_module import load_motion_adapter, tiny_motion_adapter
+from stylevid.train import run_train
+
+TINY_TRAIN = [
+    "model=tiny", "data=folder", "data.frames=4", "data.stride=2", "data.size=32", "data.num_workers=0",
+    "trainer.batch_size=2", "trainer.grad_accum=2", "trainer.lr=1e-3", "trainer.log_every=1",
+    "trainer.mixed_precision=no", "trainer.gradient_checkpointing=false", "motion.num_attention_heads=2", "device=cpu",
+]
+
+
+@pytest.fixture(scope="module")
+def toy_videos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("toy")
+    write_toy_videos(folder, count=8, frames=10, size=32)
+    (folder / "broken.mp4").write_bytes(b"not a video")
+    (folder / "broken.txt").write_text("broken\n")
+    write_toy_videos(folder / "short", count=1, frames=3, size=32)  # shorter than one clip (7 frames)
+    return folder
+
+
+def train_cfg(overrides):
+    with initialize_config_module("stylevid.conf", version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def test_dataset_is_deterministic_and_skips_bad_clips(toy_videos):
+    records = folder_records(toy_videos)
+    assert len(records) == 10
+    dataset = VideoClipDataset(records, ClipSpec(frames=4, stride=2, size=32), seed=5)
+    items = [dataset[i] for i in range(len(dataset))]
+    again = VideoClipDataset(records, ClipSpec(frames=4, stride=2, size=32), seed=5)
+    assert all(torch.equal(a["pixel_values"], again[i]["pixel_values"]) for i, a in enumerate(items))
+    assert items[0]["pixel_values"].shape == (4, 3, 32, 32)
+    assert -1 <= items[0]["pixel_values"].min() and items[0]["pixel_values"].max() <= 1
+    broken = [i for i, r in enumerate(records) if r.path.name == "broken.mp4"][0]
+    assert items[broken]["skipped"] >= 1 and items[broken]["caption"] != "broken"
+    short = [i for i, r in enumerate(records) if r.path.parent.name == "short"][0]
+    assert items[short]["skipped"] >= 1
+    other_seed = VideoClipDataset(records, ClipSpec(frames=4, stride=2, size=32), seed=6)
+    assert any(not torch.equal(a["pixel_values"], other_seed[i]["pixel_values"]) for i, a in enumerate(items))
+
+
+def test_webvid_csv(toy_videos, tmp_path):
+    csv = tmp_path / "webvid.csv"
+    csv.write_text("videoid,name,page_dir\ntoy_00,a red square,000\ntoy_01,a green square,000\n")
+    records = webvid_records(csv, toy_videos)
+    assert [r.caption for r in records] == ["a red square", "a green square"]
+    assert records[0].path == toy_videos / "toy_00.mp4"
+    (tmp_path / "bad.csv").write_text("id,caption\n1,x\n")
+    with pytest.raises(UserInputError, match="videoid"):
+        webvid_records(tmp_path / "bad.csv", toy_videos)
+
+
+def test_training_changes_only_motion_weights_and_resume_repeats_the_losses(toy_videos, tmp_path):
+    common = TINY_TRAIN + [f"data.video_folder={toy_videos}", "trainer.max_steps=4", "trainer.checkpoint_every=2",
+                           "trainer.keep_checkpoints=3", "trainer.ema=true", "trainer.ema_decay=0.5",
+                           "trainer.lr_scheduler=linear", "trainer.warmup_steps=1"]
+    full = run_train(train_cfg(common + [f"output_dir={tmp_path / 'full'}"]))
+    losses = [json.loads(line)["loss"] for line in (full / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 4 and all(np.isfinite(losses))
+    result = json.loads((full / "result.json").read_text())
+    assert result["skipped_clips"] >= 1  # the broken and the short video are skipped and counted
+
+    # only motion weights changed; the exported module loads in both formats
+    trained = MotionAdapter.from_pretrained(str(full / "motion_module"))
+    initial = tiny_motion_adapter(seed=0)
+    initial.load_state_dict({k: v for k, v in initial.state_dict().items()})
+    changed = [k for k, v in trained.state_dict().items() if not torch.equal(v, initial.state_dict()[k])]
+    assert any("proj_out" in k for k in changed)
+    original = load_motion_adapter(str(full / "motion_module.safetensors"), num_attention_heads=2)
+    assert all(torch.equal(original.state_dict()[k], v) for k, v in trained.state_dict().items())
+
+    # interrupted after step 2, resumed: the same losses for steps 3 and 4, and the same weights
+    last = full / "checkpoints" / "last"
+    assert last.is_symlink() and last.resolve().name == "step_0000004"
+    resumed = run_train(train_cfg(common + [f"output_dir={tmp_path / 'resumed'}",
+                                            f"trainer.resume={full / 'checkpoints' / 'step_0000002'}"]))
+    resumed_losses = [json.loads(line)["loss"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert resumed_losses == losses[2:]
+    again = MotionAdapter.from_pretrained(str(resumed / "motion_module"))
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in trained.state_dict().items())
+    assert not list((full / "checkpoints").glob(".tmp*"))
+
+
+def test_frozen_image_weights_and_gradient_accumulation(toy_videos, tmp_path):
+    """The trainer's inflated UNet: image weights unchanged after steps, motion weights changed."""
+    from stylevid.training.distributed import Dist
+    from stylevid.training.motion import MotionTrainer
+
+    cfg = train_cfg(TINY_TRAIN + [f"data.video_folder={toy_videos}", "trainer.max_steps=1"])
+    trainer = MotionTrainer(cfg, None, Dist(), torch.device("cpu"))
+    before = {k: v.clone() for k, v in trainer.unet.state_dict().items()}
+    trainer.train()
+    after = trainer.unet.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(".motion_modules." in f".{k}" for k in changed)
+    assert {k for k, p in trainer.unet.named_parameters() if p.requires_grad} == {
+        k for k in before if ".motion_modules." in f".{k}" and not k.endswith("pos_embed.pe")
+    }
+
+
+def test_bad_training_input_is_a_user_error(toy_videos):
+    with pytest.raises(UserInputError, match="too few"):
+        run_train(train_cfg(TINY_TRAIN + [f"data.video_folder={toy_videos}", "trainer.batch_size=64",
+                                          "output_dir=/tmp/never"]))
+    with pytest.raises(UserInputError, match="schedule"):
+        from stylevid.training.motion import noise_schedule
+
+        noise_schedule("D")
