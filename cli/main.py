@@ -16,12 +16,12 @@ from rich.console import Console
 
 TASKS = {
     "generate": "zero-shot video from text (t2v_zero), a style image (stylet2v0) and pose/edge/depth conditions",
-    "train": "train a motion module (not yet available)",
+    "train": "train a motion module (stylevid train motion_module data=webvid ...), on CPU, a GPU or torchrun",
     "invert": "DDIM-invert an image or video: latents per step, a reconstruction and its PSNR",
     "evaluate": "CLIPSIM, consistency, style fidelity, warp error, FVD, IS over runs, sweeps or video folders",
 }
-AVAILABLE = {"generate", "invert", "evaluate"}
-GROUPS_CHECKED = ("method", "model", "condition", "metrics")  # checked before Hydra, for a one-line error
+AVAILABLE = {"generate", "train", "invert", "evaluate"}
+GROUPS_CHECKED = ("method", "model", "condition", "metrics", "data", "trainer")  # checked before Hydra, for a one-line error
 
 console = Console(stderr=True)
 
@@ -113,7 +113,14 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
     if task not in AVAILABLE:
         fail(f"stylevid {task} is not yet available")
+    if task == "train":
+        # `stylevid train motion_module ...`: the target is a word before the overrides
+        if overrides and "=" not in overrides[0] and not overrides[0].startswith("-"):
+            overrides = [f"target={overrides[0]}", *overrides[1:]]
     check_group_choices(overrides)
+    if task == "generate" and any(arg in ("--help", "-h", "--hydra-help") for arg in overrides):
+        if not any(arg.startswith("method=") for arg in overrides):
+            overrides.append("method=stylet2v0")  # show a complete config: the method group is required
     if not any(arg.startswith("-") for arg in overrides):
         check_composes(task, overrides)
 

@@ -62,4 +62,10 @@ def evaluate(cfg: DictConfig) -> None:
         print_metrics_table(run_dir, Console())
 
 
-TASK_FUNCTIONS = {"generate": generate, "invert": invert, "evaluate": evaluate}
+def train(cfg: DictConfig) -> None:
+    from stylevid.train import run_train
+
+    _run(run_train, cfg, "result.json")
+
+
+TASK_FUNCTIONS = {"generate": generate, "train": train, "invert": invert, "evaluate": evaluate}

@@ -24,13 +24,13 @@ from .io.run_dir import (
 from .conditions.control import ConditionMaps, build_control, cache_condition_maps, prepare_condition_maps
 from .distributed import Rank, broadcast_from_main, current_rank, gather_to_main, rank_device, shard
 from .io.video import save_frames, write_video
-from .methods import stylet2v0
+from .methods import animatediff, stylet2v0
 from .methods.t2v_zero import ZeroShotSettings, ZeroShotVideo
 from .models.loading import load_pipeline, resolve_device, resolve_dtype
 from .progress import StageReporter
 
 log = logging.getLogger(__name__)
-METHODS = ("t2v_zero", "stylet2v0")
+METHODS = ("t2v_zero", "stylet2v0", "animatediff")
 
 
 def default_step_counts(steps: int) -> tuple[int, int]:
@@ -99,7 +99,7 @@ class GenerateJob:
     """One video to make: everything checked, nothing loaded or written yet."""
 
     cfg: DictConfig
-    settings: ZeroShotSettings
+    settings: ZeroShotSettings | animatediff.AnimateDiffSettings
     style: stylet2v0.StyleSettings | None
 
 
@@ -110,6 +110,16 @@ def plan_job(cfg: DictConfig) -> GenerateJob:
         raise UserInputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if not cfg.get("prompt"):
         raise UserInputError('no prompt: pass prompt="..." (or prompts=FILE for one video per row)')
+    if method == "animatediff":
+        if cfg.condition.controls:
+            raise UserInputError("structure conditions are not supported with method=animatediff yet")
+        if cfg.get("cpu_offload"):
+            raise UserInputError("cpu_offload is not supported with method=animatediff yet (it inflates its own UNet)")
+        if cfg.fps <= 0:
+            raise UserInputError(f"fps must be positive, got {cfg.fps}")
+        settings = animatediff.settings_from_config(cfg)
+        settings.validate()
+        return GenerateJob(cfg=cfg, settings=settings, style=None)
     settings = zero_shot_settings(cfg)
     settings.validate()
     style = style_settings(cfg) if method == "stylet2v0" else None
@@ -130,6 +140,7 @@ class Loaded:
     dtype: torch.dtype
     conditions: ConditionMaps | None
     control: object | None
+    motion_adapter: object | None = None  # animatediff
 
 
 def load_for(job: GenerateJob, reporter: StageReporter, rank: Rank = Rank()) -> Loaded:
@@ -140,6 +151,11 @@ def load_for(job: GenerateJob, reporter: StageReporter, rank: Rank = Rank()) -> 
     dtype = resolve_dtype(str(cfg.dtype), device)
     with reporter.stage("loading model"):
         pipe = load_pipeline(cfg.model, dtype)
+        if cfg.method.name == "animatediff":  # a personalized model: image LoRA, then the motion module
+            animatediff.apply_image_lora(pipe, cfg)
+            adapter = animatediff.load_motion(cfg, dtype)
+            settings.validate(max_seq_length=adapter.config.motion_max_seq_length)
+            return Loaded(pipe=pipe.to(device), device=device, dtype=dtype, conditions=None, control=None, motion_adapter=adapter)
         if cfg.get("cpu_offload") and device.type == "cuda":
             pipe.enable_model_cpu_offload(device=device)
         else:
@@ -157,7 +173,9 @@ def execute_job(job: GenerateJob, loaded: Loaded, run_dir: Path, reporter: Stage
     with run_directory(run_dir):
         started = time.perf_counter()
         cached_maps = cache_condition_maps(loaded.conditions, run_dir) if loaded.conditions else {}
-        if style is not None:
+        if loaded.motion_adapter is not None:
+            output = animatediff.generate(loaded.pipe, loaded.motion_adapter, settings, reporter)
+        elif style is not None:
             output = stylet2v0.generate(loaded.pipe, settings, style, reporter, control=loaded.control)
         else:
             output = ZeroShotVideo(loaded.pipe, reporter)(settings, control=loaded.control)
@@ -176,9 +194,11 @@ def execute_job(job: GenerateJob, loaded: Loaded, run_dir: Path, reporter: Stage
             "width": settings.width,
             "fps": float(cfg.fps),
             "steps": settings.steps,
-            "t0": settings.t0,
-            "t1": settings.t1,
+            "t0": getattr(settings, "t0", None),
+            "t1": getattr(settings, "t1", None),
             "model": {"name": cfg.model.get("name"), "path": cfg.model.get("path")},
+            "motion": OmegaConf.to_container(cfg.motion) if "motion" in cfg else None,
+            "lora": OmegaConf.to_container(cfg.lora) if "lora" in cfg else None,
             "style": style.image if style else None,
             "conditions": {
                 "kinds": loaded.conditions.kinds if loaded.conditions else [],

@@ -51,11 +51,12 @@ def test_bad_prompt_files(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def torchrun(*args, port):
+def torchrun(*args):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), "-m", "stylevid", *args]
+    # --standalone: a local rendezvous on a free port, so parallel or back-to-back launches never collide
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "stylevid", *args]
     done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env, cwd=Path(__file__).parents[1])
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[-6000:]
 
 
 def test_two_ranks_share_generation_and_evaluation_and_rank_zero_gathers(tmp_path):
@@ -64,13 +65,13 @@ def test_two_ranks_share_generation_and_evaluation_and_rank_zero_gathers(tmp_pat
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("one\ntwo\nthree\n")
     out = tmp_path / "batch"
-    torchrun("generate", "method=t2v_zero", f"prompts={prompts}", *TINY, f"output_dir={out}", port=29517)
+    torchrun("generate", "method=t2v_zero", f"prompts={prompts}", *TINY, f"output_dir={out}")
     batch = json.loads((out / "batch.json").read_text())
     assert batch["world_size"] == 2 and batch["ranks"] == {"0": ["0000", "0002"], "1": ["0001"]}
     assert [json.loads((out / r / "result.json").read_text())["prompt"] for r in batch["runs"]] == ["one", "two", "three"]
 
     metrics = ["metrics=[clipsim,temporal_flicker]", "metrics.clip.model=tiny"]
-    torchrun("evaluate", f"sweep={out}", *metrics, f"output_dir={tmp_path / 'ranks2'}", port=29518)
+    torchrun("evaluate", f"sweep={out}", *metrics, f"output_dir={tmp_path / 'ranks2'}")
     with initialize_config_module("stylevid.conf", version_base="1.3"):
         single = run_evaluate(compose("evaluate", overrides=[f"sweep={out}", *metrics, f"output_dir={tmp_path / 'ranks1'}"]))
     two = json.loads((tmp_path / "ranks2" / "metrics.json").read_text())

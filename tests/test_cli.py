@@ -102,10 +102,9 @@ def test_unreadable_style_image_leaves_no_run_directory(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_unavailable_tasks_say_so(capsys):
-    for task in ("train",):
-        code, _, err = run([task], capsys)
-        assert code == 2 and "not yet available" in err
+def test_unknown_task_is_refused(capsys):
+    code, _, err = run(["paint"], capsys)
+    assert code == 2 and "unknown task 'paint'" in err
 
 
 def test_cfg_job_prints_the_composed_config(capsys):
@@ -145,3 +144,22 @@ def test_generate_then_evaluate_the_run(tmp_path, capsys, style_image_path):
     metrics = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
     assert set(metrics["aggregate"]) >= {"clipsim", "style_fidelity", "temporal_flicker"}
     assert "clipsim" in out  # the terminal table
+
+
+def test_train_then_generate_with_the_trained_motion_module(tmp_path, capsys):
+    from stylevid.data.toy import write_toy_videos
+
+    write_toy_videos(tmp_path / "videos", count=3, frames=8, size=32)
+    train_dir = tmp_path / "train"
+    code, _, err = run(["train", "motion_module", "model=tiny", "data=folder", f"data.video_folder={tmp_path / 'videos'}",
+                        "data.frames=4", "data.stride=1", "data.size=32", "data.num_workers=0", "trainer.batch_size=1",
+                        "trainer.max_steps=2", "trainer.checkpoint_every=1", "trainer.log_every=1", f"output_dir={train_dir}"], capsys)
+    assert code == 0, err
+    assert (train_dir / "motion_module").is_dir() and (train_dir / "result.json").exists()
+    code, _, err = run(["generate", "method=animatediff", "model=tiny", "prompt=a red square moving right", "frames=4", "steps=3",
+                        "height=64", "width=64", f"motion.path={train_dir / 'motion_module'}", f"output_dir={tmp_path / 'gen'}"], capsys)
+    assert code == 0, err
+    result = json.loads((tmp_path / "gen" / "result.json").read_text())
+    assert result["method"] == "animatediff" and result["motion"]["path"] == str(train_dir / "motion_module")
+    code, _, err = run(["train", "motion_module", "model=tiny", "data=folder", f"data.video_folder={tmp_path / 'nothing'}"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1

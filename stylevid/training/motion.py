@@ -12,6 +12,7 @@ seeded by (seed, epoch) that can start mid-epoch, so a resumed run repeats the u
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -294,7 +295,9 @@ class MotionTrainer:
             self.sampler.set_position(epoch, within * self.grad_accum * self.batch_size)
             self.dataset.set_epoch(epoch)
             loader = DataLoader(self.dataset, sampler=self.sampler, **loader_kwargs)
-            yield from loader
+            # Whole optimizer steps only: micro-batches left over at the end of an epoch are not used, so
+            # that every epoch starts at a step boundary (what a resume relies on).
+            yield from itertools.islice(loader, (self.steps_per_epoch - within) * self.grad_accum)
             epoch, within = epoch + 1, 0
 
     def train(self) -> dict:
