@@ -61,6 +61,10 @@ def load_pipeline(model_cfg, dtype: torch.dtype) -> StableDiffusionPipeline:
     if name == "tiny" and not path:
         pipe = tiny_pipeline(seed=int(model_cfg.get("seed", 0)))
         return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+    if name == "toy" and not path:
+        from ..toy import toy_path
+
+        path = toy_path("pipeline")
     if not path:
         raise UserInputError(f"model={name} names no weights; pass model.path=<hub id, diffusers directory or .safetensors>")
     path = str(path)

@@ -1,0 +1,156 @@
+"""Build the toy world's models from scratch with stylevid's own trainers, stage by stage.
+
+    python scripts/build_toy_world.py --stage all          # every stage not built yet (resumable)
+    python scripts/build_toy_world.py --stage unet --force # rebuild one stage (and nothing else)
+
+Stages and what each writes under --out (default: the package's stylevid/toy/weights/):
+  vae     pipeline/vae            AutoencoderKL on toy frames (pixel MSE + small KL)
+  clip    clip/                   CLIPModel, contrastive on (frame, caption) pairs
+  unet    pipeline/               the text-to-image UNet on the frozen VAE + CLIP text tower; a full SD pipeline
+  motion  motion_module/          a MotionAdapter trained by `stylevid train motion_module` on toy videos
+Each stage records its steps, wall time, threads and final loss in manifest.json beside the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from stylevid.data import toy_world  # noqa: E402
+from stylevid.toy import WEIGHTS  # noqa: E402
+from stylevid.training import toy  # noqa: E402
+
+STAGES = ("vae", "clip", "unet", "motion")
+log = logging.getLogger("build_toy_world")
+
+
+def load_manifest(out: Path) -> dict:
+    path = out / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else {"stages": {}}
+
+
+def save_manifest(out: Path, manifest: dict) -> None:
+    path = out / "manifest.json"
+    path.with_suffix(".tmp").write_text(json.dumps(manifest, indent=2) + "\n")
+    path.with_suffix(".tmp").replace(path)
+
+
+def stage_vae(out: Path, work: Path, args) -> dict:
+    vae, summary = toy.train_vae(steps=args.steps or 1000)
+    vae.save_pretrained(out / "pipeline" / "vae", safe_serialization=True)
+    return summary
+
+
+def stage_clip(out: Path, work: Path, args) -> dict:
+    model, tokenizer, summary = toy.train_clip(steps=args.steps or 1200)
+    model.save_pretrained(out / "clip", safe_serialization=True)
+    toy.clip_processor(tokenizer).save_pretrained(out / "clip")
+    summary.update(toy.clip_zero_shot(model, tokenizer, count=400, seed=10_000))
+    return summary
+
+
+def stage_unet(out: Path, work: Path, args) -> dict:
+    from diffusers import AutoencoderKL
+    from transformers import CLIPModel, CLIPTokenizer
+
+    vae = AutoencoderKL.from_pretrained(out / "pipeline" / "vae")
+    clip = CLIPModel.from_pretrained(out / "clip")
+    tokenizer = CLIPTokenizer.from_pretrained(out / "clip")
+    text_encoder = toy.text_encoder_from_clip(clip)
+    unet, summary = toy.train_unet(vae, text_encoder, tokenizer, steps=args.steps or 2500)
+    staging = work / "pipeline"
+    toy.save_pipeline(staging, vae, text_encoder, tokenizer, unet)
+    replace_dir(staging, out / "pipeline")
+    return summary
+
+
+def stage_motion(out: Path, work: Path, args) -> dict:
+    """The motion module, trained by the project's own `stylevid train motion_module` on toy videos."""
+    from hydra import compose, initialize_config_module
+
+    from stylevid.train import run_train
+
+    videos = work / "videos"
+    if not (videos / "done").exists():
+        shutil.rmtree(videos, ignore_errors=True)
+        started = time.perf_counter()
+        # No flips in training: a mirrored "moving right" clip would be moving left.
+        toy_world.write_videos(videos, count=args.videos, seed=20_000)
+        (videos / "done").write_text("")
+        log.info("wrote %d toy videos in %.0fs", args.videos, time.perf_counter() - started)
+    run_dir = work / "motion_run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    steps = args.steps or 1500
+    overrides = [
+        "model=toy", f"model.path={out / 'pipeline'}", "data=folder", f"data.video_folder={videos}",
+        f"data.frames={toy_world.FRAMES}", "data.stride=1", f"data.size={toy_world.SIZE}", "data.flip=false",
+        "data.num_workers=0", "trainer.batch_size=4", f"trainer.max_steps={steps}", "trainer.lr=5e-4",
+        "trainer.lr_scheduler=cosine", "trainer.warmup_steps=100", "trainer.mixed_precision=no",
+        "trainer.gradient_checkpointing=false", "trainer.tensorboard=false", "trainer.log_every=50",
+        f"trainer.checkpoint_every={steps}", "motion.num_attention_heads=4", "device=cpu", f"output_dir={run_dir}",
+    ]
+    with initialize_config_module("stylevid.conf", version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    started = time.perf_counter()
+    run_train(cfg)
+    wall = time.perf_counter() - started
+    losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    replace_dir(run_dir / "motion_module", out / "motion_module")
+    return {"steps": steps, "wall_s": round(wall, 1), "final_loss": losses[-1] if losses else None,
+            "videos": args.videos, "command": "stylevid train motion_module " + " ".join(overrides)}
+
+
+def replace_dir(source: Path, target: Path) -> None:
+    """Move a finished directory into place; the old one goes only once the new one is complete."""
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    shutil.copytree(source, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", choices=[*STAGES, "all"], default="all")
+    parser.add_argument("--force", action="store_true", help="rebuild the named stage even if the manifest has it")
+    parser.add_argument("--out", type=Path, default=WEIGHTS)
+    parser.add_argument("--work", type=Path, default=ROOT / "build" / "toy")
+    parser.add_argument("--steps", type=int, default=0, help="override the stage's step count (0 = its default)")
+    parser.add_argument("--videos", type=int, default=800, help="toy videos for the motion stage")
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    manifest = load_manifest(args.out)
+    stages = STAGES if args.stage == "all" else (args.stage,)
+    for name in stages:
+        if name in manifest["stages"] and not (args.force and args.stage == name):
+            log.info("stage %s already built (%s); --force to rebuild", name, manifest["stages"][name].get("wall_s"))
+            continue
+        log.info("stage %s ...", name)
+        summary = globals()[f"stage_{name}"](args.out, args.work, args)
+        summary["threads"] = torch.get_num_threads()
+        summary["torch"] = torch.__version__
+        manifest = load_manifest(args.out)  # re-read: another stage may have been built meanwhile
+        manifest["stages"][name] = summary
+        save_manifest(args.out, manifest)
+        log.info("stage %s done: %s", name, json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
