@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from stylevid.data import toy_world  # noqa: E402
-from stylevid.toy import WEIGHTS  # noqa: E402
+from stylevid.toy import WEIGHTS, judge  # noqa: E402
 from stylevid.training import toy  # noqa: E402
 
 STAGES = ("vae", "clip", "unet", "motion")
@@ -55,7 +55,7 @@ def stage_clip(out: Path, work: Path, args) -> dict:
     model, tokenizer, summary = toy.train_clip(steps=args.steps or 1200)
     model.save_pretrained(out / "clip", safe_serialization=True)
     toy.clip_processor(tokenizer).save_pretrained(out / "clip")
-    summary.update(toy.clip_zero_shot(model, tokenizer, count=400, seed=10_000))
+    summary.update(judge.clip_zero_shot(judge.toy_clip_embedder(out / "clip"), count=400))
     return summary
 
 

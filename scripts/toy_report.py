@@ -1,0 +1,88 @@
+"""What the packaged toy models do, measured with the toy CLIP as judge, against the toy world's targets.
+
+    python scripts/toy_report.py                 # every figure (a few minutes on 2 CPU cores)
+    python scripts/toy_report.py --only clip t2i # some of them
+    python scripts/toy_report.py --json figures.json --strip strip.png
+
+The same functions (`stylevid.toy.judge`) back the tests in tests/test_toy_models.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from stylevid.models.loading import load_pipeline  # noqa: E402
+from stylevid.models.motion_module import load_motion_adapter  # noqa: E402
+from stylevid.toy import judge, manifest, toy_path  # noqa: E402
+
+STYLES = {name: ROOT / "examples" / "styles" / f"{name}.png" for name in ("sunset", "ocean", "forest")}
+# (figure, key in the measurement, target, higher is better)
+TARGETS = {
+    "clip": [("toy CLIP zero-shot colour accuracy", "colour_accuracy", 0.90), ("toy CLIP zero-shot shape accuracy", "shape_accuracy", 0.80)],
+    "t2i": [("T2I prompt adherence (colour)", "colour_adherence", 0.80), ("T2I prompt adherence (shape, no target)", "shape_adherence", None)],
+    "cross_frame": [("t2v_zero frame consistency, cross-frame attention", "consistency_cross_frame", None),
+                    ("t2v_zero frame consistency, plain attention", "consistency_plain", None),
+                    ("prompts where cross-frame attention is more consistent", "share_of_prompts_higher", 0.80)],
+    "style": [("stylet2v0 colour-statistics distance drop vs no style", "distance_drop", 0.30),
+              ("stylet2v0 prompt adherence (colour)", "colour_adherence_with_style", 0.70)],
+    "motion": [("animatediff: direction of motion followed", "direction_followed", 0.70)],
+}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", choices=list(TARGETS), default=list(TARGETS))
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--strip", type=Path, help="write the T2I samples as one PNG strip")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    pipe = load_pipeline({"name": "toy", "path": None}, torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    embedder = judge.toy_clip_embedder()
+    figures, failed = {}, []
+    for part in args.only:
+        started = time.perf_counter()
+        if part == "clip":
+            result = judge.clip_zero_shot(embedder)
+        elif part == "t2i":
+            result = judge.measure_t2i(pipe, embedder)
+            if args.strip:
+                from PIL import Image
+
+                Image.fromarray(np.concatenate(list(result["images"]), axis=1)).save(args.strip)
+        elif part == "cross_frame":
+            result = judge.measure_cross_frame(pipe, embedder)
+        elif part == "style":
+            result = judge.measure_style(pipe, embedder, STYLES)
+        else:
+            result = judge.measure_motion(pipe, load_motion_adapter(str(toy_path("motion_module"))))
+        result.pop("images", None)
+        result["seconds"] = round(time.perf_counter() - started, 1)
+        figures[part] = result
+        for label, key, target in TARGETS[part]:
+            value = result[key]
+            verdict = "" if target is None else ("  ok" if value >= target else "  BELOW TARGET")
+            print(f"{label:<60} {value:7.3f}" + (f"  (target >= {target:.2f}){verdict}" if target is not None else ""))
+            if target is not None and value < target:
+                failed.append(label)
+        print(f"{'':<60} ({result['count']} samples, {result['seconds']} s)")
+    print("\nbuild manifest:")
+    for stage, summary in manifest().get("stages", {}).items():
+        print(f"  {stage:<7} {summary.get('steps')} steps, {summary.get('wall_s')} s, final loss {summary.get('final_loss'):.4f}")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2, default=str) + "\n")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

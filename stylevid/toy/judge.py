@@ -1,0 +1,223 @@
+"""Measuring what the toy models do, with the toy CLIP as judge (tests, `scripts/toy_report.py`, the build).
+
+Each `measure_*` function runs one method of stylevid on held-out toy prompts and returns its figures:
+  * `clip_zero_shot`: colour and shape accuracy of the toy CLIP on fresh toy frames (prompt ensembling:
+    "red" is the mean text embedding of "a red circle", "a red square", ...);
+  * `measure_t2i`: the share of text-to-image samples whose colour the judge assigns to the prompt's colour;
+  * `measure_cross_frame`: t2v_zero's frame consistency (mean CLIP cosine of consecutive frames, Gen-1's
+    definition) with cross-frame attention against the same runs with plain self-attention;
+  * `measure_style`: stylet2v0's distance of colour statistics to the style image against t2v_zero's on the
+    same prompt and seed, and its prompt adherence;
+  * `measure_motion`: the share of animatediff videos whose object moves the way the prompt says, from the
+    displacement of the foreground centroid between the first and last frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import toy_world
+from ..metrics.clip import ClipEmbedder, load_clip
+
+JUDGED_SHAPES = ("circle", "square", "triangle", "star")  # the figure is easy to locate in every frame
+DIRECTION_WORDS = {"left": "moving left", "right": "moving right", "up": "moving up", "down": "moving down"}
+
+
+def toy_clip_embedder(path: str | Path | None = None) -> ClipEmbedder:
+    from . import toy_path
+
+    return load_clip(str(path or toy_path("clip")))
+
+
+# --- the judge --------------------------------------------------------------------------------------------------
+
+
+def attribute_embeddings(embedder: ClipEmbedder, attribute: str) -> tuple[list[str], torch.Tensor]:
+    """One unit text embedding per colour (or shape), averaged over every shape (or colour)."""
+    values = list(toy_world.COLOURS) if attribute == "colour" else list(toy_world.SHAPES)
+    others = list(toy_world.SHAPES) if attribute == "colour" else list(toy_world.COLOURS)
+    rows = []
+    for value in values:
+        captions = [f"a {value} {other}" if attribute == "colour" else f"a {other} {value}" for other in others]
+        mean = embedder.embed_texts(captions).mean(0)
+        rows.append(mean / mean.norm())
+    return values, torch.stack(rows)
+
+
+def classify(embedder: ClipEmbedder, images: np.ndarray, attribute: str) -> list[str]:
+    """The judge's colour or shape for each (N, H, W, 3) uint8 image."""
+    values, texts = attribute_embeddings(embedder, attribute)
+    scores = embedder.embed_images(images) @ texts.T
+    return [values[index] for index in scores.argmax(1).tolist()]
+
+
+def clip_zero_shot(embedder: ClipEmbedder, count: int = 400, seed: int = 10_000) -> dict:
+    """Zero-shot accuracy on `count` held-out frames (seeds the training never drew)."""
+    images, scenes, _ = toy_world.frame_dataset(count, seed=seed)
+    colours, shapes = classify(embedder, images, "colour"), classify(embedder, images, "shape")
+    return {
+        "colour_accuracy": float(np.mean([c == s.colour for c, s in zip(colours, scenes)])),
+        "shape_accuracy": float(np.mean([c == s.shape for c, s in zip(shapes, scenes)])),
+        "count": count,
+    }
+
+
+def colour_statistics(images: np.ndarray) -> np.ndarray:
+    """Per-channel mean and standard deviation of all pixels, in [0, 1]: what AdaIN transfers."""
+    pixels = images.reshape(-1, 3).astype(np.float64) / 255.0
+    return np.concatenate([pixels.mean(0), pixels.std(0)])
+
+
+def style_distance(frames: np.ndarray, style_image: np.ndarray) -> float:
+    return float(np.linalg.norm(colour_statistics(frames) - colour_statistics(style_image)))
+
+
+def frame_consistency(embedder: ClipEmbedder, frames: np.ndarray) -> float:
+    """Mean CLIP cosine of consecutive frames (Gen-1's definition, as `stylevid evaluate` computes it)."""
+    embeddings = embedder.embed_images(frames)
+    return float((embeddings[1:] * embeddings[:-1]).sum(-1).mean())
+
+
+def motion_direction(frames: np.ndarray, min_pixels: float = 3.0) -> str | None:
+    """left/right/up/down from the foreground centroid's displacement over the clip (None: no clear motion)."""
+    start, end = toy_world.foreground_centroid(frames[0]), toy_world.foreground_centroid(frames[-1])
+    if start is None or end is None:
+        return None
+    dx, dy = end[0] - start[0], end[1] - start[1]
+    if max(abs(dx), abs(dy)) < min_pixels:
+        return None
+    if abs(dx) >= abs(dy):
+        return "right" if dx > 0 else "left"
+    return "down" if dy > 0 else "up"
+
+
+# --- held-out prompts -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prompt:
+    colour: str
+    shape: str
+    seed: int
+    direction: str | None = None
+
+    @property
+    def text(self) -> str:
+        words = ["a", self.colour, self.shape] + ([DIRECTION_WORDS[self.direction]] if self.direction else [])
+        return " ".join(words)
+
+
+def prompts(count: int, seed: int = 0, directions: bool = False) -> list[Prompt]:
+    """`count` prompts cycling through the colours (and directions), with shapes and seeds drawn at random."""
+    rng = np.random.default_rng(seed)
+    colours, moves = list(toy_world.COLOURS), list(DIRECTION_WORDS)
+    out = []
+    for index in range(count):
+        out.append(
+            Prompt(
+                colour=colours[index % len(colours)],
+                shape=str(JUDGED_SHAPES[int(rng.integers(len(JUDGED_SHAPES)))]),
+                seed=int(rng.integers(1_000_000)),
+                direction=moves[index % len(moves)] if directions else None,
+            )
+        )
+    return out
+
+
+# --- the methods, measured --------------------------------------------------------------------------------------
+
+
+def measure_t2i(pipe, embedder: ClipEmbedder, count: int = 24, steps: int = 25, guidance_scale: float = 7.5) -> dict:
+    """Text-to-image prompt adherence: share of samples the judge gives the prompt's colour (and shape)."""
+    chosen = prompts(count, seed=1)
+    images = []
+    for prompt in chosen:
+        generator = torch.Generator("cpu").manual_seed(prompt.seed)
+        out = pipe(prompt.text, num_inference_steps=steps, guidance_scale=guidance_scale, generator=generator, output_type="np")
+        images.append((out.images[0] * 255).round().astype(np.uint8))
+    images = np.stack(images)
+    colours, shapes = classify(embedder, images, "colour"), classify(embedder, images, "shape")
+    return {
+        "colour_adherence": float(np.mean([c == p.colour for c, p in zip(colours, chosen)])),
+        "shape_adherence": float(np.mean([s == p.shape for s, p in zip(shapes, chosen)])),
+        "count": count,
+        "images": images,
+    }
+
+
+def _zero_shot(pipe, prompt: Prompt, frames: int, steps: int, style=None, cross_frame: bool = True):
+    from ..methods import stylet2v0
+    from ..methods.t2v_zero import ZeroShotSettings, ZeroShotVideo
+
+    t0, t1 = round(steps * 44 / 50), round(steps * 47 / 50)  # Text2Video-Zero's 44/47 of 50, scaled
+    settings = ZeroShotSettings(
+        prompt=prompt.text, frames=frames, height=toy_world.SIZE, width=toy_world.SIZE, steps=steps, seed=prompt.seed,
+        t0=t0, t1=min(t1, steps - 1), motion_field_strength_x=12 * toy_world.SIZE / 512,
+        motion_field_strength_y=12 * toy_world.SIZE / 512, chunk_size=0,
+    )
+    if style is not None:
+        return stylet2v0.generate(pipe, settings, style).frames
+    if cross_frame:
+        return ZeroShotVideo(pipe)(settings).frames
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    return ZeroShotVideo(pipe)(settings, processor_for=lambda name, groups: AttnProcessor2_0()).frames
+
+
+def measure_cross_frame(pipe, embedder: ClipEmbedder, count: int = 6, frames: int = 8, steps: int = 20) -> dict:
+    """t2v_zero's frame consistency with and without cross-frame attention, same prompts and seeds."""
+    with_attention, without = [], []
+    for prompt in prompts(count, seed=2):
+        with_attention.append(frame_consistency(embedder, _zero_shot(pipe, prompt, frames, steps)))
+        without.append(frame_consistency(embedder, _zero_shot(pipe, prompt, frames, steps, cross_frame=False)))
+    return {
+        "consistency_cross_frame": float(np.mean(with_attention)),
+        "consistency_plain": float(np.mean(without)),
+        "share_of_prompts_higher": float(np.mean(np.array(with_attention) > np.array(without))),
+        "count": count,
+    }
+
+
+def measure_style(pipe, embedder: ClipEmbedder, style_images: dict[str, Path], count: int = 6, frames: int = 4,
+                  steps: int = 20, strength: float = 1.0, layers=("all",)) -> dict:
+    """stylet2v0 against t2v_zero on the same prompt and seed: colour-statistics distance to the style image."""
+    from ..methods.stylet2v0 import StyleSettings, load_style_image
+
+    styled, plain, adherent = [], [], []
+    names = sorted(style_images)
+    for index, prompt in enumerate(prompts(count, seed=3)):
+        path = style_images[names[index % len(names)]]
+        reference = load_style_image(str(path), toy_world.SIZE, toy_world.SIZE)
+        style = StyleSettings(image=str(path), strength=strength, layers=list(layers))
+        with_style = _zero_shot(pipe, prompt, frames, steps, style=style)
+        without = _zero_shot(pipe, prompt, frames, steps)
+        styled.append(style_distance(with_style, reference))
+        plain.append(style_distance(without, reference))
+        adherent.append(classify(embedder, with_style[:1], "colour")[0] == prompt.colour)
+    return {
+        "distance_with_style": float(np.mean(styled)),
+        "distance_without_style": float(np.mean(plain)),
+        "distance_drop": float(1 - np.mean(styled) / np.mean(plain)),
+        "colour_adherence_with_style": float(np.mean(adherent)),
+        "count": count,
+    }
+
+
+def measure_motion(pipe, motion_adapter, count: int = 16, steps: int = 25, guidance_scale: float = 7.5) -> dict:
+    """animatediff with the toy motion module: share of videos moving the way their prompt says."""
+    from ..methods.animatediff import AnimateDiffSettings, generate
+
+    followed, seen = [], []
+    for prompt in prompts(count, seed=4, directions=True):
+        settings = AnimateDiffSettings(
+            prompt=prompt.text, frames=toy_world.FRAMES, height=toy_world.SIZE, width=toy_world.SIZE, steps=steps,
+            guidance_scale=guidance_scale, seed=prompt.seed,
+        )
+        direction = motion_direction(generate(pipe, motion_adapter, settings).frames)
+        seen.append(direction)
+        followed.append(direction == prompt.direction)
+    return {"direction_followed": float(np.mean(followed)), "count": count, "directions": seen}

@@ -1,0 +1,95 @@
+"""The toy world's generator: determinism, captions, ground-truth maps, motion, files for training."""
+
+import numpy as np
+import pytest
+
+from stylevid.data import toy_world
+from stylevid.data.videos import ClipSpec, VideoClipDataset, folder_records
+from stylevid.toy import judge
+from stylevid.training.toy import word_tokenizer
+
+
+def test_scenes_and_videos_are_a_function_of_the_seed():
+    first, again, other = toy_world.scenes(5, seed=7), toy_world.scenes(5, seed=7), toy_world.scenes(5, seed=8)
+    assert first == again and first != other
+    assert np.array_equal(toy_world.video_array(first[0]), toy_world.video_array(again[0]))
+    video = toy_world.video_array(first[0])
+    assert video.shape == (toy_world.FRAMES, 64, 64, 3) and video.dtype == np.uint8
+
+
+def test_captions_name_the_attributes_and_every_word_is_one_token():
+    scene = toy_world.Scene("red", "circle", "small", "right", "stripes", "gray", 20.0, 30.0)
+    assert scene.caption() == "a small red circle moving right on a gray striped background"
+    assert scene.caption(size=False, background=False) == "a red circle moving right"
+    tokenizer = word_tokenizer()
+    rng = np.random.default_rng(0)
+    for scene in toy_world.scenes(50, seed=1):
+        caption = scene.random_caption(rng)
+        assert set(caption.split()) <= set(toy_world.vocabulary())
+        ids = tokenizer(caption).input_ids
+        assert len(ids) == len(caption.split()) + 2  # BOS, one token per word, EOS
+
+
+@pytest.mark.parametrize("motion", ["left", "right", "up", "down"])
+def test_translating_objects_travel_the_stated_way_and_stay_in_frame(motion):
+    for scene in toy_world.scenes(6, seed=3, motion=motion, shape="circle"):
+        frames = toy_world.render_video(scene)
+        start, end = (np.argwhere(f.mask)[:, ::-1].mean(0) for f in (frames[0], frames[-1]))
+        dx, dy = toy_world.DIRECTIONS[motion]
+        assert np.allclose(end - start, np.array([dx, dy]) * toy_world.TRAVEL, atol=1.0)
+        assert all(f.mask[0].sum() + f.mask[-1].sum() + f.mask[:, 0].sum() + f.mask[:, -1].sum() == 0 for f in frames)
+        # The judge reads the same direction from the pixels alone (no mask).
+        assert judge.motion_direction(np.stack([f.image for f in frames])) == motion
+
+
+def test_growing_and_shrinking_change_the_area_monotonically():
+    for motion, sign in (("grow", 1), ("shrink", -1)):
+        scene = toy_world.scenes(1, seed=4, motion=motion, shape="square")[0]
+        areas = [int(f.mask.sum()) for f in toy_world.render_video(scene)]
+        assert all(sign * (b - a) >= 0 for a, b in zip(areas, areas[1:])) and sign * (areas[-1] - areas[0]) > 100
+
+
+def test_depth_edges_and_pose_ground_truth():
+    scene = toy_world.Scene("blue", "person", "large", "bounce", "plain", "white", 32.0, 40.0, phase=0.3)
+    frame = toy_world.render_frame(scene, 5)
+    inside, outside = frame.mask.astype(bool), ~frame.mask.astype(bool)
+    assert frame.depth[inside].min() > frame.depth[outside].max()  # larger is nearer: the figure is in front
+    # Edges lie on the object's outline: every edge pixel touches a pixel of the other region.
+    ys, xs = np.nonzero(frame.edges)
+    assert len(ys) > 0
+    padded = np.pad(frame.mask, 1, mode="edge")
+    assert all(padded[y : y + 3, x : x + 3].min() != padded[y : y + 3, x : x + 3].max() for y, x in zip(ys, xs))
+    assert frame.keypoints.shape == (18, 3)
+    pose = toy_world.pose_map(frame)
+    assert pose.shape == (64, 64, 3) and pose.any()
+    square = toy_world.render_frame(toy_world.Scene("red", "square", "small", "left", "plain", "gray", 40.0, 30.0), 0)
+    assert square.keypoints is None and not toy_world.pose_map(square).any()
+
+
+def test_foreground_centroid_finds_the_object():
+    for scene in toy_world.scenes(10, seed=5, shape="square"):
+        frame = toy_world.render_frame(scene, 3)
+        expected = np.argwhere(frame.mask)[:, ::-1].mean(0)
+        assert np.allclose(toy_world.foreground_centroid(frame.image), expected, atol=2.0)
+
+
+def test_colour_statistics_and_style_distance():
+    red = np.zeros((4, 8, 8, 3), np.uint8)
+    red[..., 0] = 255
+    assert np.allclose(judge.colour_statistics(red), [1, 0, 0, 0, 0, 0])
+    assert judge.style_distance(red, red[0]) == 0
+    sunset = toy_world.style_image("sunset", size=64)
+    assert np.array_equal(sunset, toy_world.style_image("sunset", size=64))
+    assert judge.style_distance(sunset[None], sunset) < judge.style_distance(red, sunset)
+
+
+def test_written_videos_train_through_the_dataset(tmp_path):
+    paths = toy_world.write_videos(tmp_path, count=3, seed=2)
+    records = folder_records(tmp_path)
+    assert [r.path for r in records] == paths
+    assert all(set(r.caption.split()) <= set(toy_world.vocabulary()) for r in records)
+    item = VideoClipDataset(records, ClipSpec(frames=16, stride=1, size=64, flip=False), seed=0)[0]
+    assert item["pixel_values"].shape == (16, 3, 64, 64) and item["skipped"] == 0
+    original = toy_world.video_array(toy_world.scenes(1, seed=2)[0])
+    decoded = ((item["pixel_values"].permute(0, 2, 3, 1).numpy() + 1) * 127.5).round()
+    assert np.abs(decoded - original).mean() < 8  # mp4 compression only
