@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.stylevid-installed
 
-.PHONY: install demo test test-slow bench toy-pipeline clean
+.PHONY: install demo test test-slow bench toy-world toy-report clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -17,10 +17,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The toy world's trained models (model=toy), offline: a red circle moving right, in the sunset style.
 demo: install
-	HF_HUB_OFFLINE=1 $(VENV)/bin/stylevid generate method=stylet2v0 model=tiny \
-		prompt="a red circle moving right" style=examples/styles/mosaic.png \
-		frames=8 height=64 width=64 steps=20 seed=0
+	HF_HUB_OFFLINE=1 $(VENV)/bin/stylevid generate method=stylet2v0 model=toy \
+		prompt="a red circle moving right" style=examples/styles/sunset.png \
+		frames=8 steps=20 seed=0 save_frames=true
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
@@ -30,6 +31,12 @@ test-slow: install
 
 bench: install
 	HF_HUB_OFFLINE=1 $(PY) scripts/benchmark_t2v.py
+
+toy-world: install
+	$(PY) scripts/build_toy_world.py --stage all
+
+toy-report: install
+	HF_HUB_OFFLINE=1 $(PY) scripts/toy_report.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -17,6 +19,7 @@ class RichStageReporter(StageReporter):
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
+            TextColumn("{task.fields[status]}"),  # live numbers a stage reports (training: loss, steps/s, clips/s)
             console=console,
             transient=False,
             # No refresh thread: a Python thread waking 10 times a second next to torch's OpenMP workers
@@ -33,13 +36,18 @@ class RichStageReporter(StageReporter):
         self.progress.stop()
 
     def begin(self, name: str, total: int | None) -> None:
-        self._task = self.progress.add_task(name, total=total)
+        self._task = self.progress.add_task(name, total=total, status="")
         self.progress.refresh()
 
     def advance(self, steps: int = 1) -> None:
         if self._task is not None:
             self.progress.advance(self._task, steps)
             self.progress.refresh()
+
+    def status(self, values: dict[str, float]) -> None:
+        # Shown at the next advance(), which redraws anyway: no extra redraw per step.
+        if self._task is not None:
+            self.progress.update(self._task, status="  ".join(f"{key} {value:.4g}" for key, value in values.items()))
 
     def end(self, name: str) -> None:
         if self._task is not None:
@@ -60,4 +68,7 @@ class SilentStageReporter(StageReporter):
 
 
 def stage_reporter(console: Console) -> StageReporter:
+    # Under torchrun every rank runs the task; only rank 0 draws, so the terminal shows one bar, not one per rank.
+    if int(os.environ.get("RANK", "0")) != 0:
+        return SilentStageReporter()
     return RichStageReporter(console) if console.is_terminal else SilentStageReporter()

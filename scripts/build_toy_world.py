@@ -45,14 +45,19 @@ def save_manifest(out: Path, manifest: dict) -> None:
     path.with_suffix(".tmp").replace(path)
 
 
+def steps_override(args) -> dict:
+    """--steps N replaces a stage's default step count (tests build with a few steps); 0 keeps the default."""
+    return {"steps": args.steps} if args.steps else {}
+
+
 def stage_vae(out: Path, work: Path, args) -> dict:
-    vae, summary = toy.train_vae(steps=args.steps or 1000)
+    vae, summary = toy.train_vae(**steps_override(args))
     vae.save_pretrained(out / "pipeline" / "vae", safe_serialization=True)
     return summary
 
 
 def stage_clip(out: Path, work: Path, args) -> dict:
-    model, tokenizer, summary = toy.train_clip(steps=args.steps or 1200)
+    model, tokenizer, summary = toy.train_clip(**steps_override(args))
     model.save_pretrained(out / "clip", safe_serialization=True)
     toy.clip_processor(tokenizer).save_pretrained(out / "clip")
     summary.update(judge.clip_zero_shot(judge.toy_clip_embedder(out / "clip"), count=400))
@@ -67,7 +72,7 @@ def stage_unet(out: Path, work: Path, args) -> dict:
     clip = CLIPModel.from_pretrained(out / "clip")
     tokenizer = CLIPTokenizer.from_pretrained(out / "clip")
     text_encoder = toy.text_encoder_from_clip(clip)
-    unet, summary = toy.train_unet(vae, text_encoder, tokenizer, steps=args.steps or 2500)
+    unet, summary = toy.train_unet(vae, text_encoder, tokenizer, **steps_override(args))
     staging = work / "pipeline"
     toy.save_pipeline(staging, vae, text_encoder, tokenizer, unet)
     replace_dir(staging, out / "pipeline")

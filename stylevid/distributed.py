@@ -28,13 +28,21 @@ def current_rank() -> Rank:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return Rank()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return Rank(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+        if torch.cuda.is_available():
+            # NCCL binds each rank's communicator to the current CUDA device, and object collectives
+            # (broadcast_object_list, gather_object) stage through it: unset, every rank would use cuda:0.
+            torch.cuda.set_device(local_rank)
+            dist.init_process_group("nccl")
+        else:
+            dist.init_process_group("gloo")
+    return Rank(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank)
 
 
 def rank_device(device: torch.device, rank: Rank) -> torch.device:
-    """Each rank on its own GPU when the run asks for CUDA without an index."""
+    """Each rank on its own GPU (cuda:LOCAL_RANK) when the run asks for CUDA without an index (device=cuda, or
+    auto on a GPU machine); an explicit cuda:N or cpu is kept as given."""
     if device.type == "cuda" and device.index is None and rank.world_size > 1:
         return torch.device("cuda", rank.local_rank)
     return device

@@ -8,14 +8,17 @@ What it reads (exactly one of):
                (video,prompt[,style]); real=DIR adds the real set for fvd
 
 What it writes, into one new evaluation directory (never over an earlier one):
-  metrics.json  per-video values, their aggregate (mean, std, n), set-level metrics (fvd, is), the definition of
-                every metric (describe_metrics: model ids, clamp policy), skipped videos with reasons; written last
+  metrics.json  per-video values, their aggregate (mean, std, n), set-level metrics (fvd, is, with the number of
+                videos each used), the definition of every metric (describe_metrics: model ids, clamp policy),
+                skipped videos with reasons (and videos too short for fvd / is); written last
   metrics.csv   one row per video or run
   report.html   one self-contained page: per video a strip of frames (an embedded PNG) beside its numbers
   config.yaml   the resolved config
 
 A metric whose input a video lacks (a prompt, a style image, two frames) is recorded as not applicable for that
 video. A video that cannot be read is logged and skipped (counted in metrics.json), unless none can be read.
+A video shorter than fvd's / is's clip (metrics.fvd.num_frames, 16) is left out of those metrics the same way,
+unless too few are left.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import atexit
 import base64
 import csv
+import dataclasses
 import functools
 import html
 import io
@@ -38,11 +42,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserInputError
-from .distributed import broadcast_from_main, current_rank, gather_to_main, shard
+from .distributed import Rank, broadcast_from_main, current_rank, gather_to_main, rank_device, shard
 from .io.run_dir import RESULT_FILE, check_output_dir, default_run_dir, run_directory, versions, write_json_atomic
 from .io.video_input import GIF_SUFFIXES, VIDEO_SUFFIXES, iter_frames, natural_sort_key
 from .metrics import PER_VIDEO_METRICS, SET_METRICS, MetricsConfig, aggregate, compute_metrics, compute_set_metrics
@@ -85,11 +90,13 @@ def run_evaluate(cfg: DictConfig, reporter: StageReporter | None = None, hydra_j
     per_video = [name for name in names if name in PER_VIDEO_METRICS]
     set_level = [name for name in names if name in SET_METRICS]
     items, home = collect_inputs(cfg)
-    config, clip_label = metrics_config(cfg)
+    config, clip_label = metrics_config(cfg)  # before the process group starts (see tiny_clip_dir)
     check_weights(names, config, cfg)
     style_images = load_style_images(items)
     max_frames = _max_frames(cfg)
+    check_set_inputs(set_level, config, len(items), max_frames)
     rank = current_rank()
+    config = on_rank_device(config, rank)
     eval_dir = Path(broadcast_from_main(str(evaluation_dir(cfg, hydra_job_dir, home)) if rank.is_main else None, rank))
 
     if _USES_CLIP.intersection(per_video):
@@ -113,27 +120,30 @@ def run_evaluate(cfg: DictConfig, reporter: StageReporter | None = None, hydra_j
         records = sorted((r for _, recs, _ in parts for r in recs), key=lambda r: order[r["video"]])
         skipped = sorted((k for _, _, skips in parts for k in skips), key=lambda k: order[k["video"]])
         require_some_readable(records, skipped)
-        kept_videos = []
-        if keep_frames:
-            readable = {r["video"] for r in records}
-            kept_videos, _ = read_video_set([i.path for i in items if i.name in readable], keep_frames, "video")
+        # The leading frames the set-level metrics use, read again here: only rank 0 computes them.
+        kept_videos = [read_video(Path(record["path"]), keep_frames) for record in records] if keep_frames else []
     else:
         started = time.perf_counter()
         records, skipped, kept_videos = evaluate_videos(
             items, per_video, config, style_images, max_frames, keep_frames, reporter
         )
+    # Right after reading, before any set-level network runs: videos too short for fvd / is, by file name.
+    set_videos, set_skipped = set_metric_videos(records, kept_videos, set_level, config)
+    real_videos, skipped_real = None, []
+    if "fvd" in set_level and cfg.get("real"):
+        with reporter.stage("reading real videos"):
+            real_videos, skipped_real = read_real_videos(list_videos(cfg.real, "real"), config.fvd.num_frames)
 
     with run_directory(eval_dir):
-        set_values, skipped_real = {}, []
+        set_values = {}
         if set_level:
             with reporter.stage("set metrics"):
-                real_videos, skipped_real = (None, [])
-                if cfg.get("real"):
-                    real_videos, skipped_real = read_video_set(list_videos(cfg.real, "real"), keep_frames, "real")
-                set_values = compute_set_metrics(kept_videos, set_level, config, real_videos=real_videos)
+                for name in set_level:
+                    set_values.update(compute_set_metrics(set_videos[name], [name], config, real_videos=real_videos))
 
         strips = [record.pop("frame_strip_png") for record in records]
-        summary = build_summary(cfg, names, config, clip_label, records, skipped, skipped_real, set_values)
+        summary = build_summary(cfg, names, config, clip_label, records, skipped, skipped_real, set_values,
+                                set_skipped)
         summary["timings_s"] = {**reporter.timings, "total_evaluate": time.perf_counter() - started}
         summary["world_size"] = rank.world_size
         with reporter.stage("writing"):
@@ -170,9 +180,18 @@ def metrics_config(cfg: DictConfig) -> tuple[MetricsConfig, str]:
     return MetricsConfig.from_dict(options), clip_label
 
 
+def on_rank_device(config: MetricsConfig, rank: Rank) -> MetricsConfig:
+    """Under torchrun, device=cuda (or auto on a GPU machine) means this rank's own GPU, cuda:LOCAL_RANK;
+    otherwise every rank would evaluate on cuda:0."""
+    return dataclasses.replace(config, device=str(rank_device(torch.device(config.device), rank)))
+
+
 @functools.lru_cache(maxsize=1)
 def tiny_clip_dir() -> Path:
-    """Build the tiny CLIP once per process in a temporary directory (removed at exit)."""
+    """Build the tiny CLIP once per process in a temporary directory (removed at exit).
+
+    Call it before torchrun's process group starts: once one exists, transformers' save_pretrained writes the
+    weights on rank 0 only, and the other ranks' directories would lack them."""
     from transformers.utils import logging as transformers_logging
 
     from .metrics.clip import build_tiny_clip
@@ -221,10 +240,69 @@ def _max_frames(cfg: DictConfig) -> int | None:
     return value
 
 
+@dataclass(frozen=True)
+class SetMetricNeeds:
+    """What a set-level metric needs of its input, and the config key a user changes when it is too much."""
+
+    frames: int  # leading frames of each video
+    frames_key: str
+    videos: int  # least number of videos
+    why: str
+
+
+def set_metric_needs(name: str, config: MetricsConfig) -> SetMetricNeeds:
+    if name == "fvd":
+        return SetMetricNeeds(int(config.fvd.num_frames), "metrics.fvd.num_frames", 2, "a feature covariance")
+    return SetMetricNeeds(int(config.is_.num_frames), "metrics.is.num_frames", int(config.is_.splits),
+                          "one per split; lower metrics.is.splits")
+
+
 def _set_metric_frames(set_level: Sequence[str], config: MetricsConfig) -> int:
     """How many leading frames of each video the set-level metrics use (0: keep none in memory)."""
-    counts = {"fvd": config.fvd.num_frames, "is": config.is_.num_frames}
-    return max((int(counts[name]) for name in set_level), default=0)
+    return max((set_metric_needs(name, config).frames for name in set_level), default=0)
+
+
+def check_set_inputs(set_level: Sequence[str], config: MetricsConfig, num_videos: int, max_frames: int | None) -> None:
+    """Fail before reading any video when the set-level metrics cannot run on this many videos or frames."""
+    for name in set_level:
+        needs = set_metric_needs(name, config)
+        if max_frames is not None and max_frames < needs.frames:
+            raise UserInputError(
+                f"max_frames={max_frames} is fewer than the {needs.frames} frames {name} uses ({needs.frames_key})")
+        if num_videos < needs.videos:
+            raise UserInputError(f"{name} needs at least {needs.videos} videos ({needs.why}), got {num_videos}")
+
+
+def set_metric_videos(
+    records: Sequence[dict], kept: Sequence[np.ndarray], set_level: Sequence[str], config: MetricsConfig
+) -> tuple[dict[str, list[np.ndarray]], list[dict]]:
+    """Per set-level metric, the kept frames of the videos long enough for it (`kept` is aligned with `records`).
+
+    A shorter video is left out of those metrics only (its per-video metrics stand), with a warning naming it,
+    and listed in metrics.json; too few videos left is a one-line error naming the short ones."""
+    needs = {name: set_metric_needs(name, config) for name in set_level}
+    usable: dict[str, list[np.ndarray]] = {name: [] for name in set_level}
+    short: list[dict] = []
+    for record, frames in zip(records, kept):
+        left_out = [name for name in set_level if record["num_frames"] < needs[name].frames]
+        for name in set_level:
+            if name not in left_out:
+                usable[name].append(frames)
+        if left_out:
+            reason = f"{record['num_frames']} frames; " + ", ".join(
+                f"{name} needs {needs[name].frames} ({needs[name].frames_key})" for name in left_out)
+            log.warning("leaving %s out of %s: %s", record["video"], " and ".join(left_out), reason)
+            short.append({"video": record["video"], "path": record["path"], "num_frames": record["num_frames"],
+                          "metrics": left_out, "reason": reason})
+    for name, need in needs.items():
+        if len(usable[name]) < need.videos:
+            named = [f"{entry['video']} has {entry['num_frames']}" for entry in short if name in entry["metrics"]]
+            more = f" and {len(named) - 3} more" if len(named) > 3 else ""
+            raise UserInputError(
+                f"{name} needs at least {need.videos} videos ({need.why}) of {need.frames} frames ({need.frames_key}); "
+                f"{len(usable[name])} of {len(records)} are that long ({', '.join(named[:3])}{more})"
+            )
+    return usable, short
 
 
 # --- inputs ----------------------------------------------------------------------------------------------------
@@ -448,17 +526,26 @@ def read_video(path: Path, max_frames: int | None = None, label: str = "video") 
     return np.stack(frames)
 
 
-def read_video_set(paths: Sequence[Path], max_frames: int, label: str) -> tuple[list[np.ndarray], list[dict]]:
-    """Videos of a set (the real videos for fvd), skipping unreadable ones unless all are."""
+def read_real_videos(paths: Sequence[Path], num_frames: int) -> tuple[list[np.ndarray], list[dict]]:
+    """The first `num_frames` frames of each real video (for fvd), skipping, with a warning naming the file, the
+    unreadable and the shorter ones; fewer than 2 left (fvd's covariance) is a one-line error."""
     videos, skipped = [], []
     for path in paths:
         try:
-            videos.append(read_video(path, max_frames or None, label))
+            frames = read_video(path, num_frames, "real")
         except UserInputError as error:
             log.warning("skipping %s: %s", path, error)
             skipped.append({"video": str(path), "reason": str(error)})
-    if not videos:
-        raise UserInputError(f"none of the {len(paths)} {label} videos can be read; first: {skipped[0]['reason']}")
+            continue
+        if len(frames) < num_frames:
+            reason = f"{len(frames)} frames; fvd needs {num_frames} (metrics.fvd.num_frames)"
+            log.warning("skipping real video %s: %s", path.name, reason)
+            skipped.append({"video": str(path), "reason": reason})
+            continue
+        videos.append(frames)
+    if len(videos) < 2:
+        first = f"; {Path(skipped[0]['video']).name}: {skipped[0]['reason']}" if skipped else ""
+        raise UserInputError(f"fvd needs at least 2 usable real videos, {len(videos)} of {len(paths)} are{first}")
     return videos, skipped
 
 
@@ -556,6 +643,7 @@ def build_summary(
     skipped: list[dict],
     skipped_real: list[dict],
     set_values: Mapping[str, float],
+    set_skipped: Sequence[dict] = (),
 ) -> dict:
     definitions = describe_metrics(list(names), config)
     for entry in definitions.values():
@@ -584,6 +672,8 @@ def build_summary(
         "not_applicable": not_applicable,
         "skipped": {"count": len(skipped), "videos": skipped},
         "skipped_real": {"count": len(skipped_real), "videos": skipped_real} if skipped_real else None,
+        # videos evaluated per video but too short for fvd / is (set_metrics holds how many each one used)
+        "set_skipped": {"count": len(set_skipped), "videos": list(set_skipped)},
         "columns": {"overrides": _override_columns(records), "metrics": per_video},
         "definitions": definitions,
         "device": config.device,
@@ -677,6 +767,10 @@ def render_html(summary: Mapping, strips: Sequence[bytes]) -> str:
         parts.append("<h2>Skipped</h2><ul>")
         parts += [f"<li>{escape(s['video'])}: {escape(s['reason'])}</li>" for s in summary["skipped"]["videos"]]
         parts.append("</ul>")
+    if summary["set_skipped"]["count"]:
+        parts.append("<h2>Left out of set-level metrics</h2><ul>")
+        parts += [f"<li>{escape(s['video'])}: {escape(s['reason'])}</li>" for s in summary["set_skipped"]["videos"]]
+        parts.append("</ul>")
     parts.append("<h2>Videos</h2>")
     for record, strip in zip(summary["videos"], strips):
         rows = [("prompt", record["prompt"] or "—"), ("style", record["style"] or "—")]
@@ -712,6 +806,10 @@ def metrics_table(summary: Mapping, max_rows: int = 30):
     caption = [f"{summary['num_videos']} videos"]
     if summary["skipped"]["count"]:
         caption.append(f"{summary['skipped']['count']} skipped")
+    short = [entry["video"] for entry in (summary.get("set_skipped") or {}).get("videos", [])]  # absent in older files
+    if short:
+        more = ", ..." if len(short) > 3 else ""
+        caption.append(f"{len(short)} too short for set metrics ({', '.join(short[:3])}{more})")
     caption += [f"{name} = {_format(value)}" for name, value in summary["set_metrics"].items()]
     table = Table(title="stylevid evaluate", caption=", ".join(caption))
     table.add_column("video", overflow="fold")

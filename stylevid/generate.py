@@ -80,7 +80,7 @@ def style_settings(cfg: DictConfig) -> stylet2v0.StyleSettings:
     return stylet2v0.StyleSettings(
         image=str(cfg.style),
         strength=float(method.strength),
-        layers=list(method.layers),
+        layers=method.layers,  # a single string is one selector: StyleSettings wraps it in a list
         adain_queries=bool(method.adain_queries),
         adain_keys=bool(method.adain_keys),
         attend_to_reference=bool(method.attend_to_reference),
@@ -124,6 +124,7 @@ def plan_job(cfg: DictConfig) -> GenerateJob:
     settings.validate()
     style = style_settings(cfg) if method == "stylet2v0" else None
     if style is not None:
+        style.validate()
         check_style_file(style.image)
         stylet2v0.load_style_image(style.image, settings.height, settings.width)  # fail early on an unreadable file
     if cfg.fps <= 0:
@@ -145,15 +146,15 @@ class Loaded:
 
 def load_for(job: GenerateJob, reporter: StageReporter, rank: Rank = Rank()) -> Loaded:
     cfg, settings = job.cfg, job.settings
-    with reporter.stage("conditions"):
-        conditions = prepare_condition_maps(cfg, settings.frames, settings.height, settings.width, float(cfg.fps))
     device = rank_device(resolve_device(str(cfg.device)), rank)
     dtype = resolve_dtype(str(cfg.dtype), device)
+    with reporter.stage("conditions"):  # the depth and pose annotators run on the generation's device
+        conditions = prepare_condition_maps(cfg, settings.frames, settings.height, settings.width, float(cfg.fps), device, dtype)
     with reporter.stage("loading model"):
         pipe = load_pipeline(cfg.model, dtype)
         if cfg.method.name == "animatediff":  # a personalized model: image LoRA, then the motion module
             animatediff.apply_image_lora(pipe, cfg)
-            adapter = animatediff.load_motion(cfg, dtype)
+            adapter = animatediff.load_motion(cfg, dtype, unet=pipe.unet)  # refuses a module for another base
             settings.validate(max_seq_length=adapter.config.motion_max_seq_length)
             return Loaded(pipe=pipe.to(device), device=device, dtype=dtype, conditions=None, control=None, motion_adapter=adapter)
         if cfg.get("cpu_offload") and device.type == "cuda":
@@ -164,12 +165,24 @@ def load_for(job: GenerateJob, reporter: StageReporter, rank: Rank = Rank()) -> 
     return Loaded(pipe=pipe, device=device, dtype=dtype, conditions=conditions, control=control)
 
 
+# The stages of `load_for`, shared by all videos of a run.
+LOAD_STAGES = ("conditions", "loading model")
+
+
+def model_record(model_cfg: DictConfig) -> dict:
+    record = {"name": model_cfg.get("name"), "path": model_cfg.get("path")}
+    if record["name"] == "tiny" and not record["path"]:  # random weights built in memory: the seed names them
+        record["seed"] = int(model_cfg.get("seed", 0))
+    return record
+
+
 def execute_job(job: GenerateJob, loaded: Loaded, run_dir: Path, reporter: StageReporter) -> Path:
     """Generate the video into `run_dir` and write its files, `result.json` last."""
     cfg, settings, style, device = job.cfg, job.settings, job.style, loaded.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    reporter.timings.clear()
+    # Each video times its own stages afresh; the loading stages, done once for all videos, stay in every record.
+    reporter.timings = {name: seconds for name, seconds in reporter.timings.items() if name in LOAD_STAGES}
     with run_directory(run_dir):
         started = time.perf_counter()
         cached_maps = cache_condition_maps(loaded.conditions, run_dir) if loaded.conditions else {}
@@ -196,7 +209,7 @@ def execute_job(job: GenerateJob, loaded: Loaded, run_dir: Path, reporter: Stage
             "steps": settings.steps,
             "t0": getattr(settings, "t0", None),
             "t1": getattr(settings, "t1", None),
-            "model": {"name": cfg.model.get("name"), "path": cfg.model.get("path")},
+            "model": model_record(cfg.model),
             "motion": OmegaConf.to_container(cfg.motion) if "motion" in cfg else None,
             "lora": OmegaConf.to_container(cfg.lora) if "lora" in cfg else None,
             "style": style.image if style else None,

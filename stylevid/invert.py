@@ -22,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from diffusers import DDIMScheduler
@@ -40,7 +39,7 @@ from .io.run_dir import (
     write_json_atomic,
 )
 from .io.video import write_video
-from .io.video_input import FRAME_SUFFIXES, _plan, fit_frame, select_frame_indices
+from .io.video_input import FRAME_SUFFIXES, _plan, fit_frame, read_image, select_frame_indices
 from .models.loading import load_pipeline, resolve_device, resolve_dtype
 from .progress import StageReporter
 from .sampling.inversion import ddim_invert
@@ -87,10 +86,8 @@ def read_input(
         indices = select_frame_indices(1, start=start, stride=stride, max_frames=max_frames)
         if not indices:
             raise UserInputError(f"input {path} is a single image (one frame); start={start} selects none")
-        image = cv2.imread(str(file), cv2.IMREAD_COLOR)
-        if image is None:
-            raise UserInputError(f"input {path} cannot be read as an image")
-        frame = fit_frame(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), height, width, fit)
+        # read_image is also how stylet2v0 loads its style image: inverting that image here gives its style latents.
+        frame = read_image(file, height, width, fit, label="input")
         return InputFrames(frames=frame[None], indices=indices, playback_fps=fps or FALLBACK_FPS)
 
     # video_input's plan gives the source frame indices as well as the frames: they go into the metadata.

@@ -34,5 +34,8 @@ class StageReporter:
     def advance(self, steps: int = 1) -> None:
         pass
 
+    def status(self, values: dict[str, float]) -> None:
+        """Live numbers of the current stage, e.g. {"loss": ..., "steps/s": ...} while training; drawn by the bar."""
+
     def end(self, name: str) -> None:
         pass

@@ -31,7 +31,7 @@ def settings(**overrides):
     return animatediff.AnimateDiffSettings(**values)
 
 
-def diffusers_latents(adapter, s, free_noise=None):
+def diffusers_latents(adapter, s, free_noise=None, output_type="latent"):
     pipe = tiny_pipeline(0)
     scheduler = DDIMScheduler.from_config(
         pipe.scheduler.config, beta_schedule="linear", clip_sample=False, timestep_spacing="linspace", steps_offset=1
@@ -43,8 +43,14 @@ def diffusers_latents(adapter, s, free_noise=None):
     return peer(
         prompt=s.prompt, negative_prompt=s.negative_prompt, num_frames=s.frames, height=s.height, width=s.width,
         num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
-        generator=torch.Generator("cpu").manual_seed(s.seed), output_type="latent",
-    ).frames[0].permute(1, 0, 2, 3)
+        generator=torch.Generator("cpu").manual_seed(s.seed), output_type=output_type,
+    ).frames[0]
+
+
+def diffusers_frames(adapter, s):
+    """The peer's decoded video as uint8 (F, H, W, 3), from its own output_type='np' (floats in [0, 1])."""
+    frames = diffusers_latents(adapter, s, output_type="np")
+    return (np.asarray(frames) * 255).round().astype(np.uint8)
 
 
 def test_matches_diffusers_animatediff_pipeline():
@@ -52,9 +58,13 @@ def test_matches_diffusers_animatediff_pipeline():
     s = settings()
     reporter = StageReporter()
     output = animatediff.generate(tiny_pipeline(0), adapter, s, reporter)
-    expected = diffusers_latents(adapter, s)
+    expected = diffusers_latents(adapter, s).permute(1, 0, 2, 3)
     torch.testing.assert_close(output.latents, expected, rtol=0, atol=1e-6)
     assert output.frames.shape == (4, 64, 64, 3) and output.frames.dtype == np.uint8
+    # and the frames a user gets: diffusers' own decoding and post-processing, uint8 difference at most 1
+    peer_frames = diffusers_frames(adapter, s)
+    assert peer_frames.shape == output.frames.shape
+    assert np.abs(peer_frames.astype(int) - output.frames.astype(int)).max() <= 1
     assert {"inflating", "denoising", "decoding"} <= set(reporter.timings)
     # the motion module really acts: frames differ from sampling with a zero (identity) module
     still = animatediff.generate(tiny_pipeline(0), tiny_motion_adapter(seed=0), s)
@@ -65,7 +75,7 @@ def test_free_noise_matches_diffusers_for_a_long_video():
     adapter = trained_like_adapter()
     s = settings(frames=6, free_noise=True, context_length=4, context_stride=2, guidance_scale=1.0)
     output = animatediff.generate(tiny_pipeline(0), adapter, s)
-    expected = diffusers_latents(adapter, s, free_noise={"context_length": 4, "context_stride": 2})
+    expected = diffusers_latents(adapter, s, free_noise={"context_length": 4, "context_stride": 2}).permute(1, 0, 2, 3)
     torch.testing.assert_close(output.latents, expected, rtol=0, atol=1e-6)
 
 
@@ -103,3 +113,40 @@ def test_motion_path_loads_every_format_and_the_config_composes(tmp_path):
     assert cfg.frames == 16 and cfg.method.beta_schedule == "linear"
     with pytest.raises(UserInputError, match="motion.path"):
         animatediff.load_motion(cfg)
+
+
+def other_base_adapter():
+    """A motion module made for a base with other channels (16/32 instead of the tiny UNet's 32/64)."""
+    from diffusers import MotionAdapter
+
+    return MotionAdapter(block_out_channels=(16, 32), motion_layers_per_block=1, motion_norm_num_groups=8,
+                         motion_num_attention_heads=2)
+
+
+def run_cli(args, capsys):
+    from stylevid.cli.main import main
+
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["diffusers", "original"])
+def test_motion_module_from_another_base_is_one_line_exit_2_and_no_run_directory(fmt, tmp_path, capsys):
+    adapter = other_base_adapter()
+    path = save_motion_adapter(adapter, tmp_path / "mm") if fmt == "diffusers" else export_original(adapter, tmp_path / "mm.safetensors")
+    run_dir = tmp_path / "gen"
+    code, err = run_cli(["generate", "method=animatediff", "model=tiny", "prompt=x", "frames=4", "steps=1", "height=64",
+                         "width=64", f"motion.path={path}", f"output_dir={run_dir}"], capsys)
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "channels" in err
+    assert not run_dir.exists()
+
+
+def test_generate_refuses_a_mismatched_module_with_a_user_error():
+    """The library call too (no CLI check before it): a UserInputError, not diffusers' RuntimeError."""
+    with pytest.raises(UserInputError, match="channels"):
+        animatediff.generate(tiny_pipeline(0), other_base_adapter(), settings(steps=1))

@@ -29,6 +29,18 @@ def test_csv_rows_override_prompt_seed_and_style(tmp_path, style_image_path):
     assert json.loads((batch / "batch.json").read_text())["runs"] == ["0000", "0001"]
 
 
+def test_every_video_of_a_batch_records_the_shared_model_loading(tmp_path):
+    """The model is loaded once for the batch; each result.json keeps that time and the tiny model's seed."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red fox\na blue whale\n")
+    batch = run_generate(config("method=t2v_zero", f"prompts={prompts}", *TINY, "frames=1", "model.seed=5", f"output_dir={tmp_path / 'b'}"))
+    results = [json.loads((batch / name / "result.json").read_text()) for name in ("0000", "0001")]
+    loading = {r["timings_s"]["loading model"] for r in results}
+    assert len(loading) == 1 and loading.pop() > 0  # the same, shared load in both records
+    assert all(r["model"] == {"name": "tiny", "path": None, "seed": 5} for r in results)
+    assert all(r["timings_s"]["all frames"] < r["timings_s"]["total_generate"] for r in results)  # per video, not summed
+
+
 def test_bad_prompt_files(tmp_path):
     with pytest.raises(UserInputError, match="not found"):
         read_prompt_rows(str(tmp_path / "missing.txt"))

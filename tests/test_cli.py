@@ -41,8 +41,9 @@ def test_generate_writes_a_complete_run_directory(tmp_path, capsys, style_image_
     assert code == 0, err
     assert out.strip().endswith(str(run_dir / "video.mp4"))
     result = json.loads((run_dir / "result.json").read_text())
-    assert result["method"] == "stylet2v0" and result["seed"] == 0 and result["model"]["name"] == "tiny"
-    assert {"style inversion", "first frame", "all frames", "decoding"} <= set(result["timings_s"])
+    assert result["method"] == "stylet2v0" and result["seed"] == 0
+    assert result["model"] == {"name": "tiny", "path": None, "seed": 0}  # the tiny model's seed names its weights
+    assert {"loading model", "style inversion", "first frame", "all frames", "decoding"} <= set(result["timings_s"])
     assert result["memory"]["peak_rss_mib"] > 0 and result["versions"]["torch"]
     frames = sorted((run_dir / "frames").glob("*.png"))
     assert [f.name for f in frames] == ["0000.png", "0001.png", "0002.png"]
@@ -102,6 +103,31 @@ def test_unreadable_style_image_leaves_no_run_directory(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_bad_style_strength_fails_before_loading_anything(tmp_path, capsys, style_image_path):
+    # model.path names no weights, so an error found only after loading would be about the model instead
+    code, _, err = run(["generate", "method=stylet2v0", "prompt=x", f"style={style_image_path}", "method.strength=1.5",
+                        "model.path=/no/such/weights", f"outputs_root={tmp_path}"], capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "method.strength (style strength) must be in [0, 1], got 1.5" in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_unknown_style_layer_is_one_line_and_leaves_no_run(tmp_path, capsys, style_image_path):
+    code, _, err = run(["generate", "method=stylet2v0", "prompt=x", f"style={style_image_path}", *TINY,
+                        "method.layers=up_block", f"outputs_root={tmp_path}"], capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "'up_block' matches no self-attention layer" in err
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() or "stylet2v0" in p.name]
+
+
+def test_task_help_names_the_task_and_its_keys(capsys):
+    code, out, _ = run(["generate", "--help"], capsys)
+    assert code == 0
+    assert out.startswith("stylevid generate: ")
+    for key in ("method: animatediff, stylet2v0, t2v_zero", "prompt: null", "chunk_size: 8", "strength: 1.0", "-m runs a sweep"):
+        assert key in out
+
+
 def test_unknown_task_is_refused(capsys):
     code, _, err = run(["paint"], capsys)
     assert code == 2 and "unknown task 'paint'" in err
@@ -144,6 +170,22 @@ def test_generate_then_evaluate_the_run(tmp_path, capsys, style_image_path):
     metrics = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
     assert set(metrics["aggregate"]) >= {"clipsim", "style_fidelity", "temporal_flicker"}
     assert "clipsim" in out  # the terminal table
+
+
+@pytest.mark.parametrize("folder,message", [
+    ("empty", "holds no videos"),
+    ("broken", "none of the 2 videos can be read; first: "),
+])
+def test_evaluate_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, folder, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "a.mp4").write_bytes(b"not a video")
+    (tmp_path / "broken" / "b.mp4").write_bytes(b"")
+    code, out, err = run(["evaluate", f"videos={tmp_path / folder}", "metrics.clip.model=tiny",
+                          "metrics=[temporal_flicker]", f"outputs_root={tmp_path / 'out'}"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not list((tmp_path / "out").rglob("metrics.json"))
 
 
 def test_train_then_generate_with_the_trained_motion_module(tmp_path, capsys):

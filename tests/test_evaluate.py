@@ -281,8 +281,103 @@ def test_fvd_equals_the_library_on_the_same_videos(tmp_path, tiny_clip):
     expected = compute_set_metrics([read_frames(p, FRAMES) for p in sorted(generated.iterdir())], ["fvd"], options,
                                    real_videos=[read_frames(p, FRAMES) for p in sorted(real.iterdir())])
     assert summary["set_metrics"] == expected and expected["fvd"] > 0
+    assert expected["fvd_num_generated"] == 3 and expected["fvd_num_real"] == 3  # FVD depends on the set sizes
     assert summary["definitions"]["fvd"]["weights"] == str(i3d)
     assert "fvd" not in rows[0]  # set-level: one number for the set, not a column per video
+
+
+def write_long_video(path: Path, seed: int, repeats: int) -> Path:
+    """A video of FRAMES * repeats frames (the usual test video, played `repeats` times)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_video(path, np.concatenate([frames_for(seed)] * repeats), fps=4)
+
+
+class UniformC3D(nn.Module):
+    def forward(self, videos: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(videos.shape[0], 101)
+
+
+def test_videos_too_short_for_fvd_and_is_are_named_left_out_and_counted(tmp_path, tiny_clip, caplog):
+    i3d, c3d = tmp_path / "i3d.pt", tmp_path / "c3d.pt"
+    torch.jit.save(torch.jit.script(TinyI3D().eval()), str(i3d))
+    torch.jit.save(torch.jit.script(UniformC3D().eval()), str(c3d))
+    generated, real = tmp_path / "gen", tmp_path / "real"
+    for seed in range(2):
+        write_long_video(generated / f"long{seed}.mp4", seed, repeats=2)
+        write_long_video(real / f"real{seed}.mp4", seed + 3, repeats=2)
+    make_video(generated / "short.mp4", 2)  # 6 frames
+    make_video(real / "short_real.mp4", 5)
+    options = ["metrics.fvd.num_frames=8", "metrics.fvd.resolution=32", f"metrics.fvd.i3d_path={i3d}",
+               "metrics.is.num_frames=8", "metrics.is.splits=2", f"metrics.is.c3d_path={c3d}"]
+
+    eval_dir = evaluate(tiny_clip, f"videos={generated}", f"real={real}", "metrics=[temporal_flicker,fvd,is]",
+                        *options, f"output_dir={tmp_path / 'eval'}")
+    summary, rows = load(eval_dir)
+    assert summary["num_videos"] == 3 and [r["video"] for r in rows][-1] == "short.mp4"  # per-video metrics stand
+    (short,) = summary["set_skipped"]["videos"]
+    assert short["video"] == "short.mp4" and short["metrics"] == ["fvd", "is"]
+    assert short["reason"] == "6 frames; fvd needs 8 (metrics.fvd.num_frames), is needs 8 (metrics.is.num_frames)"
+    assert summary["skipped_real"]["count"] == 1 and summary["skipped_real"]["videos"][0]["video"].endswith(
+        "short_real.mp4")
+    set_metrics = summary["set_metrics"]
+    assert (set_metrics["fvd_num_generated"], set_metrics["fvd_num_real"], set_metrics["is_num_videos"]) == (2, 2, 2)
+    long_videos = [read_frames(generated / f"long{seed}.mp4", 12) for seed in range(2)]
+    expected = compute_set_metrics(long_videos, ["fvd"], MetricsConfig.from_dict(
+        {"fvd": {"num_frames": 8, "resolution": 32, "i3d_path": str(i3d)}}),
+        real_videos=[read_frames(real / f"real{seed}.mp4", 12) for seed in range(2)])
+    assert set_metrics["fvd"] == expected["fvd"]
+    assert any("short.mp4" in record.getMessage() for record in caplog.records if record.levelname == "WARNING")
+    page = (eval_dir / "report.html").read_text()
+    assert "Left out of set-level metrics" in page and "short.mp4: 6 frames" in page
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    print_metrics_table(eval_dir, console)
+    assert "1 too short for set metrics (short.mp4)" in " ".join(console.export_text().split())  # caption wraps
+
+
+def test_set_metric_inputs_that_cannot_work_are_one_line_errors(tmp_path, tiny_clip):
+    i3d, c3d = tmp_path / "i3d.pt", tmp_path / "c3d.pt"
+    torch.jit.save(torch.jit.script(TinyI3D().eval()), str(i3d))
+    torch.jit.save(torch.jit.script(UniformC3D().eval()), str(c3d))
+    short, real = tmp_path / "short", tmp_path / "real"
+    for seed in range(3):
+        make_video(short / f"s{seed}.mp4", seed)  # 6 frames each
+        write_long_video(real / f"r{seed}.mp4", seed, repeats=2)
+    fvd = ["metrics=[fvd]", "metrics.fvd.num_frames=8", f"metrics.fvd.i3d_path={i3d}", f"real={real}"]
+    cases = [
+        # after reading: no video is long enough, and the files say so
+        ([f"videos={short}", *fvd], r"^fvd needs at least 2 videos \(a feature covariance\) of 8 frames "
+         r"\(metrics\.fvd\.num_frames\); 0 of 3 are that long \(s0\.mp4 has 6, s1\.mp4 has 6"),
+        # before reading: more splits than videos, fewer frames than a clip
+        ([f"videos={short}", "metrics=[is]", f"metrics.is.c3d_path={c3d}"],
+         r"is needs at least 10 videos \(one per split; lower metrics\.is\.splits\), got 3"),
+        ([f"videos={real}", *fvd, "max_frames=4"], r"max_frames=4 is fewer than the 8 frames fvd uses"),
+        ([f"videos={real}", *fvd[:-1], f"real={short}"],
+         r"fvd needs at least 2 usable real videos, 0 of 3 are; s0\.mp4: 6 frames"),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(UserInputError, match=message) as error:
+            evaluate(tiny_clip, *overrides, f"outputs_root={tmp_path / 'out'}")
+        assert "\n" not in str(error.value)
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file() or p.name.endswith("_evaluate")]
+
+
+def test_each_torchrun_rank_evaluates_on_its_own_gpu(monkeypatch):
+    from stylevid.distributed import Rank
+    from stylevid.evaluate import metrics_config, on_rank_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # only device names are made, nothing runs
+
+    def device(setting, rank):
+        return on_rank_device(metrics_config(compose_evaluate([f"device={setting}"]))[0], rank).device
+
+    rank_1 = Rank(rank=1, world_size=2, local_rank=1)
+    assert device("cuda", rank_1) == "cuda:1"
+    assert device("auto", rank_1) == "cuda:1"
+    assert device("cuda:0", rank_1) == "cuda:0"  # as asked
+    assert device("cuda", Rank()) == "cuda"  # one process
+    assert device("cpu", rank_1) == "cpu"
 
 
 def test_metrics_group_matches_the_library_and_tiny_selects_the_tiny_clip(tmp_path, tiny_clip):

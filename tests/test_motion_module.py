@@ -121,3 +121,38 @@ def test_original_format_export_round_trips_through_diffusers_converter(tmp_path
 def test_missing_motion_path_is_a_user_error(tmp_path):
     with pytest.raises(UserInputError, match="does not exist"):
         load_motion_adapter(str(tmp_path / "nope.safetensors"))
+
+
+def test_original_export_keeps_heads_and_groups_so_the_reloaded_module_computes_the_same(tmp_path, unet_inputs):
+    """Heads and group-norm groups are not in the shapes: export_original records them in the file's metadata.
+
+    Loaded with the default num_attention_heads (8, as for official modules), a 2-head module would still
+    load (same shapes) but attend differently: the UNet output, not only the state dict, must match.
+    """
+    frames, text = unet_inputs
+    adapter = randomized(tiny_motion_adapter(seed=0))  # 2 heads, 8 groups
+    path = export_original(adapter, tmp_path / "mm.safetensors")
+    reloaded = load_motion_adapter(str(path))  # no num_attention_heads given
+    assert reloaded.config.motion_num_attention_heads == 2 and reloaded.config.motion_norm_num_groups == 8
+    video_in = frames.permute(1, 0, 2, 3)[None]
+    with torch.no_grad():
+        outputs = [inflate(tiny_unet(0), a).eval()(video_in, 500, encoder_hidden_states=text.expand(FRAMES, -1, -1)).sample
+                   for a in (adapter, reloaded)]
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=0)
+    # a file without the metadata (from elsewhere) falls back to the argument, as before
+    from safetensors.torch import save_file
+
+    save_file(load_file(str(path)), str(tmp_path / "plain.safetensors"))
+    assert load_motion_adapter(str(tmp_path / "plain.safetensors"), num_attention_heads=4).config.motion_num_attention_heads == 4
+    # ... and the default 8 heads really would change the output (what the metadata prevents)
+    eight = load_motion_adapter(str(tmp_path / "plain.safetensors"))
+    with torch.no_grad():
+        wrong = inflate(tiny_unet(0), eight).eval()(video_in, 500, encoder_hidden_states=text.expand(FRAMES, -1, -1)).sample
+    assert (wrong - outputs[0]).abs().max() > 1e-4
+
+
+def test_inflating_a_module_for_another_base_is_a_user_error():
+    other = MotionAdapter(block_out_channels=(16, 32), motion_layers_per_block=1, motion_norm_num_groups=8,
+                          motion_num_attention_heads=2)
+    with pytest.raises(UserInputError, match="channels"):
+        inflate(tiny_unet(0), other)

@@ -6,6 +6,7 @@ from stylevid.errors import UserInputError
 from stylevid.methods import stylet2v0
 from stylevid.methods.t2v_zero import ZeroShotSettings, ZeroShotVideo
 from stylevid.sampling.inversion import ddim_invert
+from stylevid.sampling.vae import encode_images
 
 SMALL = dict(prompt="a horse galloping", frames=3, height=64, width=64, steps=8, t0=3, t1=5, seed=1)
 
@@ -18,12 +19,74 @@ def test_strength_zero_reproduces_t2v_zero_exactly(tiny_pipe, style_image_path):
 
 
 def test_style_row_alone_does_not_leak_into_frames(tiny_pipe, style_image_path):
-    """With sharing on no layer, the extra style row is only carried along: frames stay t2v_zero's."""
+    """With sharing on no layer (an empty selection), the extra style row is only carried along: frames stay t2v_zero's."""
     base = ZeroShotVideo(tiny_pipe)(ZeroShotSettings(**SMALL))
     carried = stylet2v0.generate(
-        tiny_pipe, ZeroShotSettings(**SMALL), stylet2v0.StyleSettings(style_image_path, strength=1.0, layers=["no_such_block"])
+        tiny_pipe, ZeroShotSettings(**SMALL), stylet2v0.StyleSettings(style_image_path, strength=1.0, layers=[])
     )
     torch.testing.assert_close(carried.latents, base.latents, atol=2e-4, rtol=0)
+
+
+def test_a_layer_name_that_selects_nothing_is_refused(tiny_pipe, style_image_path):
+    for typo in ("no_such_block", "up_block", "up_blocks.9"):  # `up_block` is a prefix, but not on a block boundary
+        with pytest.raises(UserInputError, match=f"method.layers: '{typo}' matches no self-attention layer"):
+            stylet2v0.generate(tiny_pipe, ZeroShotSettings(**SMALL), stylet2v0.StyleSettings(style_image_path, layers=["up_blocks", typo]))
+    stylet2v0.check_layers(tiny_pipe.unet, ["all", "down_blocks", "mid_block", "up_blocks.1", "up_blocks.1.attentions.0"])
+
+
+def test_layers_given_as_one_string_are_one_selector(style_image_path):
+    """`method.layers=up_blocks` on the command line is a string: it must not become its letters."""
+    from hydra import compose, initialize_config_module
+
+    from stylevid.generate import style_settings
+
+    assert stylet2v0.StyleSettings(style_image_path, layers="all").layers == ["all"]
+    with initialize_config_module("stylevid.conf", version_base="1.3"):
+        for value, expected in (("up_blocks", ["up_blocks"]), ("[down_blocks.1,mid_block]", ["down_blocks.1", "mid_block"])):
+            cfg = compose("generate", overrides=["method=stylet2v0", f"style={style_image_path}", f"method.layers={value}"])
+            assert style_settings(cfg).layers == expected
+
+
+def test_style_strength_outside_zero_to_one_is_refused():
+    for strength in (-0.1, 1.5, float("nan")):
+        with pytest.raises(UserInputError, match=r"method.strength \(style strength\) must be in \[0, 1\]"):
+            stylet2v0.StyleSettings("style.png", strength=strength).validate()
+    stylet2v0.StyleSettings("style.png", strength=0.0).validate()
+
+
+class OffloadedVae:
+    """A VAE as diffusers' model CPU offload leaves it between calls: `vae.device` names where its weights
+    wait, not where it runs. Here it names `meta`, so any input sent to `vae.device` fails."""
+
+    device = torch.device("meta")
+
+    def __init__(self, vae):
+        self._vae = vae
+
+    def __getattr__(self, name):
+        return getattr(self._vae, name)
+
+
+class OffloadedPipe:
+    """The pipeline with an `OffloadedVae`; its `_execution_device` (the CPU here) is where the models run."""
+
+    def __init__(self, pipe):
+        self._pipe, self.vae = pipe, OffloadedVae(pipe.vae)
+
+    def __getattr__(self, name):
+        return getattr(self._pipe, name)
+
+
+def test_vae_runs_on_the_execution_device_not_on_vae_device(tiny_pipe, style_image_path):
+    """cpu_offload=true: the style image is encoded and the frames decoded on the pipeline's execution device."""
+    settings = dict(SMALL, frames=2)
+    offloaded = OffloadedPipe(tiny_pipe)
+    with pytest.raises(RuntimeError):  # the trap works: inputs sent to `vae.device` fail
+        encode_images(offloaded.vae, np.zeros((1, 64, 64, 3), dtype=np.uint8))
+    style = stylet2v0.StyleSettings(style_image_path, strength=1.0)
+    expected = stylet2v0.generate(tiny_pipe, ZeroShotSettings(**settings), style)
+    out = stylet2v0.generate(offloaded, ZeroShotSettings(**settings), style)
+    assert torch.equal(out.latents, expected.latents) and np.array_equal(out.frames, expected.frames)
 
 
 def test_style_changes_frames_more_as_strength_grows(tiny_pipe, style_image_path):
@@ -67,3 +130,13 @@ def test_style_image_is_cropped_to_the_frame(tmp_path):
     loaded = stylet2v0.load_style_image(str(tmp_path / "wide.png"), 64, 64)
     assert loaded.shape == (64, 64, 3)
     assert loaded[:, 8:56].min() > 200  # the centre survives the crop; the black sides are mostly cut
+
+
+@pytest.mark.parametrize("height,width", [(64, 64), (128, 96)])  # shrinking and enlarging the 72x96 image
+def test_style_image_is_read_as_stylevid_invert_reads_an_image(style_image_path, height, width):
+    """One resize for both, so `stylevid invert input=style.png` inverts exactly the pixels stylet2v0 inverts."""
+    from stylevid.invert import read_input
+
+    style = stylet2v0.load_style_image(style_image_path, height, width)
+    assert style.shape == (height, width, 3)
+    np.testing.assert_array_equal(style, read_input(style_image_path, height, width).frames[0])

@@ -110,3 +110,22 @@ def test_bfloat16_and_vae_slicing_stay_close_to_float32(tiny_pipe):
     assert np.abs(sliced - reference).max() <= 1  # decoding frame by frame changes nothing visible
     half = ZeroShotVideo(tiny_pipeline().to(dtype=torch.bfloat16))(ZeroShotSettings(**SMALL)).frames.astype(int)
     assert np.abs(half - reference).mean() < 3  # bfloat16 runs end to end and stays near float32
+
+
+def test_background_smoothing_with_an_all_foreground_mask_equals_smoothing_off(tiny_pipe):
+    """The mask source is pluggable: a mask that calls everything foreground leaves eq. 6 nothing to smooth."""
+    calls = []
+
+    def everything_moves(predicted_x0, frame_ids):
+        calls.append(list(frame_ids))
+        return torch.ones(len(frame_ids) - 1, 1, *predicted_x0.shape[-2:])
+
+    smoothed = ZeroShotVideo(tiny_pipe)(
+        ZeroShotSettings(**SMALL, smooth_background=True, smoothing_alpha=1.0, foreground_mask=everything_moves)
+    )
+    plain = ZeroShotVideo(tiny_pipe)(ZeroShotSettings(**SMALL))
+    assert torch.equal(smoothed.latents, plain.latents)
+    assert calls and all(ids == [0, 1, 2, 3] for ids in calls)  # one chunk, led by frame 1
+    # the default source (motion saliency) does smooth with the same α
+    default = ZeroShotVideo(tiny_pipe)(ZeroShotSettings(**SMALL, smooth_background=True, smoothing_alpha=1.0))
+    assert not torch.allclose(default.latents, plain.latents, atol=1e-3)

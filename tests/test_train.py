@@ -13,6 +13,7 @@ from stylevid.data.toy import write_toy_videos
 from stylevid.data.videos import ClipSpec, VideoClipDataset, folder_records, webvid_records
 from stylevid.errors import UserInputError
 from stylevid.models.motion_module import load_motion_adapter, tiny_motion_adapter
+from stylevid.progress import StageReporter
 from stylevid.train import run_train
 
 TINY_TRAIN = [
@@ -120,3 +121,126 @@ def test_bad_training_input_is_a_user_error(toy_videos):
         from stylevid.training.motion import noise_schedule
 
         noise_schedule("D")
+
+
+def run_cli(args, capsys):
+    from stylevid.cli.main import main
+
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    return code, capsys.readouterr().err
+
+
+def test_init_path_from_another_base_is_one_line_exit_2_before_a_run_directory(toy_videos, tmp_path, capsys):
+    other = MotionAdapter(block_out_channels=(16, 32), motion_layers_per_block=1, motion_norm_num_groups=8,
+                          motion_num_attention_heads=2)
+    other.save_pretrained(str(tmp_path / "other"))
+    run_dir = tmp_path / "run"
+    code, err = run_cli(["train", "motion_module", *TINY_TRAIN, f"data.video_folder={toy_videos}", "trainer.max_steps=1",
+                         f"motion.init_path={tmp_path / 'other'}", f"output_dir={run_dir}"], capsys)
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "channels" in err
+    assert not run_dir.exists()
+
+
+def test_a_folder_without_one_readable_video_is_refused_before_training(tmp_path, capsys):
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "broken.mp4").write_bytes(b"not a video")
+    (tmp_path / "videos" / "broken.txt").write_text("a broken video\n")
+    with pytest.raises(UserInputError, match="none of the 1 videos"):
+        run_train(train_cfg(TINY_TRAIN + [f"data.video_folder={tmp_path / 'videos'}", "trainer.batch_size=1",
+                                          "trainer.grad_accum=1", f"output_dir={tmp_path / 'never'}"]))
+    code, err = run_cli(["train", "motion_module", *TINY_TRAIN, f"data.video_folder={tmp_path / 'videos'}",
+                         "trainer.batch_size=1", "trainer.grad_accum=1", f"output_dir={tmp_path / 'run'}"], capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "never").exists() and not (tmp_path / "run").exists()
+
+
+class RecordingReporter(StageReporter):
+    """Keeps what the trainer reports for its progress bar."""
+
+    def __init__(self):
+        super().__init__()
+        self.statuses, self.advances = [], 0
+
+    def status(self, values):
+        self.statuses.append(dict(values))
+
+    def advance(self, steps=1):
+        self.advances += steps
+
+
+def test_validation_videos_use_the_trainers_unet_and_leave_training_unchanged(toy_videos, tmp_path, monkeypatch):
+    """validation.every=1 with EMA: one video per prompt and step, data.frames long, sampled with the trainer's
+    own UNet (no second inflation) holding the EMA weights; the training itself (losses, final weights) is the
+    same as without validation, so the live weights were swapped back. The bar gets each step's loss and throughput."""
+    import imageio.v3 as iio
+    from diffusers import UNetMotionModel
+
+    from stylevid.methods import animatediff
+    from stylevid.training.distributed import Dist
+    from stylevid.training.motion import MotionTrainer
+
+    common = TINY_TRAIN + [f"data.video_folder={toy_videos}", "trainer.max_steps=2", "trainer.ema=true",
+                           "trainer.ema_decay=0.5", "trainer.checkpoint_every=0", "trainer.tensorboard=false",
+                           "validation.prompts=[red,blue]", "validation.steps=1", "validation.fps=4"]
+    reporter = RecordingReporter()
+    trainer = MotionTrainer(train_cfg(common + ["validation.every=1"]), tmp_path / "with", Dist(), torch.device("cpu"), reporter)
+    (tmp_path / "with").mkdir()
+
+    def no_second_inflation(*args, **kwargs):
+        raise AssertionError("validation inflated pipe.unet again instead of using the trainer's UNet")
+
+    seen = []  # the motion weights each validation video was sampled with
+    generate = animatediff.generate
+
+    def recording_generate(pipe, adapter, settings, reporter=None, video_unet=None):
+        assert video_unet is trainer.unet
+        seen.append({k: v.clone() for k, v in video_unet.state_dict().items() if "motion_modules." in k})
+        return generate(pipe, adapter, settings, reporter, video_unet=video_unet)
+
+    monkeypatch.setattr(UNetMotionModel, "from_unet2d", no_second_inflation)
+    monkeypatch.setattr(animatediff, "generate", recording_generate)
+    trainer.train()
+    monkeypatch.undo()
+    videos = sorted(p.name for p in (tmp_path / "with" / "validation").glob("*.mp4"))
+    assert videos == ["step_0000001_0.mp4", "step_0000001_1.mp4", "step_0000002_0.mp4", "step_0000002_1.mp4"]
+    video = iio.imread(tmp_path / "with" / "validation" / videos[-1], plugin="FFMPEG")
+    assert video.shape == (4, 32, 32, 3)
+    # the last videos were sampled with the final EMA weights, which differ from the live ones
+    ema, live = trainer.current_adapter(use_ema=True).state_dict(), trainer.current_adapter().state_dict()
+    last = seen[-1]  # UNetMotionModel and MotionAdapter name motion weights alike
+    assert len(seen) == 4 and set(last) == set(ema)
+    assert all(torch.equal(last[k], ema[k]) for k in ema)
+    assert any(not torch.equal(ema[k], live[k]) for k in ema)
+
+    plain = MotionTrainer(train_cfg(common + ["validation.every=0"]), None, Dist(), torch.device("cpu"))
+    plain.train()
+    assert trainer.losses == plain.losses
+    assert all(torch.equal(p, q) for p, q in zip(trainer.trainable, plain.trainable))
+
+    # the progress bar's numbers: the step's loss (as logged) and its throughput, once per step
+    assert reporter.advances == 2 and [s["loss"] for s in reporter.statuses] == trainer.losses
+    assert all(s["steps/s"] > 0 and s["clips/s"] == pytest.approx(s["steps/s"] * 2 * 2) for s in reporter.statuses)
+
+
+def test_the_training_bar_shows_loss_and_throughput_on_rank_0_only(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from stylevid.cli.progress import RichStageReporter, SilentStageReporter, stage_reporter
+
+    terminal = Console(force_terminal=True, record=True, width=150, file=io.StringIO())
+    monkeypatch.setenv("RANK", "0")
+    reporter = stage_reporter(terminal)
+    assert isinstance(reporter, RichStageReporter)
+    with reporter, reporter.stage("training", total=2):
+        reporter.status({"loss": 0.1234, "steps/s": 2.5, "clips/s": 10.0})
+        reporter.advance()
+    assert "loss 0.1234  steps/s 2.5  clips/s 10" in terminal.export_text()
+    monkeypatch.setenv("RANK", "1")
+    assert isinstance(stage_reporter(terminal), SilentStageReporter)

@@ -93,16 +93,19 @@ def depth_maps(
     frames: Sequence[np.ndarray],
     annotator: DepthAnnotator | None = None,
     path: str = DEFAULT_DEPTH_MODEL,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
     batch_size: int = 8,
 ) -> np.ndarray:
-    """Depth maps for a clip with `annotator`, or with a model loaded from `path` onto `device`."""
+    """Depth maps for a clip with `annotator`, or with a model loaded from `path` onto `device` in `dtype`."""
     if annotator is None:
-        annotator = DepthAnnotator.from_pretrained(path, device=device, batch_size=batch_size)
+        annotator = DepthAnnotator.from_pretrained(path, device=device, dtype=dtype, batch_size=batch_size)
     return annotator(frames)
 
 
-def tiny_depth_annotator(seed: int = 0, image_size: int = 32, batch_size: int = 8) -> DepthAnnotator:
+def tiny_depth_annotator(
+    seed: int = 0, image_size: int = 32, batch_size: int = 8, device: str | torch.device = "cpu"
+) -> DepthAnnotator:
     """A random DPT of about 100k parameters, built in memory, for tests and smoke runs.
 
     Its depth means nothing, but it runs the same code path as a real model (processor, batching,
@@ -127,4 +130,4 @@ def tiny_depth_annotator(seed: int = 0, image_size: int = 32, batch_size: int = 
     )
     model = DPTForDepthEstimation(config)
     image_processor = DPTImageProcessor(size={"height": image_size, "width": image_size}, keep_aspect_ratio=False)
-    return DepthAnnotator(model, image_processor, batch_size=batch_size)
+    return DepthAnnotator(model, image_processor, device=device, batch_size=batch_size)

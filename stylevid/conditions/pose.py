@@ -197,17 +197,18 @@ def pose_maps(
     frames: Sequence[np.ndarray],
     detector: KeypointDetector | None = None,
     path: str = DEFAULT_POSE_MODEL,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
     min_confidence: float = 0.3,
     limb_width: int = 4,
     joint_radius: int = 4,
 ) -> np.ndarray:
     """Skeleton maps for a clip: uint8 (N, H, W, 3), keypoints from `detector` or a ViTPose loaded from `path`.
 
-    `device` and `min_confidence` configure the ViTPose loaded from `path`; a given detector keeps its own.
+    `device`, `dtype` and `min_confidence` configure the ViTPose loaded from `path`; a given detector keeps its own.
     """
     if detector is None:
-        detector = VitPoseDetector.from_pretrained(path, device=device, min_confidence=min_confidence)
+        detector = VitPoseDetector.from_pretrained(path, device=device, dtype=dtype, min_confidence=min_confidence)
     maps = []
     for frame in frames:
         height, width = frame.shape[:2]
@@ -216,7 +217,7 @@ def pose_maps(
     return np.stack(maps)
 
 
-def tiny_pose_detector(seed: int = 0) -> VitPoseDetector:
+def tiny_pose_detector(seed: int = 0, device: str | torch.device = "cpu") -> VitPoseDetector:
     """A random ViTPose of about 45k parameters, built in memory, for tests and smoke runs (its poses mean nothing)."""
     from transformers import VitPoseBackboneConfig, VitPoseConfig, VitPoseForPoseEstimation, VitPoseImageProcessor
 
@@ -233,4 +234,4 @@ def tiny_pose_detector(seed: int = 0) -> VitPoseDetector:
     config = VitPoseConfig(backbone_config=backbone, num_labels=len(COCO_KEYPOINTS), initializer_range=0.2)
     image_processor = VitPoseImageProcessor(size={"height": 64, "width": 48})
     # min_confidence 0: a random model's heatmap peaks are low, and tests want keypoints to draw.
-    return VitPoseDetector(VitPoseForPoseEstimation(config), image_processor, min_confidence=0.0)
+    return VitPoseDetector(VitPoseForPoseEstimation(config), image_processor, device=device, min_confidence=0.0)

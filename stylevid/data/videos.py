@@ -112,6 +112,17 @@ class VideoClipDataset(Dataset):
                 return {"pixel_values": clip, "caption": record.caption, "skipped": skipped}
         raise RuntimeError(f"{self.max_skips + 1} clips in a row from record {index} on could not be read; check the data")
 
+    def first_readable(self) -> int | None:
+        """Index of the first record that gives a clip, or None when no video at all can be used.
+
+        Checked before training: otherwise a data set of only unreadable (or too short) videos would end in
+        the RuntimeError of __getitem__ at the first step, after the model is loaded.
+        """
+        for index, record in enumerate(self.records):
+            if self.read_clip(record, np.random.default_rng([self.seed, 0, index])) is not None:
+                return index
+        return None
+
     def read_clip(self, record: VideoRecord, rng: np.random.Generator) -> torch.Tensor | None:
         spec = self.spec
         try:

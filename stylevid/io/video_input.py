@@ -81,20 +81,25 @@ def read_frames(
     stride: int = 1,
     fps: float | None = None,
     source_fps: float | None = None,
+    max_frames: int | None = None,
     fit: str = "crop",
     label: str = "video",
 ) -> np.ndarray:
     """Exactly `num_frames` frames as one uint8 (num_frames, height, width, 3) array.
 
-    Raises `UserInputError` saying how many frames the selection found when there are fewer,
-    e.g. "condition.video dance.mp4 has 12 frames after start=0 stride=2 (24 in the source); 16 requested".
+    `max_frames` caps how many frames the selection may take from the source. Raises `UserInputError`
+    saying how many frames the selection found when there are fewer than `num_frames`, e.g.
+    "condition.video dance.mp4 has 12 frames after start=0 stride=2 (24 in the source); 16 requested".
     """
     if num_frames < 1:
         raise UserInputError(f"{label}: the number of frames must be at least 1, got {num_frames}")
     _check_geometry(height, width, fit)
-    source, indices = _plan(path, start, stride, num_frames, fps, source_fps, label)
+    # Only indices are planned here (cheap); at most num_frames of them are decoded.
+    source, indices = _plan(path, start, stride, max_frames, fps, source_fps, label)
+    indices = indices[:num_frames]
     if len(indices) < num_frames:
         selection = f"start={start} stride={stride}" + (f" fps={fps:g}" if source.resampled else "")
+        selection += f" max_frames={max_frames}" if max_frames is not None else ""
         raise UserInputError(
             f"{label} {path} has {len(indices)} frames after {selection} "
             f"({source.num_frames} in the source); {num_frames} requested"
@@ -132,6 +137,23 @@ def fit_frame(frame: np.ndarray, height: int, width: int, fit: str = "crop") -> 
     canvas = np.zeros((height, width, 3), dtype=frame.dtype)
     canvas[-top : -top + scaled_height, -left : -left + scaled_width] = scaled
     return canvas
+
+
+def read_image(path: str | Path, height: int, width: int, fit: str = "crop", label: str = "image") -> np.ndarray:
+    """One image file as uint8 (height, width, 3) RGB, decoded and fitted exactly as a folder's frames are.
+
+    The one reader for single images (stylet2v0's style image, `stylevid invert input=image.png`), so that
+    inverting an image by itself gives the same latents as stylet2v0's inversion of it as a style.
+    """
+    _check_geometry(height, width, fit)
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UserInputError(f"{label} not found: {path}")
+    # IMREAD_COLOR also turns grey, palette and 16-bit images into 8-bit 3-channel BGR.
+    image = cv2.imread(str(file), cv2.IMREAD_COLOR)
+    if image is None:
+        raise UserInputError(f"{label} {path} cannot be read as an image")
+    return fit_frame(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), height, width, fit)
 
 
 def select_frame_indices(

@@ -21,11 +21,11 @@ import logging
 from dataclasses import dataclass
 
 import torch
-from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter
+from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter, UNetMotionModel
 
 from ..errors import UserInputError
 from ..models.lora import fuse_lora
-from ..models.motion_module import load_motion_adapter, tiny_motion_adapter
+from ..models.motion_module import check_fits, inflate, load_motion_adapter, tiny_motion_adapter
 from ..progress import StageReporter
 from ..sampling.vae import decode_to_uint8
 from .t2v_zero import VideoOutput
@@ -92,8 +92,12 @@ def settings_from_config(cfg) -> AnimateDiffSettings:
     )
 
 
-def load_motion(cfg, dtype: torch.dtype = torch.float32) -> MotionAdapter:
-    """The motion module `motion.path` names (or the tiny one for model=tiny), with its motion LoRA fused."""
+def load_motion(cfg, dtype: torch.dtype = torch.float32, unet=None) -> MotionAdapter:
+    """The motion module `motion.path` names (or the tiny one for model=tiny), with its motion LoRA fused.
+
+    With `unet` (the image UNet it will inflate), a module made for another base model is refused here, on
+    one line, before any run directory exists.
+    """
     motion = cfg.motion
     if motion.get("path"):
         adapter = load_motion_adapter(
@@ -108,6 +112,8 @@ def load_motion(cfg, dtype: torch.dtype = torch.float32) -> MotionAdapter:
         raise UserInputError(
             "method=animatediff needs a motion module: pass motion.path=<hub id, MotionAdapter directory, or .safetensors>"
         )
+    if unet is not None:
+        check_fits(unet, adapter)
     if motion.get("lora_path"):
         fuse_lora({"unet": adapter}, str(motion.lora_path), float(motion.get("lora_scale", 1.0)))
     return adapter
@@ -120,8 +126,11 @@ def apply_image_lora(pipe, cfg) -> None:
         fuse_lora({"unet": pipe.unet, "text_encoder": pipe.text_encoder}, str(lora.path), float(lora.get("scale", 1.0)))
 
 
-def animatediff_pipeline(pipe, motion_adapter: MotionAdapter, beta_schedule: str | None = "linear") -> AnimateDiffPipeline:
-    """diffusers' AnimateDiffPipeline on `pipe`'s components; its UNet is the image UNet inflated with the module."""
+def animatediff_pipeline(
+    pipe, motion_adapter: MotionAdapter | None, beta_schedule: str | None = "linear", video_unet: UNetMotionModel | None = None
+) -> AnimateDiffPipeline:
+    """diffusers' AnimateDiffPipeline on `pipe`'s components; its UNet is the image UNet inflated with the module,
+    or `video_unet` as is (an already inflated UNet, e.g. the trainer's own, on its device)."""
     scheduler = pipe.scheduler
     if beta_schedule is not None:
         # AnimateDiff's inference config: DDIM, linear betas 0.00085-0.012, no clipping, linspace steps.
@@ -134,23 +143,40 @@ def animatediff_pipeline(pipe, motion_adapter: MotionAdapter, beta_schedule: str
             timestep_spacing="linspace",
             steps_offset=1,
         )
-    motion_adapter = motion_adapter.to(device=pipe.unet.device, dtype=pipe.unet.dtype)
+    if video_unet is None:
+        motion_adapter = motion_adapter.to(device=pipe.unet.device, dtype=pipe.unet.dtype)
+        # The same UNetMotionModel.from_unet2d the pipeline would call, but a module for another base model
+        # becomes a one-line UserInputError instead of diffusers' size-mismatch RuntimeError.
+        video_unet = inflate(pipe.unet, motion_adapter)
+    else:
+        motion_adapter = None  # already inside video_unet; registering it could move the pipeline's device
     return AnimateDiffPipeline(
         vae=pipe.vae,
         text_encoder=pipe.text_encoder,
         tokenizer=pipe.tokenizer,
-        unet=pipe.unet,  # a UNet2DConditionModel: the pipeline inflates it with UNetMotionModel.from_unet2d
+        unet=video_unet,  # a UNetMotionModel is used as is
         motion_adapter=motion_adapter,
         scheduler=scheduler,
     )
 
 
-def generate(pipe, motion_adapter: MotionAdapter, settings: AnimateDiffSettings, reporter: StageReporter | None = None) -> VideoOutput:
-    """One video: `pipe` is the (personalized, LoRA-fused) SD pipeline, `motion_adapter` the motion module."""
+def generate(
+    pipe,
+    motion_adapter: MotionAdapter | None,
+    settings: AnimateDiffSettings,
+    reporter: StageReporter | None = None,
+    video_unet: UNetMotionModel | None = None,
+) -> VideoOutput:
+    """One video: `pipe` is the (personalized, LoRA-fused) SD pipeline, `motion_adapter` the motion module.
+
+    `video_unet`, when given, is an already inflated UNet used as is (and `motion_adapter` may be None): the
+    trainer's validation samples with its own UNet on its device instead of inflating `pipe.unet` again.
+    """
     reporter = reporter or StageReporter()
-    settings.validate(int(motion_adapter.config.motion_max_seq_length))
+    config = video_unet.config if video_unet is not None else motion_adapter.config
+    settings.validate(int(config.motion_max_seq_length))
     with reporter.stage("inflating"):
-        video_pipe = animatediff_pipeline(pipe, motion_adapter, settings.beta_schedule)
+        video_pipe = animatediff_pipeline(pipe, motion_adapter, settings.beta_schedule, video_unet)
         video_pipe.set_progress_bar_config(disable=True)
         if settings.free_noise:
             video_pipe.enable_free_noise(context_length=settings.context_length, context_stride=settings.context_stride)

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
-from ..attention import StyleSharedAttnProcessor, StyleSharing, layer_selected
+from ..attention import StyleSharedAttnProcessor, StyleSharing, layer_selected, self_attention_layers
 from ..errors import UserInputError
+from ..io.video_input import read_image
 from ..progress import StageReporter
 from ..sampling.inversion import ddim_invert
 from ..sampling.vae import encode_images
@@ -38,20 +38,39 @@ class StyleSettings:
     reference_score_shift: float = 0.0
     prompt: str = ""  # text used to invert the style image (e.g. "a painting"); empty = unconditional
 
+    def __post_init__(self) -> None:
+        # `method.layers=up_blocks` on the command line is one string: a selector, not a list of letters.
+        self.layers = [self.layers] if isinstance(self.layers, str) else list(self.layers)
+
+    def validate(self) -> None:
+        """The checks that need no model, so a bad value fails before anything is loaded or written."""
+        if not 0.0 <= self.strength <= 1.0:  # also refuses NaN
+            raise UserInputError(f"method.strength (style strength) must be in [0, 1], got {self.strength}")
+
+
+def check_layers(unet, layers: Sequence[str]) -> None:
+    """Every selector in `method.layers` must pick at least one self-attention layer of this UNet.
+
+    A typo (`up_block`) would otherwise select nothing and quietly turn style sharing off. An empty list is
+    allowed: it selects no layer on purpose (the style row is carried along but shared nowhere).
+    """
+    names = self_attention_layers(unet)
+    unmatched = [selector for selector in layers if not any(layer_selected(name, [selector]) for name in names)]
+    if unmatched:
+        levels = sorted({name.split(".attentions")[0] for name in names})  # down_blocks.0, mid_block, up_blocks.1...
+        raise UserInputError(
+            f"method.layers: {', '.join(repr(s) for s in unmatched)} matches no self-attention layer of this model; "
+            f"use all, down_blocks, mid_block, up_blocks, or one level: {', '.join(levels)}"
+        )
+
 
 def load_style_image(path: str, height: int, width: int) -> np.ndarray:
-    """The style image as uint8 (height, width, 3): scaled so it covers the frame, then centre-cropped."""
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-    except FileNotFoundError:
-        raise UserInputError(f"style image not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as error:
-        raise UserInputError(f"style image {path} cannot be read as an image ({error.__class__.__name__})") from None
-    scale = max(height / image.height, width / image.width)
-    resized = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))), Image.BICUBIC)
-    left, top = (resized.width - width) // 2, (resized.height - height) // 2
-    return np.asarray(resized.crop((left, top, left + width, top + height)))
+    """The style image as uint8 (height, width, 3): scaled so it covers the frame, then centre-cropped.
+
+    Read by the same `read_image` as `stylevid invert input=<image>`, so that task reproduces the style
+    latents used here (same decoding, same resize).
+    """
+    return read_image(path, height, width, fit="crop", label="style image")
 
 
 def generate(
@@ -59,8 +78,8 @@ def generate(
 ) -> VideoOutput:
     reporter = reporter or StageReporter()
     settings.validate()
-    if not 0.0 <= style.strength <= 1.0:
-        raise UserInputError(f"style.strength must be in [0, 1], got {style.strength}")
+    style.validate()
+    check_layers(pipe.unet, style.layers)
     image = load_style_image(style.image, settings.height, settings.width)
     if style.strength == 0:
         # No style to share: skip the inversion and the extra row, which would only cost time. The result is
@@ -71,7 +90,7 @@ def generate(
     # 1. The style image's latent at every timestep, by DDIM inversion with the style prompt.
     style_embeds, _ = pipe.encode_prompt(style.prompt, device, 1, False)
     with reporter.stage("style inversion", total=settings.steps):
-        clean = encode_images(pipe.vae, image[None]).to(style_embeds.dtype)
+        clean = encode_images(pipe.vae, image[None], device).to(style_embeds.dtype)
         trajectory = ddim_invert(pipe.unet, pipe.scheduler, clean, style_embeds, settings.steps, on_step=lambda i: reporter.advance())
     known = torch.tensor(sorted(trajectory))
 

@@ -56,6 +56,11 @@ class ZeroShotSettings:
     smooth_background: bool = False
     smoothing_alpha: float = 0.4
     smoothing_threshold: float = 1.0
+    # The source of eq. 6's foreground mask M_k, pluggable (e.g. a salient-object detector, as Text2Video-Zero
+    # uses): called as foreground_mask(predicted_x0, frame_ids) with a chunk's predicted clean latents
+    # (rows, C, h, w), row 0 being frame 1; returns (rows - 1, 1 or C, h, w) in [0, 1] for frames frame_ids[1:],
+    # 1 = foreground (left as is). None: motion saliency, `ZeroShotVideo.motion_saliency_mask`.
+    foreground_mask: Callable[[torch.Tensor, list[int]], torch.Tensor] | None = None
     # Frames decoded at once by the VAE (VAE slicing); 0 decodes each chunk at once.
     frames_per_decode: int = 0
 
@@ -191,7 +196,7 @@ class ZeroShotVideo:
         with self.reporter.stage("decoding", total=len(chunks)):
             for index, ids in enumerate(chunks):
                 fresh_ids = ids if index == 0 else ids[1:]
-                frames[fresh_ids] = decode_to_uint8(pipe.vae, final_latents[fresh_ids], s.frames_per_decode or None)
+                frames[fresh_ids] = decode_to_uint8(pipe.vae, final_latents[fresh_ids], s.frames_per_decode or None, device)
                 self.reporter.advance()
         return VideoOutput(frames=frames, latents=final_latents, timings=dict(self.reporter.timings))
 
@@ -270,17 +275,26 @@ class ZeroShotVideo:
     def smooth_background(self, latents: torch.Tensor, predicted_x0: torch.Tensor, frame_ids: list[int]) -> torch.Tensor:
         """Eq. 6: x_k = M_k x_k + (1 - M_k)(α x̂_k + (1 - α) x_k), x̂_k being frame 1's latent warped to frame k.
 
-        The foreground mask M_k comes from motion saliency in the predicted clean latents: where frame k
-        differs from frame 1 warped to it by more than `smoothing_threshold` standard deviations, something
-        moves on its own, so it is foreground. (Text2Video-Zero uses a salient-object detector here; this
-        source needs no extra weights.)
+        M_k comes from `settings.foreground_mask`, by default `motion_saliency_mask`.
+        """
+        s = self._settings
+        ids = frame_ids[1:]
+        mask_source = s.foreground_mask or self.motion_saliency_mask
+        mask = mask_source(predicted_x0, frame_ids).to(latents.dtype)
+        warped_anchor = warp_latents(latents[:1].repeat(len(ids), 1, 1, 1), ids, s.motion_field_strength_x, s.motion_field_strength_y)
+        others = latents[1:]
+        others = mask * others + (1 - mask) * (s.smoothing_alpha * warped_anchor + (1 - s.smoothing_alpha) * others)
+        return torch.cat([latents[:1], others])
+
+    def motion_saliency_mask(self, predicted_x0: torch.Tensor, frame_ids: list[int]) -> torch.Tensor:
+        """The default foreground mask: motion saliency in the predicted clean latents.
+
+        Where frame k differs from frame 1 warped to it by more than `smoothing_threshold` standard deviations,
+        something moves on its own, so it is foreground. (Text2Video-Zero uses a salient-object detector here;
+        this source needs no extra weights.)
         """
         s = self._settings
         ids = frame_ids[1:]
         anchor_x0 = warp_latents(predicted_x0[:1].repeat(len(ids), 1, 1, 1), ids, s.motion_field_strength_x, s.motion_field_strength_y)
         difference = (predicted_x0[1:] - anchor_x0).abs().mean(dim=1, keepdim=True)
-        mask = (difference > s.smoothing_threshold * difference.std().clamp_min(1e-6)).to(latents.dtype)
-        warped_anchor = warp_latents(latents[:1].repeat(len(ids), 1, 1, 1), ids, s.motion_field_strength_x, s.motion_field_strength_y)
-        others = latents[1:]
-        others = mask * others + (1 - mask) * (s.smoothing_alpha * warped_anchor + (1 - s.smoothing_alpha) * others)
-        return torch.cat([latents[:1], others])
+        return (difference > s.smoothing_threshold * difference.std().clamp_min(1e-6)).float()

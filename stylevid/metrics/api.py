@@ -1,7 +1,8 @@
 """The entry points the CLI calls: per-video metrics, set-level metrics, aggregation, provenance.
 
     compute_metrics(frames, prompt, style_image, ["clipsim"], config)  -> {"clipsim": 0.31}
-    compute_set_metrics(videos, ["fvd", "is"], config, real_videos=...)  -> {"fvd": ..., "is": ..., "is_std": ...}
+    compute_set_metrics(videos, ["fvd", "is"], config, real_videos=...)  -> {"fvd", "fvd_num_generated", "fvd_num_real",
+                                                                             "is", "is_std", "is_num_videos"}
     aggregate([per_video_dict, ...])                                     -> {"clipsim": {"mean", "std", "n"}}
     describe_metrics(names, config)                                      -> model ids, clamp policy, direction
 """
@@ -68,7 +69,7 @@ def compute_metrics(
     metrics: Sequence[str] = ("clipsim", "frame_consistency"),
     config: MetricsConfig | Mapping | None = None,
 ) -> dict[str, float]:
-    """Per-video metrics of uint8 [T, H, W, 3] frames; the CLIP model and flows are computed once and shared."""
+    """Per-video metrics of uint8 [T, H, W, 3] frames; CLIP embeddings and flows are computed once and shared."""
     config = MetricsConfig.from_dict(config)
     names = _check_names(metrics, PER_VIDEO_METRICS, "per-video")
     frames = check_video(frames)
@@ -80,9 +81,16 @@ def compute_metrics(
     if style_image is not None:
         style_image = check_image(style_image)
 
-    clip = None
+    frame_embeddings = text_embedding = style_embedding = None
     if _USES_CLIP.intersection(names):
+        # Each tower runs once per video (frames, prompt, style image) and every CLIP metric reads the result:
+        # the image tower over the frames is most of the time these metrics take.
         clip = clip_metrics.load_clip(config.clip.model, config.device, config.clip.batch_size)
+        frame_embeddings = clip.embed_images(frames)
+        if _NEEDS_PROMPT.intersection(names):
+            text_embedding = clip.embed_texts([str(prompt)])
+        if "style_fidelity" in names:
+            style_embedding = clip.embed_images(style_image[None])
     flows = None
     if _USES_FLOW.intersection(names):
         flows = flow_metrics.pair_flows(frames, config.flow.preset) if len(frames) > 1 else None
@@ -90,14 +98,15 @@ def compute_metrics(
     results: dict[str, float] = {}
     for name in names:
         if name in ("clipsim", "prompt_consistency"):
-            results[name] = clip_metrics.clipsim(clip, frames, prompt)
+            results[name] = clip_metrics.clipsim_of(frame_embeddings, text_embedding)
         elif name == "clip_score":
-            results[name] = clip_metrics.clip_score(clip, frames, prompt, config.clip.clamp)
+            results[name] = clip_metrics.clip_score_of(frame_embeddings, text_embedding, config.clip.clamp)
         elif name == "frame_consistency":
-            results[name] = clip_metrics.frame_consistency(clip, frames, config.frame_consistency.pairs)
+            results[name] = clip_metrics.frame_consistency_of(frame_embeddings, config.frame_consistency.pairs)
         elif name == "style_fidelity":
-            results[name] = clip_metrics.style_fidelity(clip, frames, style_image)
+            results[name] = clip_metrics.style_fidelity_of(frame_embeddings, style_embedding)
         elif name == "style_gram":
+            # Cached per (weights, layers, device) like CLIP: a set of videos loads VGG once.
             extractor = style_metrics.load_vgg_features(config.style.vgg_path, config.style.vgg_layers, config.device)
             results[name] = style_metrics.gram_distance(frames, style_image, extractor, config.device)
         elif name == "style_csd":
@@ -121,9 +130,10 @@ def compute_set_metrics(
     config: MetricsConfig | Mapping | None = None,
     real_videos: Sequence[np.ndarray] | None = None,
 ) -> dict[str, float]:
-    """Set-level metrics over a list of videos: "fvd" (against real_videos or cached statistics) and "is"
-    (reported as "is" = mean and "is_std" = std over splits)."""
-    from stylevid.metrics.fvd import fvd
+    """Set-level metrics over a list of videos: "fvd" (against real_videos or cached statistics; with
+    "fvd_num_generated" and "fvd_num_real", the sizes of the two sets, which FVD depends on) and "is" (reported
+    as "is" = mean and "is_std" = std over splits, with "is_num_videos")."""
+    from stylevid.metrics.fvd import fvd_with_counts
     from stylevid.metrics.inception import inception_score
 
     config = MetricsConfig.from_dict(config)
@@ -134,9 +144,10 @@ def compute_set_metrics(
     results: dict[str, float] = {}
     for name in names:
         if name == "fvd":
-            results["fvd"] = fvd(videos, real_videos, config.fvd, config.device)
+            results.update(fvd_with_counts(videos, real_videos, config.fvd, config.device))
         elif name == "is":
             results["is"], results["is_std"] = inception_score(videos, config.is_, config.device)
+            results["is_num_videos"] = len(videos)  # IS depends on the set size: recorded beside it
     return results
 
 

@@ -88,7 +88,12 @@ def load_clip(model: str = "openai/clip-vit-base-patch32", device: str = "cpu", 
     """Load CLIP from a hub id or a local directory; offline (HF_HUB_OFFLINE=1) only the local cache is used.
 
     Loaded models are cached per (model, device), so evaluating many videos loads the weights once.
+    `toy` is the toy world's CLIP shipped with the package (stylevid/toy/weights/clip).
     """
+    if str(model) == "toy":
+        from ..toy import toy_path
+
+        model = toy_path("clip")
     model_obj, processor = _load_clip_cached(str(model), str(device))
     return ClipEmbedder(model_obj, processor, str(model), device=device, batch_size=batch_size)
 
@@ -115,6 +120,9 @@ def _load_clip_cached(model: str, device: str):
 
 
 # --- metrics on embeddings -------------------------------------------------------------------------------------
+# Each metric has two forms: `<name>_of(embeddings...)` on L2-normalised embeddings, which compute_metrics uses
+# so that a video's frames go through the image tower once for all CLIP metrics, and `<name>(embedder, frames,
+# ...)`, which embeds first (for calling one metric alone).
 
 
 def _mean_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -122,19 +130,14 @@ def _mean_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() * b.double()).sum(-1).mean())
 
 
-def clipsim(embedder: ClipEmbedder, frames: np.ndarray, prompt: str) -> float:
+def clipsim_of(frame_embeddings: torch.Tensor, text_embedding: torch.Tensor) -> float:
     """Mean over frames of cos(CLIP image, CLIP text) (CLIPSIM; Gen-1's prompt consistency)."""
-    frames = check_video(frames)
-    _check_prompt(prompt)
-    return _mean_cosine(embedder.embed_images(frames), embedder.embed_texts([prompt]))
+    return _mean_cosine(frame_embeddings, text_embedding)
 
 
-def clip_score(embedder: ClipEmbedder, frames: np.ndarray, prompt: str, clamp: str = "mean") -> float:
+def clip_score_of(frame_embeddings: torch.Tensor, text_embedding: torch.Tensor, clamp: str = "mean") -> float:
     """100 x cosine with torchmetrics' clamp at 0; `clamp` says where the clamp applies (see ClipConfig)."""
-    frames = check_video(frames)
-    _check_prompt(prompt)
-    cosines = (embedder.embed_images(frames).double() * embedder.embed_texts([prompt]).double()).sum(-1)
-    scores = 100.0 * cosines
+    scores = 100.0 * (frame_embeddings.double() * text_embedding.double()).sum(-1)
     if clamp == "mean":
         return float(max(scores.mean().item(), 0.0))
     if clamp == "per_frame":
@@ -144,26 +147,52 @@ def clip_score(embedder: ClipEmbedder, frames: np.ndarray, prompt: str, clamp: s
     raise UserInputError(f"metrics.clip.clamp={clamp} is not one of mean, per_frame, none")
 
 
-def frame_consistency(embedder: ClipEmbedder, frames: np.ndarray, pairs: str = "consecutive") -> float:
+def frame_consistency_of(frame_embeddings: torch.Tensor, pairs: str = "consecutive") -> float:
     """Gen-1: mean cosine of consecutive frames' CLIP image embeddings (`pairs="all"`: every i < j)."""
-    frames = check_video(frames)
-    if len(frames) < 2:
+    if len(frame_embeddings) < 2:
         raise UserInputError("frame_consistency needs a video with at least 2 frames")
-    embeddings = embedder.embed_images(frames).double()
+    embeddings = frame_embeddings.double()
     if pairs == "consecutive":
         return float((embeddings[:-1] * embeddings[1:]).sum(-1).mean())
     if pairs == "all":
         similarity = embeddings @ embeddings.T
-        upper = torch.triu_indices(len(frames), len(frames), offset=1)
+        upper = torch.triu_indices(len(embeddings), len(embeddings), offset=1)
         return float(similarity[upper[0], upper[1]].mean())
     raise UserInputError(f"metrics.frame_consistency.pairs={pairs} is not consecutive or all")
 
 
-def style_fidelity(embedder: ClipEmbedder, frames: np.ndarray, style_image: np.ndarray) -> float:
+def style_fidelity_of(frame_embeddings: torch.Tensor, style_embedding: torch.Tensor) -> float:
     """Mean over frames of the CLIP image-image cosine with the style image."""
+    return _mean_cosine(frame_embeddings, style_embedding)
+
+
+def clipsim(embedder: ClipEmbedder, frames: np.ndarray, prompt: str) -> float:
+    """clipsim_of on the frames' and the prompt's embeddings."""
+    frames = check_video(frames)
+    _check_prompt(prompt)
+    return clipsim_of(embedder.embed_images(frames), embedder.embed_texts([prompt]))
+
+
+def clip_score(embedder: ClipEmbedder, frames: np.ndarray, prompt: str, clamp: str = "mean") -> float:
+    """clip_score_of on the frames' and the prompt's embeddings."""
+    frames = check_video(frames)
+    _check_prompt(prompt)
+    return clip_score_of(embedder.embed_images(frames), embedder.embed_texts([prompt]), clamp)
+
+
+def frame_consistency(embedder: ClipEmbedder, frames: np.ndarray, pairs: str = "consecutive") -> float:
+    """frame_consistency_of on the frames' embeddings."""
+    frames = check_video(frames)
+    if len(frames) < 2:  # before embedding: no work for a video that cannot have the metric
+        raise UserInputError("frame_consistency needs a video with at least 2 frames")
+    return frame_consistency_of(embedder.embed_images(frames), pairs)
+
+
+def style_fidelity(embedder: ClipEmbedder, frames: np.ndarray, style_image: np.ndarray) -> float:
+    """style_fidelity_of on the frames' and the style image's embeddings."""
     frames = check_video(frames)
     style_image = check_image(style_image)
-    return _mean_cosine(embedder.embed_images(frames), embedder.embed_images(style_image[None]))
+    return style_fidelity_of(embedder.embed_images(frames), embedder.embed_images(style_image[None]))
 
 
 def _check_prompt(prompt) -> None:

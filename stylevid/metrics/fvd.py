@@ -157,6 +157,26 @@ def real_statistics(
     return mu, sigma, len(features)
 
 
+def fvd_with_counts(
+    generated_videos: Sequence[np.ndarray],
+    real_videos: Sequence[np.ndarray] | None = None,
+    config: FVDConfig | None = None,
+    device: str | torch.device = "cpu",
+    model=None,
+) -> dict[str, float | int]:
+    """{"fvd", "fvd_num_generated", "fvd_num_real"}: FVD between generated videos and real videos (or the real
+    statistics cached at config.stats_path), with the size of each set. FVD is biased by the sample sizes, so
+    a value is only comparable with others from as many videos."""
+    config = config or FVDConfig()
+    model = load_i3d(config, device) if model is None else model
+    mu_real, sigma_real, num_real = real_statistics(real_videos, config, model, device)
+    features = video_features(generated_videos, model, config.num_frames, config.resolution, config.value_range,
+                              config.call_kwargs, config.batch_size, device)
+    mu_gen, sigma_gen = feature_statistics(features)
+    return {"fvd": frechet_distance(mu_gen, sigma_gen, mu_real, sigma_real), "fvd_num_generated": len(features),
+            "fvd_num_real": int(num_real)}
+
+
 def fvd(
     generated_videos: Sequence[np.ndarray],
     real_videos: Sequence[np.ndarray] | None = None,
@@ -165,10 +185,4 @@ def fvd(
     model=None,
 ) -> float:
     """FVD between generated videos and real videos (or the real statistics cached at config.stats_path)."""
-    config = config or FVDConfig()
-    model = load_i3d(config, device) if model is None else model
-    mu_real, sigma_real, _ = real_statistics(real_videos, config, model, device)
-    features = video_features(generated_videos, model, config.num_frames, config.resolution, config.value_range,
-                              config.call_kwargs, config.batch_size, device)
-    mu_gen, sigma_gen = feature_statistics(features)
-    return frechet_distance(mu_gen, sigma_gen, mu_real, sigma_real)
+    return float(fvd_with_counts(generated_videos, real_videos, config, device, model)["fvd"])

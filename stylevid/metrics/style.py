@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import cv2
@@ -119,7 +120,15 @@ class VGGFeatures(nn.Module):
 
 def load_vgg_features(path, layers: Sequence[int] = (1, 6, 11, 20, 29), device="cpu") -> FeatureExtractor:
     """VGG features from a local file: TorchScript (used as is) or safetensors with torchvision's vgg19 keys
-    ("features.0.weight", ...; classifier keys are ignored)."""
+    ("features.0.weight", ...; classifier keys are ignored).
+
+    Cached per (path, layers, device), as CLIP is: compute_metrics asks for it once per video, and reading
+    VGG-19's 80 MB for each video would cost more than the metric."""
+    return _load_vgg_cached(None if path is None else str(path), tuple(int(i) for i in layers), str(device))
+
+
+@functools.lru_cache(maxsize=2)
+def _load_vgg_cached(path: str | None, layers: tuple[int, ...], device: str) -> FeatureExtractor:
     resolved = resolve_weights_file(path, VGG_KEY, "style_gram (VGG-19)")
     if resolved.suffix != ".safetensors":
         return load_torchscript(resolved, VGG_KEY, "style_gram (VGG-19)", device)
@@ -179,5 +188,11 @@ def csd_similarity(
 
 
 def load_csd(path, device="cpu"):
-    """The CSD style encoder from a TorchScript file; no weights -> a one-line error naming the key."""
+    """The CSD style encoder from a TorchScript file; no weights -> a one-line error naming the key.
+    Cached per (path, device), like load_vgg_features."""
+    return _load_csd_cached(None if path is None else str(path), str(device))
+
+
+@functools.lru_cache(maxsize=2)
+def _load_csd_cached(path: str | None, device: str):
     return load_torchscript(path, CSD_KEY, "style_csd (CSD style encoder)", device)

@@ -15,7 +15,8 @@ What diffusers lacks and is added here:
     `convert_animatediff_checkpoint_to_diffusers`;
   * loading a motion module from a hub id, a diffusers directory or an original single file offline
     (diffusers' `MotionAdapter.from_single_file` fetches a config from the hub; here it is read off the
-    weights' shapes).
+    weights' shapes, and heads and group-norm groups off the metadata that `export_original` writes);
+  * a one-line error for a motion module made for another base model (`check_fits`).
 """
 
 from __future__ import annotations
@@ -96,12 +97,38 @@ def tiny_motion_adapter(seed: int = 0, zero_init: bool = True) -> MotionAdapter:
     return motion_adapter_for_unet(tiny_unet(seed), num_attention_heads=2, zero_init=zero_init, seed=seed)
 
 
+def check_fits(unet: UNet2DConditionModel, adapter: MotionAdapter) -> None:
+    """A one-line UserInputError when `adapter` was made for another base model (other channels or layout).
+
+    Cheap (configs only), so callers run it right after loading, before a run directory exists; inflating a
+    mismatched module would otherwise fail late with diffusers' many-line size-mismatch RuntimeError.
+    """
+    unet_channels = tuple(unet.config.block_out_channels)
+    motion_channels = tuple(adapter.config.block_out_channels)
+    if unet_channels != motion_channels:
+        raise UserInputError(
+            f"the motion module is for a base model with channels {motion_channels}, this model has {unet_channels}; "
+            "use a motion module trained for this base (SD 1.x modules with SD 1.x models)"
+        )
+    levels = len(unet_channels)
+    unet_layers = unet.config.layers_per_block
+    motion_layers = adapter.config.motion_layers_per_block
+    unet_layers = [unet_layers] * levels if isinstance(unet_layers, int) else list(unet_layers)
+    motion_layers = [motion_layers] * levels if isinstance(motion_layers, int) else list(motion_layers)
+    if unet_layers != motion_layers:
+        raise UserInputError(
+            f"the motion module has {motion_layers} layers per level, this model {unet_layers}: it is for another base model"
+        )
+
+
 def inflate(unet: UNet2DConditionModel, adapter: MotionAdapter) -> UNetMotionModel:
     """The inflated video UNet (paper Section 3.3.1): image layers from `unet`, motion modules from `adapter`."""
+    check_fits(unet, adapter)
     try:
         return UNetMotionModel.from_unet2d(unet, adapter)
-    except ValueError as error:
-        raise UserInputError(f"motion module does not fit this UNet: {error}") from None
+    except (ValueError, RuntimeError) as error:  # diffusers: ValueError for layout, RuntimeError for shapes
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UserInputError(f"the motion module does not fit this model: {reason[:200]}") from None
 
 
 # --- motion weights in and out of an inflated UNet -------------------------------------------------------
@@ -169,18 +196,29 @@ def to_original_animatediff(state_dict: dict[str, torch.Tensor]) -> dict[str, to
     return original
 
 
+# MotionAdapter config entries that an original-format file's shapes cannot tell; export_original writes them
+# into the safetensors metadata. Files from elsewhere lack them (official modules: 8 heads, 32 groups).
+ORIGINAL_METADATA_KEYS = ("motion_num_attention_heads", "motion_norm_num_groups")
+
+
 def export_original(adapter: MotionAdapter, path: str | Path) -> Path:
     """Write `adapter` as an original-format AnimateDiff `.safetensors` (loads in AnimateDiff, ComfyUI, A1111)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in to_original_animatediff(adapter.state_dict()).items()}
-    save_file(tensors, str(path), metadata={"format": "pt"})
+    # Heads and group-norm groups leave no trace in the shapes: keep them in the header, read by load_motion_adapter.
+    # Only plain integers: a per-level tuple of heads (which diffusers allows) is left to the caller.
+    metadata = {"format": "pt"}
+    metadata.update({key: str(adapter.config[key]) for key in ORIGINAL_METADATA_KEYS if isinstance(adapter.config[key], int)})
+    save_file(tensors, str(path), metadata=metadata)
     return path
 
 
-def config_from_original(state_dict: dict[str, torch.Tensor], num_attention_heads: int = 8) -> dict:
-    """A `MotionAdapter` config read off an original checkpoint's shapes (heads cannot be: official ones use 8)."""
+def config_from_original(state_dict: dict[str, torch.Tensor], num_attention_heads: int = 8, metadata: dict[str, str] | None = None) -> dict:
+    """A `MotionAdapter` config read off an original checkpoint's shapes, plus what `metadata` (the file header)
+    records; heads come from the metadata when present (it is what the module was trained with), else
+    `num_attention_heads` (official modules use 8)."""
     levels = sorted({int(m.group(1)) for k in state_dict if (m := re.match(r"down_blocks\.(\d+)\.motion_modules\.", k))})
     if not levels:
         raise UserInputError("this file holds no AnimateDiff motion modules (no down_blocks.N.motion_modules keys)")
@@ -192,7 +230,7 @@ def config_from_original(state_dict: dict[str, torch.Tensor], num_attention_head
         channels.append(int(state_dict[f"{prefix}0.temporal_transformer.proj_in.weight"].shape[0]))
     depth = {int(k.split("transformer_blocks.")[1].split(".")[0]) for k in state_dict if k.startswith("down_blocks.0.") and "transformer_blocks." in k}
     pe = next((v for k, v in state_dict.items() if k.endswith("pos_encoder.pe")), None)
-    return {
+    config = {
         "block_out_channels": tuple(channels),
         "motion_layers_per_block": layers[0] if len(set(layers)) == 1 else tuple(layers),
         "motion_transformer_layers_per_block": len(depth),
@@ -201,12 +239,19 @@ def config_from_original(state_dict: dict[str, torch.Tensor], num_attention_head
         "motion_max_seq_length": int(pe.shape[1]) if pe is not None else 32,
         "use_motion_mid_block": any(k.startswith("mid_block.motion_modules.") for k in state_dict),
     }
+    for key in ORIGINAL_METADATA_KEYS:
+        if metadata and key in metadata:
+            try:
+                config[key] = int(metadata[key])
+            except ValueError:
+                raise UserInputError(f"motion module metadata {key}={metadata[key]!r} is not an integer") from None
+    return config
 
 
-def adapter_from_original(state_dict: dict[str, torch.Tensor], num_attention_heads: int = 8) -> MotionAdapter:
+def adapter_from_original(state_dict: dict[str, torch.Tensor], num_attention_heads: int = 8, metadata: dict[str, str] | None = None) -> MotionAdapter:
     """Load an original-format checkpoint (v1/v2/v3, or one of ours) into a `MotionAdapter` with diffusers' converter."""
     state_dict = strip_ddp_prefix(state_dict)
-    adapter = MotionAdapter(**config_from_original(state_dict, num_attention_heads))
+    adapter = MotionAdapter(**config_from_original(state_dict, num_attention_heads, metadata))
     converted = convert_animatediff_checkpoint_to_diffusers(state_dict)
     missing, unexpected = adapter.load_state_dict(converted, strict=False)
     # The converter drops pos_encoder.pe; diffusers recomputes the same sinusoid as a buffer.
@@ -228,16 +273,20 @@ def load_motion_adapter(path: str, dtype: torch.dtype = torch.float32, *, allow_
                 raise UserInputError(f"motion.path {local} is a directory without config.json (not a diffusers MotionAdapter)")
             return MotionAdapter.from_pretrained(str(local), torch_dtype=dtype, local_files_only=True)
         if local.is_file():
+            metadata = None
             if local.suffix == ".safetensors":
+                from safetensors import safe_open
                 from safetensors.torch import load_file
 
                 state_dict = load_file(str(local))
+                with safe_open(str(local), "pt") as file:
+                    metadata = file.metadata()
             elif local.suffix in PICKLE_SUFFIXES:
                 state_dict = torch.load(str(local), map_location="cpu", weights_only=not allow_pickle)
                 state_dict = state_dict.get("state_dict", state_dict)
             else:
                 raise UserInputError(f"motion.path {local}: expected a .safetensors or .ckpt file or a directory")
-            return adapter_from_original(state_dict, num_attention_heads).to(dtype)
+            return adapter_from_original(state_dict, num_attention_heads, metadata).to(dtype)
         if str(path).startswith((".", "/", "~")) or not HUB_ID.match(str(path)):
             raise UserInputError(f"motion.path {path} does not exist")
         return MotionAdapter.from_pretrained(str(path), torch_dtype=dtype)

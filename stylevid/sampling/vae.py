@@ -7,21 +7,31 @@ import torch
 
 
 @torch.no_grad()
-def encode_images(vae, images: np.ndarray, generator: torch.Generator | None = None) -> torch.Tensor:
-    """uint8 (N, H, W, 3) images to scaled latents, taking the mean of the VAE posterior (deterministic)."""
+def encode_images(vae, images: np.ndarray, device: torch.device | None = None) -> torch.Tensor:
+    """uint8 (N, H, W, 3) images to scaled latents, taking the mean of the VAE posterior (deterministic).
+
+    `device` is where the VAE runs: pass the pipeline's `_execution_device`. Under diffusers' model CPU
+    offload the VAE's weights wait on the CPU (`vae.device` says cpu) and move to the GPU only inside
+    encode/decode, so inputs must go to the execution device, not to `vae.device` (the default).
+    """
     pixels = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    pixels = pixels.to(device=vae.device, dtype=vae.dtype)
+    pixels = pixels.to(device=device or vae.device, dtype=vae.dtype)
     posterior = vae.encode(pixels).latent_dist
     return posterior.mean * vae.config.scaling_factor
 
 
 @torch.no_grad()
-def decode_to_uint8(vae, latents: torch.Tensor, frames_per_decode: int | None = None) -> np.ndarray:
-    """Scaled latents to uint8 (N, H, W, 3) frames; `frames_per_decode` bounds decoder memory (VAE slicing)."""
+def decode_to_uint8(
+    vae, latents: torch.Tensor, frames_per_decode: int | None = None, device: torch.device | None = None
+) -> np.ndarray:
+    """Scaled latents to uint8 (N, H, W, 3) frames; `frames_per_decode` bounds decoder memory (VAE slicing).
+
+    `device`: where the VAE runs, the pipeline's `_execution_device` (see `encode_images`).
+    """
     step = frames_per_decode or latents.shape[0]
     out = []
     for start in range(0, latents.shape[0], step):
-        chunk = latents[start : start + step].to(device=vae.device, dtype=vae.dtype)
+        chunk = latents[start : start + step].to(device=device or vae.device, dtype=vae.dtype)
         images = vae.decode(chunk / vae.config.scaling_factor, return_dict=False)[0]
         images = (images.float() / 2 + 0.5).clamp(0, 1)
         out.append((images.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).cpu().numpy())

@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +93,13 @@ def build_dataset(cfg) -> VideoClipDataset:
         records = folder_records(data.video_folder, data.get("captions"))
     else:
         raise UserInputError(f"unknown data {data.name!r}; choose webvid or folder")
-    return VideoClipDataset(records, spec, seed=int(cfg.seed), max_skips=int(data.get("max_skips", 16)))
+    dataset = VideoClipDataset(records, spec, seed=int(cfg.seed), max_skips=int(data.get("max_skips", 16)))
+    if dataset.first_readable() is None:
+        raise UserInputError(
+            f"none of the {len(records)} videos for data.video_folder={data.video_folder} can be read as a clip of "
+            f"{spec.frames} frames every {spec.stride} ({spec.span} source frames): all unreadable or too short"
+        )
+    return dataset
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
@@ -251,14 +257,22 @@ class MotionTrainer:
 
     # --- state ---------------------------------------------------------------------------------------------
 
-    def current_adapter(self, use_ema: bool = False) -> MotionAdapter:
-        if use_ema and self.ema is not None:
-            self.ema.store(self.trainable)
-            self.ema.copy_to(self.trainable)
-            adapter = adapter_from_unet(self.unet, self.adapter_template)
+    @contextmanager
+    def ema_weights(self):
+        """The EMA weights in the trainable parameters while inside (nothing changes without EMA), then the live ones."""
+        if self.ema is None:
+            yield
+            return
+        self.ema.store(self.trainable)
+        self.ema.copy_to(self.trainable)
+        try:
+            yield
+        finally:
             self.ema.restore(self.trainable)
-            return adapter
-        return adapter_from_unet(self.unet, self.adapter_template)
+
+    def current_adapter(self, use_ema: bool = False) -> MotionAdapter:
+        with self.ema_weights() if use_ema else nullcontext():
+            return adapter_from_unet(self.unet, self.adapter_template)
 
     def state(self) -> dict:
         return {
@@ -307,6 +321,8 @@ class MotionTrainer:
         batches = self.batches()
         self.model.train()
         started = time.perf_counter()
+        steps_done, step_time = 0, 0.0  # throughput over optimizer steps only (not checkpoints or validation)
+        clips_per_step = self.batch_size * self.grad_accum * self.ctx.world_size
         try:
             with self.reporter.stage("training", total=self.max_steps - self.global_step):
                 while self.global_step < self.max_steps:
@@ -316,6 +332,10 @@ class MotionTrainer:
                     skipped = sum_over_ranks(skipped, self.ctx)
                     self.losses.append(loss)
                     self.skipped_total += skipped
+                    steps_done, step_time = steps_done + 1, step_time + time.perf_counter() - step_started
+                    if self.ctx.is_main:  # one bar for the run: the loss is already averaged over ranks
+                        steps_per_s = steps_done / step_time
+                        self.reporter.status({"loss": loss, "steps/s": steps_per_s, "clips/s": steps_per_s * clips_per_step})
                     self.reporter.advance()
                     if not math.isfinite(loss):
                         raise RuntimeError(f"loss is {loss} at step {self.global_step}; lower trainer.lr or use bf16")
@@ -357,23 +377,32 @@ class MotionTrainer:
 
     @torch.no_grad()
     def validate(self) -> None:
+        """Validation videos sampled with the trainer's own inflated UNet (EMA weights when on), on its device.
+
+        Not a fresh inflation of `pipe.unet`: that image UNet never leaves the CPU, and a second UNet would
+        cost memory. The UNet's frozen weights may be bf16/fp16 beside fp32 motion weights, hence autocast.
+        """
         from ..io.video import write_video
         from ..methods import animatediff
 
         validation = self.cfg.validation
-        adapter = self.current_adapter(use_ema=True)
         folder = self.run_dir / "validation"
         folder.mkdir(exist_ok=True)
+        autocast = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
         self.model.eval()
-        for index, prompt in enumerate(validation.prompts):
-            settings = animatediff.AnimateDiffSettings(
-                prompt=str(prompt), frames=int(self.cfg.data.frames), height=int(self.cfg.data.size),
-                width=int(self.cfg.data.size), steps=int(validation.steps), guidance_scale=float(validation.guidance_scale),
-                seed=self.seed, beta_schedule=SCHEDULES[str(self.cfg.schedule)]["beta_schedule"],
-            )
-            output = animatediff.generate(self.pipe, adapter, settings, StageReporter())
-            write_video(folder / f"step_{self.global_step:07d}_{index}.mp4", output.frames, fps=float(validation.fps))
-        self.model.train()
+        try:
+            with self.ema_weights(), autocast:
+                for index, prompt in enumerate(validation.prompts):
+                    settings = animatediff.AnimateDiffSettings(
+                        prompt=str(prompt), frames=int(self.cfg.data.frames), height=int(self.cfg.data.size),
+                        width=int(self.cfg.data.size), steps=int(validation.steps),
+                        guidance_scale=float(validation.guidance_scale), seed=self.seed,
+                        beta_schedule=SCHEDULES[str(self.cfg.schedule)]["beta_schedule"],
+                    )
+                    output = animatediff.generate(self.pipe, None, settings, StageReporter(), video_unet=self.unet)
+                    write_video(folder / f"step_{self.global_step:07d}_{index}.mp4", output.frames, fps=float(validation.fps))
+        finally:
+            self.model.train()
 
     def save_final(self) -> dict:
         adapter = self.current_adapter(use_ema=True)

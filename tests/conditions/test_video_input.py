@@ -162,6 +162,15 @@ def test_too_few_frames_says_what_was_found(mp4_24fps):
         read_frames(mp4_24fps, 5, start=12, fps=8)
 
 
+def test_max_frames_caps_the_frames_read(mp4_24fps):
+    assert frame_numbers(read_frames(mp4_24fps, 3, stride=2, max_frames=5)) == [0, 2, 4]
+    with pytest.raises(UserInputError) as error:
+        read_frames(mp4_24fps, 5, stride=2, max_frames=3, label="condition.video")
+    assert str(error.value) == (
+        f"condition.video {mp4_24fps} has 3 frames after start=0 stride=2 max_frames=3 (24 in the source); 5 requested"
+    )
+
+
 def test_missing_path_raises_when_called_not_when_iterated(tmp_path):
     with pytest.raises(UserInputError, match="dance.mp4: no such file or folder"):
         iter_frames(tmp_path / "dance.mp4", label="condition.video")

@@ -1,6 +1,7 @@
 """The CLI-facing API: compute_metrics, compute_set_metrics, aggregate, describe_metrics, config parsing."""
 
 import math
+from typing import List
 
 import numpy as np
 import pytest
@@ -15,8 +16,9 @@ from stylevid.metrics import (
     compute_set_metrics,
     describe_metrics,
 )
-from stylevid.metrics.clip import build_tiny_clip, clip_score, frame_consistency, load_clip
+from stylevid.metrics.clip import build_tiny_clip, clip_score, clipsim, frame_consistency, load_clip, style_fidelity
 from stylevid.metrics.flow import motion, temporal_flicker, warp_error
+from stylevid.metrics.style import csd_similarity, gram_distance
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +86,97 @@ def test_compute_set_metrics_reports_is_mean_and_std(tmp_path):
     torch.jit.save(torch.jit.script(Uniform()), str(path))
     videos = [np.zeros((16, 8, 8, 3), np.uint8)] * 4
     results = compute_set_metrics(videos, ["is"], {"is": {"c3d_path": str(path), "splits": 2}})
-    assert results == {"is": pytest.approx(1.0), "is_std": pytest.approx(0.0)}
+    assert results == {"is": pytest.approx(1.0), "is_std": pytest.approx(0.0), "is_num_videos": 4}
+
+
+class _ChannelStatsI3D(torch.nn.Module):
+    """Stands in for I3D (same call convention): per-channel mean and std of the clip as the features."""
+
+    def forward(self, videos: torch.Tensor, rescale: bool = False, resize: bool = False,
+                return_features: bool = True) -> torch.Tensor:
+        return torch.cat([videos.mean(dim=(2, 3, 4)), videos.std(dim=(2, 3, 4))], dim=1)
+
+
+def test_fvd_records_the_size_of_both_sets_also_from_cached_statistics(tmp_path):
+    path = tmp_path / "i3d.pt"
+    torch.jit.save(torch.jit.script(_ChannelStatsI3D()), str(path))
+    rng = np.random.default_rng(0)
+    generated = [rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8) for _ in range(3)]
+    real = [rng.integers(0, 200, (4, 8, 8, 3), dtype=np.uint8) for _ in range(5)]
+    options = {"fvd": {"i3d_path": str(path), "num_frames": 4, "resolution": None,
+                       "stats_path": str(tmp_path / "real.npz")}}
+
+    computed = compute_set_metrics(generated, ["fvd"], options, real_videos=real)
+    assert computed["fvd_num_generated"] == 3 and computed["fvd_num_real"] == 5 and computed["fvd"] > 0
+    cached = compute_set_metrics(generated, ["fvd"], options)  # real set from real.npz only
+    assert cached == computed
+
+
+def test_clip_towers_run_once_per_video_and_give_the_same_numbers(config, video, monkeypatch):
+    embedder = load_clip(config.clip.model, config.device, config.clip.batch_size)
+    style = np.ascontiguousarray(video[0, ::-1])
+    # What each metric gave when it embedded the frames itself (the same batches, so exactly the same numbers).
+    expected = {
+        "clipsim": clipsim(embedder, video, "a cat"),
+        "clip_score": clip_score(embedder, video, "a cat", clamp="none"),
+        "prompt_consistency": clipsim(embedder, video, "a cat"),
+        "frame_consistency": frame_consistency(embedder, video),
+        "style_fidelity": style_fidelity(embedder, video, style),
+    }
+    model = embedder.model  # the cached model compute_metrics gets from load_clip as well
+    image_batches, text_batches = [], []
+    image_tower, text_tower = model.get_image_features, model.get_text_features
+
+    def count_images(**kwargs):
+        image_batches.append(len(kwargs["pixel_values"]))
+        return image_tower(**kwargs)
+
+    def count_texts(**kwargs):
+        text_batches.append(len(kwargs["input_ids"]))
+        return text_tower(**kwargs)
+
+    monkeypatch.setattr(model, "get_image_features", count_images)
+    monkeypatch.setattr(model, "get_text_features", count_texts)
+    results = compute_metrics(video, "a cat", style, list(expected), config)
+    assert results == expected
+    assert image_batches == [len(video), 1]  # the 4 frames in one batch (batch_size=4), then the style image
+    assert text_batches == [1]
+
+
+class _MeanFeatures(torch.nn.Module):
+    """A stand-in VGG: two 'layers', the image and its 2x2 average pool."""
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        return [x, torch.nn.functional.avg_pool2d(x, 2)]
+
+
+class _PooledCSD(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(1)
+
+
+def test_vgg_and_csd_weights_load_once_for_many_videos(tmp_path, video, monkeypatch):
+    from stylevid.metrics import style as style_module
+
+    vgg, csd = tmp_path / "vgg.pt", tmp_path / "csd.pt"
+    torch.jit.save(torch.jit.script(_MeanFeatures()), str(vgg))
+    torch.jit.save(torch.jit.script(_PooledCSD()), str(csd))
+    options = MetricsConfig.from_dict({"style": {"vgg_path": str(vgg), "csd_path": str(csd), "csd_resolution": 32}})
+    loads = []
+    real_load = style_module.load_torchscript
+
+    def counting_load(path, *args, **kwargs):
+        loads.append(path)
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(style_module, "load_torchscript", counting_load)  # (new paths: nothing cached yet)
+
+    styles = [video[0], video[2], np.ascontiguousarray(video[1, ::-1])]
+    results = [compute_metrics(video, None, style, ["style_gram", "style_csd"], options) for style in styles]
+    assert sorted(map(str, loads)) == sorted([str(vgg), str(csd)])  # once each, not once per video
+    for style, result in zip(styles, results):
+        assert result["style_gram"] == gram_distance(video, style, torch.jit.load(str(vgg)))
+        assert result["style_csd"] == csd_similarity(video, style, torch.jit.load(str(csd)), resolution=32)
 
 
 def test_aggregate_mean_sample_std_and_count_skipping_nan():

@@ -1,0 +1,136 @@
+"""The packaged toy models: they load through the real loaders and do what each method's paper claims.
+
+Thresholds are the toy world's targets (issue: "What the toy world must show"); `scripts/toy_report.py`
+prints the same figures. Generation-heavy checks carry the `slow` marker.
+"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from stylevid.models.loading import load_pipeline
+from stylevid.models.motion_module import load_motion_adapter
+from stylevid.toy import WEIGHTS, judge, manifest, toy_path
+
+ROOT = Path(__file__).resolve().parents[1]
+STYLES = {name: ROOT / "examples" / "styles" / f"{name}.png" for name in ("sunset", "ocean", "forest")}
+
+
+@pytest.fixture(scope="module")
+def toy_pipe():
+    pipe = load_pipeline(OmegaConf.create({"name": "toy", "path": None}), torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return judge.toy_clip_embedder()
+
+
+def test_packaged_models_are_small_complete_and_load_with_the_real_loaders(toy_pipe):
+    from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
+    from transformers import CLIPModel, CLIPTextModel
+
+    size = sum(p.stat().st_size for p in WEIGHTS.rglob("*") if p.is_file())
+    assert size < 50 * 2**20, f"toy weights take {size / 2**20:.1f} MiB"
+    assert isinstance(toy_pipe.vae, AutoencoderKL) and toy_pipe.vae.config.latent_channels == 4
+    assert isinstance(toy_pipe.unet, UNet2DConditionModel) and isinstance(toy_pipe.text_encoder, CLIPTextModel)
+    assert toy_pipe.vae_scale_factor == 8
+    # The T2I text encoder is the toy CLIP's text tower, weight for weight.
+    clip = CLIPModel.from_pretrained(toy_path("clip"))
+    tower = clip.text_model.state_dict()
+    encoder = {name.removeprefix("text_model."): t for name, t in toy_pipe.text_encoder.state_dict().items()}
+    tower = {name.removeprefix("text_model."): t for name, t in tower.items()}
+    assert tower.keys() == encoder.keys()
+    for name, tensor in tower.items():
+        assert torch.equal(encoder[name], tensor), name
+    adapter = load_motion_adapter(str(toy_path("motion_module")))
+    assert isinstance(adapter, MotionAdapter)
+    assert tuple(adapter.config.block_out_channels) == tuple(toy_pipe.unet.config.block_out_channels)
+    stages = manifest()["stages"]
+    assert set(stages) == {"vae", "clip", "unet", "motion"}
+    for summary in stages.values():
+        assert summary["steps"] > 0 and summary["wall_s"] > 0 and np.isfinite(summary["final_loss"])
+
+
+def test_missing_toy_weights_are_a_one_line_error(tmp_path):
+    from stylevid.errors import UserInputError
+
+    with pytest.raises(UserInputError, match="build_toy_world.py"):
+        toy_path("pipeline", root=tmp_path)
+
+
+def test_toy_clip_zero_shot_accuracy(embedder):
+    figures = judge.clip_zero_shot(embedder, count=300, seed=31_337)
+    assert figures["colour_accuracy"] >= 0.90, figures
+    assert figures["shape_accuracy"] >= 0.80, figures
+
+
+def test_text_to_image_follows_the_prompt_colour(toy_pipe, embedder):
+    figures = judge.measure_t2i(toy_pipe, embedder, count=24, steps=20)
+    assert figures["colour_adherence"] >= 0.80, {k: v for k, v in figures.items() if k != "images"}
+
+
+@pytest.mark.slow
+def test_cross_frame_attention_makes_t2v_zero_more_consistent(toy_pipe, embedder):
+    figures = judge.measure_cross_frame(toy_pipe, embedder, count=6)
+    assert figures["consistency_cross_frame"] > figures["consistency_plain"], figures
+    assert figures["share_of_prompts_higher"] >= 0.8, figures
+
+
+@pytest.mark.slow
+def test_stylet2v0_moves_colour_statistics_towards_the_style_and_keeps_the_prompt(toy_pipe, embedder):
+    figures = judge.measure_style(toy_pipe, embedder, STYLES, count=6)
+    assert figures["distance_drop"] >= 0.30, figures
+    assert figures["colour_adherence_with_style"] >= 0.70, figures
+
+
+@pytest.mark.slow
+def test_toy_motion_module_moves_objects_the_way_the_prompt_says(toy_pipe):
+    figures = judge.measure_motion(toy_pipe, load_motion_adapter(str(toy_path("motion_module"))), count=16)
+    assert figures["direction_followed"] >= 0.70, figures
+
+
+def test_generate_and_evaluate_with_the_toy_models(tmp_path):
+    from stylevid.evaluate import run_evaluate
+    from stylevid.generate import run_generate
+
+    with initialize_config_module("stylevid.conf", version_base="1.3"):
+        cfg = compose("generate", overrides=[
+            "method=stylet2v0", "model=toy", "prompt=a red circle moving right", f"style={STYLES['sunset']}",
+            "frames=3", "steps=10", "seed=0", "device=cpu", f"output_dir={tmp_path / 'run'}",
+        ])
+    run = run_generate(cfg)
+    result = json.loads((run / "result.json").read_text())
+    assert result["model"]["name"] == "toy"
+    with initialize_config_module("stylevid.conf", version_base="1.3"):
+        cfg = compose("evaluate", overrides=[
+            f"run={run}", "metrics=[clipsim]", "metrics.clip.model=toy", "device=cpu", f"output_dir={tmp_path / 'eval'}",
+        ])
+    out = run_evaluate(cfg)
+    figures = json.loads((Path(out) / "metrics.json").read_text())
+    text = json.dumps(figures)
+    assert "clipsim" in text and str(toy_path("clip")) in text or '"toy"' in text
+
+
+def test_build_script_builds_every_stage_and_resumes(tmp_path):
+    spec = importlib.util.spec_from_file_location("build_toy_world", ROOT / "scripts" / "build_toy_world.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    args = ["--steps", "2", "--videos", "4", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]
+    assert build.main(["--stage", "vae", *args]) == 0
+    assert set(manifest(tmp_path / "out")["stages"]) == {"vae"}
+    assert build.main(["--stage", "all", *args]) == 0
+    built = manifest(tmp_path / "out")
+    assert set(built["stages"]) == {"vae", "clip", "unet", "motion"}
+    for part in ("pipeline", "clip", "motion_module"):
+        toy_path(part, root=tmp_path / "out")
+    assert build.main(["--stage", "all", *args]) == 0  # nothing left to do: the manifest is unchanged
+    assert manifest(tmp_path / "out") == built
