@@ -72,7 +72,19 @@ def stage_unet(out: Path, work: Path, args) -> dict:
     clip = CLIPModel.from_pretrained(out / "clip")
     tokenizer = CLIPTokenizer.from_pretrained(out / "clip")
     text_encoder = toy.text_encoder_from_clip(clip)
-    unet, summary = toy.train_unet(vae, text_encoder, tokenizer, **steps_override(args))
+    previous = load_manifest(out)["stages"].get("unet", {})
+    if args.resume_cycles and previous.get("cycles_done", 1) < 2 and (out / "pipeline" / "unet").exists():
+        # Finish a build whose first cycle is done (its UNet is in place): run the remaining cycle only.
+        from diffusers import UNet2DConditionModel
+
+        done = previous.get("cycles_done", 1)
+        unet, summary = toy.train_unet(vae, text_encoder, tokenizer, unet=UNet2DConditionModel.from_pretrained(
+            out / "pipeline" / "unet"), done_cycles=done, **steps_override(args))
+        summary["steps"] += previous["steps"]
+        summary["wall_s"] = round(summary["wall_s"] + previous["wall_s"], 1)
+    else:
+        unet, summary = toy.train_unet(vae, text_encoder, tokenizer, **steps_override(args))
+    summary["cycles_done"] = summary.get("cycles", 1)
     staging = work / "pipeline"
     toy.save_pipeline(staging, vae, text_encoder, tokenizer, unet)
     replace_dir(staging, out / "pipeline")
@@ -99,7 +111,7 @@ def stage_motion(out: Path, work: Path, args) -> dict:
     overrides = [
         "model=toy", f"model.path={out / 'pipeline'}", "data=folder", f"data.video_folder={videos}",
         f"data.frames={toy_world.FRAMES}", "data.stride=1", f"data.size={toy_world.SIZE}", "data.flip=false",
-        "data.num_workers=0", "trainer.batch_size=4", f"trainer.max_steps={steps}", "trainer.lr=5e-4",
+        "data.num_workers=0", "trainer.batch_size=2", f"trainer.max_steps={steps}", "trainer.lr=5e-4",
         "trainer.lr_scheduler=cosine", "trainer.warmup_steps=100", "trainer.mixed_precision=no",
         "trainer.gradient_checkpointing=false", "trainer.tensorboard=false", "trainer.log_every=50",
         f"trainer.checkpoint_every={steps}", "motion.num_attention_heads=4", "device=cpu", f"output_dir={run_dir}",
@@ -132,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=WEIGHTS)
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "toy")
     parser.add_argument("--steps", type=int, default=0, help="override the stage's step count (0 = its default)")
+    parser.add_argument("--resume-cycles", action="store_true",
+                        help="unet: run only the cycles a previous build of the stage did not finish")
     parser.add_argument("--videos", type=int, default=800, help="toy videos for the motion stage")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)

@@ -93,15 +93,21 @@ def settings_from_config(cfg) -> AnimateDiffSettings:
 
 
 def load_motion(cfg, dtype: torch.dtype = torch.float32, unet=None) -> MotionAdapter:
-    """The motion module `motion.path` names (or the tiny one for model=tiny), with its motion LoRA fused.
+    """The motion module `motion.path` names (the packaged one for model=toy or motion.path=toy, a random tiny one
+    for model=tiny), with its motion LoRA fused.
 
     With `unet` (the image UNet it will inflate), a module made for another base model is refused here, on
     one line, before any run directory exists.
     """
     motion = cfg.motion
-    if motion.get("path"):
+    path = motion.get("path")
+    if path == "toy" or (not path and cfg.model.get("name") == "toy"):
+        from ..toy import toy_path
+
+        path = toy_path("motion_module")  # the toy world's module, trained with `stylevid train motion_module`
+    if path:
         adapter = load_motion_adapter(
-            str(motion.path),
+            str(path),
             dtype,
             allow_pickle=bool(motion.get("allow_pickle", False)),
             num_attention_heads=int(motion.get("num_attention_heads", 8)),

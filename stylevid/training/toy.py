@@ -254,20 +254,29 @@ def clip_probe(model, tokenizer, count: int = 200, seed: int = 99_999) -> dict:
     return figures
 
 
-def train_clip(steps: int = 1500, batch_size: int = 96, lr: float = 1e-3, seed: int = 1):
+def train_clip(steps: int = 1500, batch_size: int = 96, lr: float = 1e-3, seed: int = 1, cycles: int = 2):
+    """`cycles` runs of `steps` steps, each a fresh AdamW with warm-up and cosine decay (SGDR-style warm
+    restarts), on batches never seen before: one cycle reached 67 % zero-shot shape accuracy, two 98 %."""
     tokenizer = word_tokenizer()
     model = toy_clip(tokenizer).train()
+    first_step = 0
+    # The shortest captions, "a red circle": every colour-shape pair is in every batch, so each image is also
+    # contrasted against all 30 of them (CLIP's zero-shot prompts as extra texts).
+    short = [f"a {c} {s}" for c in toy_world.COLOURS for s in toy_world.SHAPES]
 
     def loss_at(step):
-        pixels, captions, _ = frame_batch(batch_size, seed, step)
-        # Hard negatives (as NegCLIP): each caption again with another shape. Without them the loss is
-        # dominated by colour, and shape stayed near 50 % zero-shot accuracy.
+        step += first_step  # batches continue across cycles
+        pixels, captions, scenes = frame_batch(batch_size, seed, step)
+        # Hard negatives (as NegCLIP): each caption again with another shape. Without them and the short
+        # captions, the loss is dominated by colour and shape stayed near 50 % zero-shot accuracy.
         rng = np.random.default_rng([seed, step, 1])
-        texts = captions + [swap_shape(c, rng) for c in captions]
+        texts = captions + [swap_shape(c, rng) for c in captions] + short
         input_ids, attention_mask = tokenize(tokenizer, texts)
         out = model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=clip_pixels(pixels))
-        # Identical captions are not negatives of each other: soft targets spread over duplicates.
-        same = torch.tensor([[a == b for b in texts] for a in captions], dtype=torch.float32)  # (B, 2B)
+        # Positives: the image's own caption (and identical ones) and its short caption.
+        same = torch.tensor(
+            [[t == c or t == f"a {s.colour} {s.shape}" for t in texts] for c, s in zip(captions, scenes)], dtype=torch.float32
+        )  # (B, 2B + 30)
         image_to_text = F.cross_entropy(out.logits_per_image, same / same.sum(1, keepdim=True))
         real = same[:, :batch_size].T
         text_to_image = F.cross_entropy(out.logits_per_text[:batch_size], real / real.sum(1, keepdim=True))
@@ -277,7 +286,12 @@ def train_clip(steps: int = 1500, batch_size: int = 96, lr: float = 1e-3, seed: 
             model.train()
         return 0.5 * (image_to_text + text_to_image)
 
-    summary = train_loop("clip", model.parameters(), loss_at, steps, lr)
+    summary = {"steps": 0, "wall_s": 0.0}
+    for cycle in range(cycles):
+        first_step = cycle * steps
+        run = train_loop(f"clip cycle {cycle + 1}/{cycles}", model.parameters(), loss_at, steps, lr)
+        summary = {"steps": summary["steps"] + run["steps"], "wall_s": round(summary["wall_s"] + run["wall_s"], 1),
+                   "final_loss": run["final_loss"], "cycles": cycles}
     return model.eval(), tokenizer, summary
 
 
@@ -293,16 +307,20 @@ def text_encoder_from_clip(clip_model):
 
 
 def train_unet(vae, text_encoder, tokenizer, steps: int = 2500, batch_size: int = 32, lr: float = 5e-4,
-               caption_dropout: float = 0.1, seed: int = 2):
+               caption_dropout: float = 0.1, seed: int = 2, cycles: int = 2, unet=None, done_cycles: int = 0):
+    """`cycles` warm-restarted runs of `steps` steps (as `train_clip`): after one cycle, half of the samples had the
+    prompt's colour (orange came out red, yellow orange). `unet` with `done_cycles`: continue a partly built one."""
     from diffusers import DDPMScheduler
 
-    unet = toy_unet().train()
+    unet = (unet if unet is not None else toy_unet()).train()
+    first_step = 0
     noise_scheduler = DDPMScheduler(num_train_timesteps=1000, clip_sample=False, **BETAS)
     vae.requires_grad_(False)
     text_encoder.requires_grad_(False)
     empty = tokenize(tokenizer, [""])[0]
 
     def loss_at(step):
+        step += first_step  # batches continue across cycles
         pixels, captions, _ = frame_batch(batch_size, seed, step)
         generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
         with torch.no_grad():
@@ -316,7 +334,12 @@ def train_unet(vae, text_encoder, tokenizer, steps: int = 2500, batch_size: int 
             noisy = noise_scheduler.add_noise(latents, noise, timesteps)
         return F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=text).sample, noise)
 
-    summary = train_loop("unet", unet.parameters(), loss_at, steps, lr, warmup=200)
+    summary = {"steps": 0, "wall_s": 0.0}
+    for cycle in range(done_cycles, cycles):
+        first_step = cycle * steps
+        run = train_loop(f"unet cycle {cycle + 1}/{cycles}", unet.parameters(), loss_at, steps, lr, warmup=200)
+        summary = {"steps": summary["steps"] + run["steps"], "wall_s": round(summary["wall_s"] + run["wall_s"], 1),
+                   "final_loss": run["final_loss"], "cycles": cycles}
     return unet.eval(), summary
 
 
