@@ -63,7 +63,7 @@ def main(argv=None) -> int:
         elif part == "cross_frame":
             result = judge.measure_cross_frame(pipe, embedder)
         elif part == "style":
-            result = judge.measure_style(pipe, embedder, STYLES)
+            result = judge.measure_style(pipe, embedder, STYLES, attend_to_reference=True, reference_score_shift=2.0)
         else:
             result = judge.measure_motion(pipe, load_motion_adapter(str(toy_path("motion_module"))))
         result.pop("images", None)

@@ -298,6 +298,12 @@ class UniformC3D(nn.Module):
 
 
 def test_videos_too_short_for_fvd_and_is_are_named_left_out_and_counted(tmp_path, tiny_clip, caplog):
+    import logging
+
+    # An earlier CLI test may have run Hydra's `job_logging: disabled`, which disables existing loggers.
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("stylevid")] + ["stylevid"]:
+        logging.getLogger(name).disabled = False
+    caplog.set_level(logging.WARNING)
     i3d, c3d = tmp_path / "i3d.pt", tmp_path / "c3d.pt"
     torch.jit.save(torch.jit.script(TinyI3D().eval()), str(i3d))
     torch.jit.save(torch.jit.script(UniformC3D().eval()), str(c3d))

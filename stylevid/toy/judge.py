@@ -131,7 +131,7 @@ def prompts(count: int, seed: int = 0, directions: bool = False) -> list[Prompt]
 # --- the methods, measured --------------------------------------------------------------------------------------
 
 
-def measure_t2i(pipe, embedder: ClipEmbedder, count: int = 24, steps: int = 25, guidance_scale: float = 7.5) -> dict:
+def measure_t2i(pipe, embedder: ClipEmbedder, count: int = 24, steps: int = 20, guidance_scale: float = 7.5) -> dict:
     """Text-to-image prompt adherence: share of samples the judge gives the prompt's colour (and shape)."""
     chosen = prompts(count, seed=1)
     images = []
@@ -183,7 +183,7 @@ def measure_cross_frame(pipe, embedder: ClipEmbedder, count: int = 6, frames: in
 
 
 def measure_style(pipe, embedder: ClipEmbedder, style_images: dict[str, Path], count: int = 6, frames: int = 4,
-                  steps: int = 20, strength: float = 1.0, layers=("all",)) -> dict:
+                  steps: int = 20, strength: float = 1.0, layers=("all",), **options) -> dict:
     """stylet2v0 against t2v_zero on the same prompt and seed: colour-statistics distance to the style image."""
     from ..methods.stylet2v0 import StyleSettings, load_style_image
 
@@ -192,7 +192,7 @@ def measure_style(pipe, embedder: ClipEmbedder, style_images: dict[str, Path], c
     for index, prompt in enumerate(prompts(count, seed=3)):
         path = style_images[names[index % len(names)]]
         reference = load_style_image(str(path), toy_world.SIZE, toy_world.SIZE)
-        style = StyleSettings(image=str(path), strength=strength, layers=list(layers))
+        style = StyleSettings(image=str(path), strength=strength, layers=list(layers), **options)
         with_style = _zero_shot(pipe, prompt, frames, steps, style=style)
         without = _zero_shot(pipe, prompt, frames, steps)
         styled.append(style_distance(with_style, reference))
