@@ -31,3 +31,16 @@ def style_image_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("style") / "style.png"
     Image.fromarray(image).save(path)
     return str(path)
+
+
+def run_stylevid(args, capsys):
+    """Run `stylevid ARGS` in this process; return (exit code, stdout, stderr)."""
+    from stylevid.cli.main import main
+
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

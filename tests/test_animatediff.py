@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import run_stylevid
 import torch
 from diffusers import AnimateDiffPipeline, DDIMScheduler
 from hydra import compose, initialize_config_module
@@ -124,14 +125,8 @@ def other_base_adapter():
 
 
 def run_cli(args, capsys):
-    from stylevid.cli.main import main
-
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    return code, capsys.readouterr().err
+    code, _, err = run_stylevid(args, capsys)
+    return code, err
 
 
 @pytest.mark.parametrize("fmt", ["diffusers", "original"])

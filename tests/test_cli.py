@@ -8,20 +8,12 @@ import pytest
 from PIL import Image
 
 from cli.main import main  # noqa: F401  (the source tree's cli/, same module as stylevid.cli)
-from stylevid.cli.main import main as stylevid_main
+from conftest import run_stylevid
 
 TINY = ["model=tiny", "frames=3", "steps=6", "height=64", "width=64"]
 
 
-def run(args, capsys):
-    """Run `stylevid ARGS` in this process; return (exit code, stdout, stderr)."""
-    try:
-        stylevid_main(list(args))
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+run = run_stylevid  # `stylevid ARGS` in this process: (exit code, stdout, stderr)
 
 
 def test_help_lists_tasks_and_methods():

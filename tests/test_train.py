@@ -5,6 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import run_stylevid
 import torch
 from diffusers import MotionAdapter
 from hydra import compose, initialize_config_module
@@ -124,14 +125,8 @@ def test_bad_training_input_is_a_user_error(toy_videos):
 
 
 def run_cli(args, capsys):
-    from stylevid.cli.main import main
-
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    return code, capsys.readouterr().err
+    code, _, err = run_stylevid(args, capsys)
+    return code, err
 
 
 def test_init_path_from_another_base_is_one_line_exit_2_before_a_run_directory(toy_videos, tmp_path, capsys):

@@ -64,18 +64,23 @@ def tiny_unet(seed: int = 0) -> UNet2DConditionModel:
     ).eval()
 
 
-def tiny_vae(seed: int = 0) -> AutoencoderKL:
-    # Four blocks, as in SD, so that the VAE downsamples by 8 and the latent geometry matches real weights.
+def sd_geometry_vae(block_out_channels: tuple[int, ...], norm_num_groups: int, seed: int = 0) -> AutoencoderKL:
+    """A seeded AutoencoderKL with SD's geometry: four blocks (8x downsampling) into 4 latent channels."""
     torch.manual_seed(seed)
     return AutoencoderKL(
-        block_out_channels=(8, 8, 16, 16),
+        block_out_channels=block_out_channels,
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
         latent_channels=4,
-        norm_num_groups=4,
+        norm_num_groups=norm_num_groups,
         layers_per_block=1,
         sample_size=64,
-    ).eval()
+    )
+
+
+def tiny_vae(seed: int = 0) -> AutoencoderKL:
+    # Four blocks, as in SD, so that the VAE downsamples by 8 and the latent geometry matches real weights.
+    return sd_geometry_vae((8, 8, 16, 16), norm_num_groups=4, seed=seed).eval()
 
 
 def sd_ddim_scheduler() -> DDIMScheduler:

@@ -77,18 +77,9 @@ def word_tokenizer(words: list[str] | None = None):
 
 
 def toy_vae():
-    from diffusers import AutoencoderKL
+    from ..models.tiny import sd_geometry_vae
 
-    torch.manual_seed(0)
-    return AutoencoderKL(
-        block_out_channels=(32, 32, 64, 64),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        norm_num_groups=16,
-        layers_per_block=1,
-        sample_size=toy_world.SIZE,
-    )
+    return sd_geometry_vae((32, 32, 64, 64), norm_num_groups=16)
 
 
 def toy_clip(tokenizer):
@@ -233,25 +224,13 @@ def swap_shape(caption: str, rng: np.random.Generator) -> str:
     return " ".join(words)
 
 
-@torch.no_grad()
 def clip_probe(model, tokenizer, count: int = 200, seed: int = 99_999) -> dict:
-    """Zero-shot colour/shape accuracy during training (the full judge is `stylevid.toy.judge`)."""
-    from ..metrics.clip import _as_embedding
+    """Zero-shot colour/shape accuracy during training, by the same judge as the finished model."""
+    from ..metrics.clip import ClipEmbedder
+    from ..toy import judge
 
-    images, scenes, _ = toy_world.frame_dataset(count, seed=seed)
-    image = F.normalize(_as_embedding(model.get_image_features(pixel_values=clip_pixels(to_pixels(images)))), dim=-1)
-    figures = {}
-    for attribute, values, others in (("colour", list(toy_world.COLOURS), toy_world.SHAPES),
-                                      ("shape", list(toy_world.SHAPES), list(toy_world.COLOURS))):
-        rows = []
-        for value in values:
-            captions = [f"a {value} {o}" if attribute == "colour" else f"a {o} {value}" for o in others]
-            ids, mask = tokenize(tokenizer, captions)
-            text = F.normalize(_as_embedding(model.get_text_features(input_ids=ids, attention_mask=mask)), dim=-1)
-            rows.append(F.normalize(text.mean(0), dim=-1))
-        predicted = (image @ torch.stack(rows).T).argmax(1).tolist()
-        figures[attribute] = float(np.mean([values[p] == getattr(s, attribute) for p, s in zip(predicted, scenes)]))
-    return figures
+    figures = judge.clip_zero_shot(ClipEmbedder(model, clip_processor(tokenizer), "toy (training)"), count, seed)
+    return {"colour": figures["colour_accuracy"], "shape": figures["shape_accuracy"]}
 
 
 def train_clip(steps: int = 1500, batch_size: int = 96, lr: float = 1e-3, seed: int = 1, cycles: int = 2):
