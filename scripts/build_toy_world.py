@@ -107,7 +107,7 @@ def stage_motion(out: Path, work: Path, args) -> dict:
         log.info("wrote %d toy videos in %.0fs", args.videos, time.perf_counter() - started)
     run_dir = work / "motion_run"
     shutil.rmtree(run_dir, ignore_errors=True)
-    steps = args.steps or 1500
+    steps = args.steps or 2000
     overrides = [
         "model=toy", f"model.path={out / 'pipeline'}", "data=folder", f"data.video_folder={videos}",
         f"data.frames={toy_world.FRAMES}", "data.stride=1", f"data.size={toy_world.SIZE}", "data.flip=false",

@@ -28,11 +28,13 @@ from stylevid.toy import judge, manifest, toy_path  # noqa: E402
 STYLES = {name: ROOT / "examples" / "styles" / f"{name}.png" for name in ("sunset", "ocean", "forest")}
 # (figure, key in the measurement, target, higher is better)
 TARGETS = {
-    "clip": [("toy CLIP zero-shot colour accuracy", "colour_accuracy", 0.90), ("toy CLIP zero-shot shape accuracy", "shape_accuracy", 0.80)],
+    "clip": [("toy CLIP zero-shot colour accuracy", "colour_accuracy", 0.90), ("toy CLIP zero-shot shape accuracy", "shape_accuracy", 0.80),
+             ("toy CLIP zero-shot direction accuracy, one frame (no target)", "direction_accuracy", None)],
     "t2i": [("T2I prompt adherence (colour)", "colour_adherence", 0.80), ("T2I prompt adherence (shape, no target)", "shape_adherence", None)],
     "cross_frame": [("t2v_zero frame consistency, cross-frame attention", "consistency_cross_frame", None),
                     ("t2v_zero frame consistency, plain attention", "consistency_plain", None),
-                    ("prompts where cross-frame attention is more consistent", "share_of_prompts_higher", 0.80)],
+                    ("paired gain minus 2 standard errors (> 0: clearly above)", "gain_lower_bound", 0.0),
+                    ("prompts where cross-frame attention is more consistent", "share_of_prompts_higher", 2 / 3)],
     "style": [("stylet2v0 colour-statistics distance drop vs no style", "distance_drop", 0.30),
               ("stylet2v0 prompt adherence (colour)", "colour_adherence_with_style", 0.70)],
     "motion": [("animatediff: direction of motion followed", "direction_followed", 0.70)],

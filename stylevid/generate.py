@@ -83,6 +83,7 @@ def style_settings(cfg: DictConfig) -> stylet2v0.StyleSettings:
         layers=method.layers,  # a single string is one selector: StyleSettings wraps it in a list
         adain_queries=bool(method.adain_queries),
         adain_keys=bool(method.adain_keys),
+        adain_values=bool(method.adain_values),
         attend_to_reference=bool(method.attend_to_reference),
         reference_score_shift=float(method.reference_score_shift),
         prompt=str(cfg.get("style_prompt") or ""),

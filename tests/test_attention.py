@@ -44,12 +44,13 @@ def test_cross_frame_processor_equals_diffusers_reference():
     torch.testing.assert_close(attn(hidden), expected, atol=1e-6, rtol=0)
 
 
-def test_style_processor_equals_direct_computation_of_eqs_7_to_9():
+@pytest.mark.parametrize("adain_values", [False, True])
+def test_style_processor_equals_direct_computation_of_eqs_7_to_9(adain_values):
     attn = make_attention()
     torch.manual_seed(1)
     groups, frames, tokens = 2, 3, 6
     hidden = torch.randn(1 + groups * frames, tokens, 16)  # [style, group 1 frames, group 2 frames]
-    attn.set_processor(StyleSharedAttnProcessor(StyleSharing(strength=1.0), num_groups=groups))
+    attn.set_processor(StyleSharedAttnProcessor(StyleSharing(strength=1.0, adain_values=adain_values), num_groups=groups))
     out = attn(hidden)
 
     def attend(query, key, value):
@@ -68,7 +69,7 @@ def test_style_processor_equals_direct_computation_of_eqs_7_to_9():
         for g in range(groups):
             first = 1 + g * frames
             key = norm(k[first], k_r)  # eq. 8: K = AdaIN(K_1, K_r)
-            value = v[first]  # eq. 8: V = V_1
+            value = norm(v[first], v_r) if adain_values else v[first]  # Figure 2: AdaIN(V_1, V_r); eq. 8: V = V_1
             for i in range(frames):
                 expected.append(attend(norm(q[first + i], q_r), key, value))  # eqs. 7, 9
         expected = torch.stack(expected).transpose(1, 2).reshape(hidden.shape[0], tokens, 16)

@@ -1,5 +1,6 @@
 """The toy world's generator: determinism, captions, ground-truth maps, motion, files for training."""
 
+import cv2
 import numpy as np
 import pytest
 
@@ -54,11 +55,15 @@ def test_depth_edges_and_pose_ground_truth():
     frame = toy_world.render_frame(scene, 5)
     inside, outside = frame.mask.astype(bool), ~frame.mask.astype(bool)
     assert frame.depth[inside].min() > frame.depth[outside].max()  # larger is nearer: the figure is in front
-    # Edges lie on the object's outline: every edge pixel touches a pixel of the other region.
-    ys, xs = np.nonzero(frame.edges)
-    assert len(ys) > 0
-    padded = np.pad(frame.mask, 1, mode="edge")
-    assert all(padded[y : y + 3, x : x + 3].min() != padded[y : y + 3, x : x + 3].max() for y, x in zip(ys, xs))
+    # On a plain background, edges lie on what is drawn (the object and its trail) or right beside it, and
+    # they trace the object's outline.
+    edges = frame.edges.astype(bool)
+    drawn = (frame.image != toy_world.background_image(scene)).any(-1)
+    assert drawn[inside].all()
+    assert not (edges & ~cv2.dilate(drawn.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)).any()
+    outline = inside & ~cv2.erode(frame.mask, np.ones((3, 3), np.uint8)).astype(bool)
+    near_edge = cv2.dilate(frame.edges, np.ones((3, 3), np.uint8)).astype(bool)
+    assert near_edge[outline].mean() > 0.9
     assert frame.keypoints.shape == (18, 3)
     pose = toy_world.pose_map(frame)
     assert pose.shape == (64, 64, 3) and pose.any()
@@ -93,3 +98,17 @@ def test_written_videos_train_through_the_dataset(tmp_path):
     original = toy_world.video_array(toy_world.scenes(1, seed=2)[0])
     decoded = ((item["pixel_values"].permute(0, 2, 3, 1).numpy() + 1) * 127.5).round()
     assert np.abs(decoded - original).mean() < 8  # mp4 compression only
+
+
+@pytest.mark.parametrize("motion", ["left", "right", "up", "down"])
+def test_a_single_frame_shows_the_direction_of_motion(motion):
+    """The trail (fainter copies of the object) lies behind it, so one frame tells which way it moves."""
+    scene = toy_world.scenes(1, seed=11, shape="square", motion=motion, pattern="plain")[0]
+    frame = toy_world.render_frame(scene, 8)
+    trail = (frame.image != toy_world.background_image(scene)).any(-1) & ~frame.mask.astype(bool)
+    assert trail.sum() > 20
+    offset = np.argwhere(trail)[:, ::-1].mean(0) - np.argwhere(frame.mask)[:, ::-1].mean(0)  # (x, y)
+    dx, dy = toy_world.DIRECTIONS[motion]
+    assert float(np.dot(offset, (dx, dy))) < -4.0  # behind, by several pixels
+    # Faint: blended with the background, never the object's full colour.
+    assert not (frame.image[trail] == np.array(toy_world.COLOURS[scene.colour], np.uint8)).all(-1).any()

@@ -117,6 +117,9 @@ class StyleSharing:
     strength: 0 leaves the layer as plain cross-frame attention; 1 is the paper's eqs. 7-8 in full; values
         between interpolate linearly between the two (a blend of statistics, not of attention maps).
     adain_queries / adain_keys: apply eq. 7 / eq. 8's AdaIN; turning one off is an ablation the paper implies.
+    adain_values: V = AdaIN(V_1, V_r) instead of eq. 8's V = V_1, as the paper's Figure 2 describes ("keys and
+        values are also adapted using AdaIN"). Values are what attention outputs, so this moves the frames'
+        feature statistics (colour and texture) towards the style image's far more than eqs. 7-8 alone.
     attend_to_reference: StyleAligned-style sharing on top: the style image's own keys and values are
         appended to the frame-1 keys and values, so frames can copy texture from it directly.
     reference_score_shift: added to the attention logits of those appended reference tokens (log-space weight;
@@ -126,6 +129,7 @@ class StyleSharing:
     strength: float = 1.0
     adain_queries: bool = True
     adain_keys: bool = True
+    adain_values: bool = False
     attend_to_reference: bool = False
     reference_score_shift: float = 0.0
 
@@ -154,6 +158,8 @@ class StyleSharedAttnProcessor(_ZeroShotVideoProcessor):
             frame_q = frame_q + share.strength * (adain(frame_q, style_q) - frame_q)  # eq. 7
         if share.strength != 0 and share.adain_keys:
             anchor_k = anchor_k + share.strength * (adain(anchor_k, style_k) - anchor_k)  # eq. 8
+        if share.strength != 0 and share.adain_values:
+            anchor_v = anchor_v + share.strength * (adain(anchor_v, style_v) - anchor_v)  # Figure 2
 
         keys = anchor_k.expand(-1, frames, -1, -1, -1)
         values = anchor_v.expand(-1, frames, -1, -1, -1)

@@ -48,6 +48,9 @@ MOTIONS = {
 }
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 TRAVEL = 26.0  # pixels a translating object covers over the clip
+# The motion trail (`render_frame`): copies of the object this many frames back, at these opacities.
+TRAIL_FRAMES = (2.0, 4.0, 6.0)
+TRAIL_OPACITY = (0.45, 0.3, 0.15)
 
 # Depth maps: larger is nearer, as MiDaS-style depth estimators (and depth ControlNets) expect.
 BACKGROUND_DEPTH = 0.25
@@ -211,11 +214,26 @@ class Frame:
     keypoints: np.ndarray | None  # (18, 3) OpenPose keypoints for people, else None
 
 
-def render_frame(scene: Scene, t: float, frames: int = FRAMES, background: np.ndarray | None = None) -> Frame:
+def _pose_at(scene: Scene, t: float, frames: int) -> tuple[float, float, float, np.ndarray | None]:
     x, y, radius = object_state(scene, t, frames)
     keypoints = person_keypoints(x, y, radius, scene.phase + 2 * math.pi * t / 8) if scene.shape == "person" else None
+    return x, y, radius, keypoints
+
+
+def render_frame(scene: Scene, t: float, frames: int = FRAMES, background: np.ndarray | None = None) -> Frame:
+    x, y, radius, keypoints = _pose_at(scene, t, frames)
     mask = object_mask(scene, x, y, radius, keypoints)
     image = (background_image(scene) if background is None else background).copy()
+    # A motion trail: fading copies of the object where it was TRAIL_FRAMES ago, like a long exposure. It makes
+    # the direction of motion visible in a single frame, as a runner's stride or a car's heading is in a
+    # photograph; without it a frame of "moving left" and one of "moving right" are the same picture, the T2I
+    # model has no reason to encode the direction, and a motion module (which sees the text only through the
+    # T2I model's features) cannot follow it. Drawn oldest first, so nearer copies cover older ones.
+    colour = np.array(COLOURS[scene.colour], np.float32)
+    for lag, opacity in zip(TRAIL_FRAMES[::-1], TRAIL_OPACITY[::-1]):
+        gx, gy, gradius, gkeypoints = _pose_at(scene, t - lag, frames)
+        ghost = object_mask(scene, gx, gy, gradius, gkeypoints).astype(bool)
+        image[ghost] = (image[ghost] * (1 - opacity) + colour * opacity).round().astype(np.uint8)
     image[mask.astype(bool)] = COLOURS[scene.colour]
     # Depth: a far background plane sloping slightly up the frame; the object near, nearer when larger.
     yy = np.linspace(0.0, 0.1, SIZE, dtype=np.float32)[:, None]
@@ -266,11 +284,13 @@ def foreground_centroid(frame: np.ndarray, min_chroma: float = 80.0) -> tuple[fl
 
     Toy objects are saturated colours and toy backgrounds neutral tones (chroma, max - min over RGB, is at
     least 140 for every object colour and at most 65 for every background tone), so chroma separates them
-    on any pattern. Used to measure motion in generated videos, where there is no ground-truth mask.
+    on any pattern. The motion trail is the object's colour at most 45 % opaque, so its chroma stays below
+    three quarters of the object's; it is left out. Used to measure motion in generated videos, where there is
+    no ground-truth mask.
     """
     pixels = frame.astype(np.float32)
     chroma = pixels.max(-1) - pixels.min(-1)
-    weights = np.where(chroma >= max(min_chroma, 0.6 * float(chroma.max())), chroma, 0.0)
+    weights = np.where(chroma >= max(min_chroma, 0.75 * float(chroma.max())), chroma, 0.0)
     if weights.sum() == 0:
         return None
     yy, xx = np.mgrid[0 : frame.shape[0], 0 : frame.shape[1]]

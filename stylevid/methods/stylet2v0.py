@@ -34,6 +34,7 @@ class StyleSettings:
     layers: Sequence[str] = field(default_factory=lambda: ["all"])
     adain_queries: bool = True
     adain_keys: bool = True
+    adain_values: bool = False
     attend_to_reference: bool = False
     reference_score_shift: float = 0.0
     prompt: str = ""  # text used to invert the style image (e.g. "a painting"); empty = unconditional
@@ -109,6 +110,7 @@ def generate(
             strength=style.strength if layer_selected(layer, style.layers) else 0.0,
             adain_queries=style.adain_queries,
             adain_keys=style.adain_keys,
+            adain_values=style.adain_values,
             attend_to_reference=style.attend_to_reference,
             reference_score_shift=style.reference_score_shift,
         )
