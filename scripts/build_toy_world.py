@@ -1,7 +1,8 @@
 """Build the toy world's models from scratch with stylevid's own trainers, stage by stage.
 
     python scripts/build_toy_world.py --stage all          # every stage not built yet (resumable)
-    python scripts/build_toy_world.py --stage unet --force # rebuild one stage (and nothing else)
+    python scripts/build_toy_world.py --stage unet --force # rebuild one stage; the stages built on it become stale
+    python scripts/build_toy_world.py --stage all          # ... and are rebuilt by the next full run
 
 Stages and what each writes under --out (default: the package's stylevid/toy/weights/):
   vae     pipeline/vae            AutoencoderKL on toy frames (pixel MSE + small KL)
@@ -31,6 +32,9 @@ from stylevid.toy import WEIGHTS, judge  # noqa: E402
 from stylevid.training import toy  # noqa: E402
 
 STAGES = ("vae", "clip", "unet", "motion")
+# The stages trained on a stage's output (the UNet on the VAE and the CLIP text tower, the motion module on the
+# UNet): rebuilding a stage makes them stale.
+DEPENDENTS = {"vae": ("unet", "motion"), "clip": ("unet", "motion"), "unet": ("motion",), "motion": ()}
 log = logging.getLogger("build_toy_world")
 
 
@@ -72,19 +76,7 @@ def stage_unet(out: Path, work: Path, args) -> dict:
     clip = CLIPModel.from_pretrained(out / "clip")
     tokenizer = CLIPTokenizer.from_pretrained(out / "clip")
     text_encoder = toy.text_encoder_from_clip(clip)
-    previous = load_manifest(out)["stages"].get("unet", {})
-    if args.resume_cycles and previous.get("cycles_done", 1) < 2 and (out / "pipeline" / "unet").exists():
-        # Finish a build whose first cycle is done (its UNet is in place): run the remaining cycle only.
-        from diffusers import UNet2DConditionModel
-
-        done = previous.get("cycles_done", 1)
-        unet, summary = toy.train_unet(vae, text_encoder, tokenizer, unet=UNet2DConditionModel.from_pretrained(
-            out / "pipeline" / "unet"), done_cycles=done, **steps_override(args))
-        summary["steps"] += previous["steps"]
-        summary["wall_s"] = round(summary["wall_s"] + previous["wall_s"], 1)
-    else:
-        unet, summary = toy.train_unet(vae, text_encoder, tokenizer, **steps_override(args))
-    summary["cycles_done"] = summary.get("cycles", 1)
+    unet, summary = toy.train_unet(vae, text_encoder, tokenizer, **steps_override(args))
     staging = work / "pipeline"
     toy.save_pipeline(staging, vae, text_encoder, tokenizer, unet)
     replace_dir(staging, out / "pipeline")
@@ -144,8 +136,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=WEIGHTS)
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "toy")
     parser.add_argument("--steps", type=int, default=0, help="override the stage's step count (0 = its default)")
-    parser.add_argument("--resume-cycles", action="store_true",
-                        help="unet: run only the cycles a previous build of the stage did not finish")
     parser.add_argument("--videos", type=int, default=800, help="toy videos for the motion stage")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
@@ -166,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         summary["torch"] = torch.__version__
         manifest = load_manifest(args.out)  # re-read: another stage may have been built meanwhile
         manifest["stages"][name] = summary
+        stale = [later for later in DEPENDENTS[name] if manifest["stages"].pop(later, None) is not None]
+        if stale:
+            log.info("stage %s rebuilt: %s built on the old one, marked for rebuilding (--stage all)", name, ", ".join(stale))
         save_manifest(args.out, manifest)
         log.info("stage %s done: %s", name, json.dumps(summary))
     return 0

@@ -200,7 +200,7 @@ def measure_cross_frame(pipe, embedder: ClipEmbedder, count: int = 12, frames: i
     }
 
 
-def measure_style(pipe, embedder: ClipEmbedder, style_images: dict[str, Path], count: int = 6, frames: int = 4,
+def measure_style(pipe, embedder: ClipEmbedder, style_images: dict[str, Path], count: int = 12, frames: int = 4,
                   steps: int = 20, strength: float = 1.0, layers=("all",), **options) -> dict:
     """stylet2v0 against t2v_zero on the same prompt and seed: colour-statistics distance to the style image."""
     from ..methods.stylet2v0 import StyleSettings, load_style_image
