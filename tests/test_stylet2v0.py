@@ -140,3 +140,20 @@ def test_style_image_is_read_as_stylevid_invert_reads_an_image(style_image_path,
     style = stylet2v0.load_style_image(style_image_path, height, width)
     assert style.shape == (height, width, 3)
     np.testing.assert_array_equal(style, read_input(style_image_path, height, width).frames[0])
+
+
+def test_every_style_sharing_option_reaches_the_settings(style_image_path):
+    """The command line's method.* keys become StyleSettings, and their defaults are the paper's eqs. 7-9."""
+    from hydra import compose, initialize_config_module
+
+    from stylevid.generate import style_settings
+
+    with initialize_config_module("stylevid.conf", version_base="1.3"):
+        paper = style_settings(compose("generate", overrides=["method=stylet2v0", f"style={style_image_path}"]))
+        changed = style_settings(compose("generate", overrides=[
+            "method=stylet2v0", f"style={style_image_path}", "method.adain_values=true", "method.adain_queries=false",
+            "method.attend_to_reference=true", "method.reference_score_shift=2.5",
+        ]))
+    assert (paper.adain_queries, paper.adain_keys, paper.adain_values, paper.attend_to_reference) == (True, True, False, False)
+    assert (changed.adain_queries, changed.adain_values, changed.attend_to_reference) == (False, True, True)
+    assert changed.reference_score_shift == 2.5
