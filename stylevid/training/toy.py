@@ -196,6 +196,22 @@ def train_loop(
     return {"steps": steps, "wall_s": round(time.perf_counter() - started, 1), "final_loss": float(np.mean(recent))}
 
 
+def train_cycles(name: str, parameters, loss_at: Callable[[int], torch.Tensor], steps: int, lr: float, cycles: int,
+                 **options) -> dict:
+    """`cycles` runs of `train_loop`, each a fresh AdamW with warm-up and cosine decay (SGDR-style warm restarts).
+
+    `loss_at` gets the step counted across cycles, so every cycle draws batches the earlier ones never saw.
+    """
+    parameters = list(parameters)
+    summary = {"steps": 0, "wall_s": 0.0}
+    for cycle in range(cycles):
+        offset = cycle * steps
+        run = train_loop(f"{name} cycle {cycle + 1}/{cycles}", parameters, lambda step: loss_at(offset + step), steps, lr, **options)
+        summary = {"steps": summary["steps"] + run["steps"], "wall_s": round(summary["wall_s"] + run["wall_s"], 1),
+                   "final_loss": run["final_loss"], "cycles": cycles}
+    return summary
+
+
 def train_vae(steps: int = 1000, batch_size: int = 16, lr: float = 1e-3, kl_weight: float = 1e-6, seed: int = 0):
     vae = toy_vae().train()
 
@@ -240,19 +256,16 @@ def clip_probe(model, tokenizer, count: int = 200, seed: int = 99_999) -> dict:
 
 
 def train_clip(steps: int = 1500, batch_size: int = 96, lr: float = 1e-3, seed: int = 1, cycles: int = 2):
-    """`cycles` runs of `steps` steps, each a fresh AdamW with warm-up and cosine decay (SGDR-style warm
-    restarts), on batches never seen before. With the motion-swapped negatives, one cycle reached 52 % zero-shot
-    shape and 35 % direction accuracy, two 80 % and 61 % (without them, shape reached 98 % but the text tower could
-    not tell directions apart)."""
+    """`cycles` warm-restarted runs of `steps` steps (`train_cycles`). With the motion-swapped negatives, one
+    cycle reached 52 % zero-shot shape and 35 % direction accuracy, two 80 % and 61 % (without them, shape
+    reached 98 % but the text tower could not tell directions apart)."""
     tokenizer = word_tokenizer()
     model = toy_clip(tokenizer).train()
-    first_step = 0
     # The shortest captions, "a red circle": every colour-shape pair is in every batch, so each image is also
     # contrasted against all 30 of them (CLIP's zero-shot prompts as extra texts).
     short = [f"a {c} {s}" for c in toy_world.COLOURS for s in toy_world.SHAPES]
 
     def loss_at(step):
-        step += first_step  # batches continue across cycles
         pixels, captions, scenes = frame_batch(batch_size, seed, step)
         # Hard negatives (as NegCLIP): each caption again with another shape, and again with another motion.
         # Without the shape ones and the short captions, the loss is dominated by colour and shape stayed near
@@ -277,12 +290,7 @@ def train_clip(steps: int = 1500, batch_size: int = 96, lr: float = 1e-3, seed: 
             model.train()
         return 0.5 * (image_to_text + text_to_image)
 
-    summary = {"steps": 0, "wall_s": 0.0}
-    for cycle in range(cycles):
-        first_step = cycle * steps
-        run = train_loop(f"clip cycle {cycle + 1}/{cycles}", model.parameters(), loss_at, steps, lr)
-        summary = {"steps": summary["steps"] + run["steps"], "wall_s": round(summary["wall_s"] + run["wall_s"], 1),
-                   "final_loss": run["final_loss"], "cycles": cycles}
+    summary = train_cycles("clip", model.parameters(), loss_at, steps, lr, cycles)
     return model.eval(), tokenizer, summary
 
 
@@ -304,14 +312,12 @@ def train_unet(vae, text_encoder, tokenizer, steps: int = 2500, batch_size: int 
     from diffusers import DDPMScheduler
 
     unet = toy_unet().train()
-    first_step = 0
     noise_scheduler = DDPMScheduler(num_train_timesteps=1000, clip_sample=False, **BETAS)
     vae.requires_grad_(False)
     text_encoder.requires_grad_(False)
     empty = tokenize(tokenizer, [""])[0]
 
     def loss_at(step):
-        step += first_step  # batches continue across cycles
         pixels, captions, _ = frame_batch(batch_size, seed, step)
         generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
         with torch.no_grad():
@@ -325,12 +331,7 @@ def train_unet(vae, text_encoder, tokenizer, steps: int = 2500, batch_size: int 
             noisy = noise_scheduler.add_noise(latents, noise, timesteps)
         return F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=text).sample, noise)
 
-    summary = {"steps": 0, "wall_s": 0.0}
-    for cycle in range(cycles):
-        first_step = cycle * steps
-        run = train_loop(f"unet cycle {cycle + 1}/{cycles}", unet.parameters(), loss_at, steps, lr, warmup=200)
-        summary = {"steps": summary["steps"] + run["steps"], "wall_s": round(summary["wall_s"] + run["wall_s"], 1),
-                   "final_loss": run["final_loss"], "cycles": cycles}
+    summary = train_cycles("unet", unet.parameters(), loss_at, steps, lr, cycles, warmup=200)
     return unet.eval(), summary
 
 
