@@ -81,8 +81,8 @@ def test_text_to_image_follows_the_prompt_colour(toy_pipe, embedder):
 @pytest.mark.slow
 def test_cross_frame_attention_makes_t2v_zero_clearly_more_consistent(toy_pipe, embedder):
     figures = judge.measure_cross_frame(toy_pipe, embedder, count=12)
-    # Measured at build time: 0.889 against 0.839, a paired gain of 0.050 whose lower bound (mean - 2 SE) is
-    # 0.007, and higher for 10 of 12 prompts.
+    # Measured at build time: 0.963 against 0.915, a paired gain of 0.048 whose lower bound (mean - 2 SE) is
+    # 0.027, and higher for 12 of 12 prompts.
     assert figures["gain_lower_bound"] > 0, figures
     assert figures["share_of_prompts_higher"] >= 2 / 3, figures
 
@@ -92,19 +92,19 @@ def test_stylet2v0_moves_colour_statistics_towards_the_style(toy_pipe, embedder)
     paper = judge.measure_style(toy_pipe, embedder, STYLES, count=12)
     strongest = judge.measure_style(toy_pipe, embedder, STYLES, count=12, adain_values=True, attend_to_reference=True,
                                     reference_score_shift=2.0)
-    # Measured at build time: eqs. 7-9 alone drop the distance by 4.5 % (6 prompts); adding Figure 2's AdaIN on the
-    # values and StyleAligned's attention to the style image drops it by 22 % (target 30 %, not met), but the
-    # prompt's colour then survives in only 7 of 12 videos (target 70 %, not met): scripts/toy_report.py flags both.
-    assert strongest["distance_drop"] > 0.15, strongest
-    assert strongest["distance_drop"] > paper["distance_drop"] + 0.1, (paper, strongest)
-    assert strongest["colour_adherence_with_style"] >= 0.5, strongest
+    # Measured at build time: eqs. 7-9 alone do not move the colour statistics (-4.1 %); adding Figure 2's AdaIN on
+    # the values and StyleAligned's attention to the style image drops the distance by 28.5 % (target 30 %, not
+    # met: scripts/toy_report.py flags it) while the prompt's colour survives in 12 of 12 videos (target 70 %).
+    assert strongest["distance_drop"] > 0.25, strongest
+    assert strongest["distance_drop"] > paper["distance_drop"] + 0.2, (paper, strongest)
+    assert strongest["colour_adherence_with_style"] >= 0.70, strongest
 
 
 @pytest.mark.slow
 def test_toy_motion_module_moves_objects(toy_pipe):
     figures = judge.measure_motion(toy_pipe, load_motion_adapter(str(toy_path("motion_module"))), count=16)
-    # Measured at build time: 13 of 16 videos move clearly (>= 3 px), but the prompt's direction is followed in only
-    # 31 % (chance is 25 %; target 70 %, not met: the toy UNet does not render the direction trail, see the README).
+    # Measured at build time: 16 of 16 videos move clearly (>= 3 px), but the prompt's direction is followed in only
+    # 1 (target 70 %, not met: the toy UNet does not render the direction trail, see the README).
     moving = [d for d in figures["directions"] if d is not None]
     assert len(moving) >= 0.7 * figures["count"], figures
 

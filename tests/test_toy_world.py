@@ -22,6 +22,9 @@ def test_captions_name_the_attributes_and_every_word_is_one_token():
     scene = toy_world.Scene("red", "circle", "small", "right", "stripes", "gray", 20.0, 30.0)
     assert scene.caption() == "a small red circle moving right on a gray striped background"
     assert scene.caption(size=False, background=False) == "a red circle moving right"
+    orange = toy_world.Scene("orange", "star", "large", "up", "plain", "olive", 20.0, 30.0)
+    assert orange.caption(size=False) == "an orange star moving up on an olive background"
+    assert orange.caption(background_colour=False) == "a large orange star moving up on a background"
     tokenizer = word_tokenizer()
     rng = np.random.default_rng(0)
     for scene in toy_world.scenes(50, seed=1):
@@ -71,11 +74,27 @@ def test_depth_edges_and_pose_ground_truth():
     assert square.keypoints is None and not toy_world.pose_map(square).any()
 
 
-def test_foreground_centroid_finds_the_object():
-    for scene in toy_world.scenes(10, seed=5, shape="square"):
-        frame = toy_world.render_frame(scene, 3)
-        expected = np.argwhere(frame.mask)[:, ::-1].mean(0)
-        assert np.allclose(toy_world.foreground_centroid(frame.image), expected, atol=2.0)
+def test_foreground_centroid_finds_the_object_on_every_background_and_colour():
+    """The judge of generated motion: every object colour on every background tone and pattern, trail left out."""
+    rng = np.random.default_rng(5)
+    for colour in toy_world.COLOURS:
+        for background in toy_world.BACKGROUND_COLOURS:
+            pattern = str(rng.choice(list(toy_world.PATTERNS)))
+            scene = toy_world.random_scene(rng, colour=colour, background=background, pattern=pattern, shape="square", motion="right")
+            frame = toy_world.render_frame(scene, 8)
+            expected = np.argwhere(frame.mask)[:, ::-1].mean(0)
+            assert np.allclose(toy_world.foreground_centroid(frame.image), expected, atol=1.0), (colour, background, pattern)
+
+
+def test_backgrounds_are_muted_and_their_patterns_keep_the_hue():
+    for background in toy_world.BACKGROUND_COLOURS:
+        for pattern in toy_world.PATTERNS:
+            scene = toy_world.Scene("red", "circle", "small", "left", pattern, background, 30.0, 30.0)
+            pixels = toy_world.background_image(scene).reshape(-1, 3).astype(int)
+            assert (pixels.max(1) - pixels.min(1)).max() <= 75
+            # Every tone of the pattern is the colour shifted by the same amount on every channel.
+            shifts = np.unique(pixels, axis=0) - np.array(toy_world.BACKGROUND_COLOURS[background])
+            assert (shifts == shifts[:, :1]).all()
 
 
 def test_colour_statistics_and_style_distance():
@@ -110,8 +129,14 @@ def test_a_single_frame_shows_the_direction_of_motion(motion):
     offset = np.argwhere(trail)[:, ::-1].mean(0) - np.argwhere(frame.mask)[:, ::-1].mean(0)  # (x, y)
     dx, dy = toy_world.DIRECTIONS[motion]
     assert float(np.dot(offset, (dx, dy))) < -4.0  # behind, by several pixels
-    # Faint: blended with the background, never the object's full colour.
-    assert not (frame.image[trail] == np.array(toy_world.COLOURS[scene.colour], np.uint8)).all(-1).any()
+    # Faint: blended with the background, at most TRAIL_OPACITY of the object's colour (where it is over the
+    # plain background), and fading with distance behind the object.
+    background = toy_world.background_image(scene)[trail].astype(float)
+    colour = np.array(toy_world.COLOURS[scene.colour], float)
+    opacity = ((frame.image[trail] - background) / (colour - background + 1e-9)).max(-1)
+    assert opacity.max() <= toy_world.TRAIL_OPACITY + 0.02 and opacity.min() > 0
+    behind = -(np.argwhere(trail)[:, ::-1] @ np.array([dx, dy]))
+    assert np.corrcoef(behind, opacity)[0, 1] < -0.5
 
 
 def test_warm_restart_cycles_continue_the_step_count_so_no_batch_repeats():

@@ -37,11 +37,12 @@ def toy_clip_embedder(path: str | Path | None = None) -> ClipEmbedder:
 
 
 def _templates(attribute: str, value: str) -> list[str]:
+    phrase = toy_world.phrase
     if attribute == "colour":
-        return [f"a {value} {shape}" for shape in toy_world.SHAPES]
+        return [phrase("a", value, shape) for shape in toy_world.SHAPES]
     if attribute == "shape":
-        return [f"a {colour} {value}" for colour in toy_world.COLOURS]
-    return [f"a {colour} {shape} {DIRECTION_WORDS[value]}" for colour in toy_world.COLOURS for shape in JUDGED_SHAPES]
+        return [phrase("a", colour, value) for colour in toy_world.COLOURS]
+    return [phrase("a", colour, shape, DIRECTION_WORDS[value]) for colour in toy_world.COLOURS for shape in JUDGED_SHAPES]
 
 
 def attribute_embeddings(embedder: ClipEmbedder, attribute: str) -> tuple[list[str], torch.Tensor]:
@@ -117,8 +118,7 @@ class Prompt:
 
     @property
     def text(self) -> str:
-        words = ["a", self.colour, self.shape] + ([DIRECTION_WORDS[self.direction]] if self.direction else [])
-        return " ".join(words)
+        return toy_world.phrase("a", self.colour, self.shape, DIRECTION_WORDS[self.direction] if self.direction else "")
 
 
 def prompts(count: int, seed: int = 0, directions: bool = False) -> list[Prompt]:
