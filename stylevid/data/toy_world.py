@@ -97,7 +97,7 @@ def phrase(*words: str) -> str:
 def vocabulary() -> list[str]:
     """Every word a toy caption can use, in a fixed order."""
     words = ["a", "an", "on", "background", "moving", *SIZES, *COLOURS, *SHAPES, *BACKGROUND_COLOURS]
-    words += [w for phrase in [*MOTIONS.values(), *PATTERNS.values()] for w in phrase.split()]
+    words += [w for text in [*MOTIONS.values(), *PATTERNS.values()] for w in text.split()]
     return list(dict.fromkeys(w for w in words if w))
 
 
@@ -146,7 +146,7 @@ def object_state(scene: Scene, t: float, frames: int = FRAMES) -> tuple[float, f
 
 
 def background_image(scene: Scene) -> np.ndarray:
-    """(SIZE, SIZE, 3) uint8: the neutral colour, with stripes, a checkerboard or a gradient towards a contrast."""
+    """(SIZE, SIZE, 3) uint8: the background colour, with stripes, a checkerboard or a gradient towards a contrast."""
     base = np.array(BACKGROUND_COLOURS[scene.background], np.float32)
     other = base - 70 if base.mean() > 128 else base + 70  # the pattern's second tone: same hue, lighter or darker
     yy, xx = np.mgrid[0:SIZE, 0:SIZE]
