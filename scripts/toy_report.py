@@ -26,9 +26,6 @@ from stylevid.models.motion_module import load_motion_adapter  # noqa: E402
 from stylevid.toy import judge, manifest, toy_path  # noqa: E402
 
 STYLES = {name: ROOT / "examples" / "styles" / f"{name}.png" for name in ("sunset", "ocean", "forest")}
-# stylet2v0's strongest style sharing: values normalised too (Figure 2) and the style image's own keys and values
-# attended to with a log-space weight of 2 (StyleAligned); weights of 3 and 4 add less than a point on the toy models.
-STRONGEST_STYLE = dict(adain_values=True, attend_to_reference=True, reference_score_shift=2.0)
 # (figure, key in the measurement, target, higher is better)
 TARGETS = {
     "clip": [("toy CLIP zero-shot colour accuracy", "colour_accuracy", 0.90), ("toy CLIP zero-shot shape accuracy", "shape_accuracy", 0.80),
@@ -70,9 +67,9 @@ def main(argv=None) -> int:
         elif part == "cross_frame":
             result = judge.measure_cross_frame(pipe, embedder)
         elif part == "style":
-            # The paper's equations, then the strongest sharing stylevid offers (STRONGEST_STYLE).
+            # The paper's equations, then the strongest sharing stylevid offers (judge.STRONGEST_STYLE).
             paper = judge.measure_style(pipe, embedder, STYLES)
-            result = judge.measure_style(pipe, embedder, STYLES, **STRONGEST_STYLE)
+            result = judge.measure_style(pipe, embedder, STYLES, **judge.STRONGEST_STYLE)
             result["paper_distance_drop"] = paper["distance_drop"]
             result["paper_colour_adherence"] = paper["colour_adherence_with_style"]
         else:
