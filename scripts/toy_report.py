@@ -37,9 +37,12 @@ TARGETS = {
                     ("prompts where cross-frame attention is more consistent", "share_of_prompts_higher", 2 / 3)],
     "style": [("stylet2v0 (eqs. 7-9) colour-statistics distance drop vs no style", "paper_distance_drop", None),
               ("stylet2v0 (eqs. 7-9) prompt adherence", "paper_colour_adherence", None),
-              ("stylet2v0 (+ adain_values, attend_to_reference) distance drop", "distance_drop", 0.30),
-              ("stylet2v0 (+ adain_values, attend_to_reference) prompt adherence", "colour_adherence_with_style", 0.70)],
-    "motion": [("animatediff: direction of motion followed", "direction_followed", 0.70)],
+              ("stylet2v0 (STRONGEST_STYLE) distance drop", "distance_drop", 0.30),
+              ("stylet2v0 (STRONGEST_STYLE) prompt adherence", "colour_adherence_with_style", 0.70)],
+    "motion": [("animatediff: direction of motion followed", "direction_followed", 0.70),
+               ("motion module loss, video played backwards, t=300 (excess, no target)", "reversed_video_excess_t300", None),
+               ("motion module loss, direction word swapped, t=600 (excess, no target)", "direction_swapped_excess_t600", None),
+               ("motion module loss, colour word swapped, t=600 (excess, no target)", "colour_swapped_excess_t600", None)],
 }
 
 
@@ -73,7 +76,10 @@ def main(argv=None) -> int:
             result["paper_distance_drop"] = paper["distance_drop"]
             result["paper_colour_adherence"] = paper["colour_adherence_with_style"]
         else:
-            result = judge.measure_motion(pipe, load_motion_adapter(str(toy_path("motion_module"))))
+            adapter = load_motion_adapter(str(toy_path("motion_module")))
+            result = judge.measure_motion(pipe, adapter)
+            # Why directions are (not) followed: what the module's own loss says it has learned (judge.motion_losses).
+            result.update({k: v for k, v in judge.motion_losses(pipe, adapter).items() if k != "count"})
         result.pop("images", None)
         result["seconds"] = round(time.perf_counter() - started, 1)
         figures[part] = result

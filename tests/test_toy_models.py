@@ -103,9 +103,22 @@ def test_stylet2v0_moves_colour_statistics_towards_the_style(toy_pipe, embedder)
 def test_toy_motion_module_moves_objects(toy_pipe):
     figures = judge.measure_motion(toy_pipe, load_motion_adapter(str(toy_path("motion_module"))), count=16)
     # Measured at build time: 16 of 16 videos move clearly (>= 3 px), but only 1 of 16 moves the prompt's way
-    # (target 70 %, not met: the toy UNet does not render the direction trail, see the README).
+    # (target 70 %, not met: the caption's direction word does not reach the module, see the test above and the README).
     moving = [d for d in figures["directions"] if d is not None]
     assert len(moving) >= 0.7 * figures["count"], figures
+
+
+def test_toy_motion_module_knows_temporal_order_and_the_image_layers_read_the_caption(toy_pipe):
+    """The packaged module's own loss on fresh toy videos (judge.motion_losses), the diagnosis behind the README.
+
+    Measured on the packaged models (16 videos): a video played backwards, whose trail then leads the object, costs
+    22 % more loss at t=300, so the module has learned which way the trail points; swapping the colour word costs
+    73 % (the image layers follow it). Swapping the direction word costs nothing (-0.7 %): the caption's direction
+    does not reach the module, which is why animatediff's toy videos move in no particular direction.
+    """
+    figures = judge.motion_losses(toy_pipe, load_motion_adapter(str(toy_path("motion_module"))), count=8, timesteps=(300,))
+    assert figures["reversed_video_excess_t300"] > 0.10, figures
+    assert figures["colour_swapped_excess_t300"] > 0.30, figures
 
 
 def test_generate_and_evaluate_with_the_toy_models(tmp_path):

@@ -124,6 +124,31 @@ def test_bad_training_input_is_a_user_error(toy_videos):
         noise_schedule("D")
 
 
+def test_timestep_bias_draws_the_favoured_timesteps_that_much_more_often(toy_videos):
+    from stylevid.training.distributed import Dist
+    from stylevid.training.motion import MotionTrainer, step_generator, timestep_weights
+
+    later = timestep_weights("later", portion=0.5, multiplier=4.0)
+    assert later[500:].sum() == pytest.approx(0.8) and later[:500].sum() == pytest.approx(0.2)  # 4 x 500 : 1 x 500
+    earlier = timestep_weights("earlier", portion=0.25, multiplier=3.0)
+    assert earlier[0] / earlier[-1] == pytest.approx(3.0) and earlier[:250].sum() == pytest.approx(0.5)
+    with pytest.raises(UserInputError, match="timestep_bias"):
+        timestep_weights("middle", 0.25, 2.0)
+    with pytest.raises(UserInputError, match="portion"):
+        timestep_weights("later", 0.0, 2.0)
+
+    biased = MotionTrainer(train_cfg(TINY_TRAIN + [f"data.video_folder={toy_videos}", "trainer.timestep_bias=later",
+                                                   "trainer.timestep_bias_portion=0.5", "trainer.timestep_bias_multiplier=4"]),
+                           None, Dist(), torch.device("cpu"))
+    draws = torch.cat([biased.draw_timesteps(64, step_generator(0, step, 0, 0)) for step in range(50)])
+    assert draws.min() >= 0 and draws.max() < 1000
+    assert (draws >= 500).float().mean() == pytest.approx(0.8, abs=0.03)  # 3,200 draws: 3 standard errors is 0.021
+    # No bias keeps the uniform draws of earlier runs, so their resumes and seeds give the same timesteps.
+    uniform = MotionTrainer(train_cfg(TINY_TRAIN + [f"data.video_folder={toy_videos}"]), None, Dist(), torch.device("cpu"))
+    expected = torch.randint(0, 1000, (8,), generator=step_generator(0, 3, 0, 0))
+    assert torch.equal(uniform.draw_timesteps(8, step_generator(0, 3, 0, 0)), expected)
+
+
 def run_cli(args, capsys):
     code, _, err = run_stylevid(args, capsys)
     return code, err
@@ -138,6 +163,14 @@ def test_init_path_from_another_base_is_one_line_exit_2_before_a_run_directory(t
                          f"motion.init_path={tmp_path / 'other'}", f"output_dir={run_dir}"], capsys)
     assert code == 2, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "channels" in err
+    assert not run_dir.exists()
+
+
+def test_a_bad_timestep_bias_is_one_line_exit_2_before_a_run_directory(toy_videos, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code, err = run_cli(["train", "motion_module", *TINY_TRAIN, f"data.video_folder={toy_videos}", "trainer.max_steps=1",
+                         "trainer.timestep_bias=noisy", f"output_dir={run_dir}"], capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1 and "timestep_bias" in err
     assert not run_dir.exists()
 
 

@@ -25,10 +25,12 @@ from ..metrics.clip import ClipEmbedder, load_clip
 
 JUDGED_SHAPES = ("circle", "square", "triangle", "star")  # the figure is easy to locate in every frame
 DIRECTION_WORDS = {"left": "moving left", "right": "moving right", "up": "moving up", "down": "moving down"}
-# stylet2v0's strongest style sharing, measured beside the paper's eqs. 7-9: values normalised too (Figure 2) and
-# the style image's own keys and values attended to with a log-space weight of 2 (StyleAligned); weights of 3
-# and 4 add less than a point on the toy models.
-STRONGEST_STYLE = dict(adain_values=True, attend_to_reference=True, reference_score_shift=2.0)
+# stylet2v0's strongest style sharing, measured beside the paper's eqs. 7-9: values normalised too (Figure 2), the
+# style image's own keys and values attended to with a log-space weight of 2 (StyleAligned), in the decoder (up)
+# blocks only. Chosen on prompt sets the report never uses (seeds 13 and 23, 24 prompts each): sharing in the
+# down blocks as well lowered the drop by 1.5 points on both (down blocks alone: -4.8 %), and weights of 4 or 8
+# instead of 2 changed it by less than 0.2 points.
+STRONGEST_STYLE = dict(adain_values=True, attend_to_reference=True, reference_score_shift=2.0, layers=("up_blocks",))
 
 
 def toy_clip_embedder(path: str | Path | None = None) -> ClipEmbedder:
@@ -204,14 +206,18 @@ def measure_cross_frame(pipe, embedder: ClipEmbedder, count: int = 12, frames: i
     }
 
 
-def measure_style(pipe, embedder: ClipEmbedder, style_images: dict[str, Path], count: int = 12, frames: int = 4,
-                  steps: int = 20, strength: float = 1.0, layers=("all",), **options) -> dict:
-    """stylet2v0 against t2v_zero on the same prompt and seed: colour-statistics distance to the style image."""
+def measure_style(pipe, embedder: ClipEmbedder, style_images: dict[str, Path], count: int = 36, frames: int = 4,
+                  steps: int = 20, strength: float = 1.0, layers=("all",), prompt_seed: int = 3, **options) -> dict:
+    """stylet2v0 against t2v_zero on the same prompt and seed: colour-statistics distance to the style image.
+
+    36 prompts by default: the drop differs by several points between sets of 12 (28.5 % and 30.6 % on the first
+    12 of the same 36 that give 27.9 %), too much to read a 30 % target from 12.
+    """
     from ..methods.stylet2v0 import StyleSettings, load_style_image
 
     styled, plain, adherent = [], [], []
     names = sorted(style_images)
-    for index, prompt in enumerate(prompts(count, seed=3)):
+    for index, prompt in enumerate(prompts(count, seed=prompt_seed)):
         path = style_images[names[index % len(names)]]
         reference = load_style_image(str(path), toy_world.SIZE, toy_world.SIZE)
         style = StyleSettings(image=str(path), strength=strength, layers=list(layers), **options)
@@ -243,3 +249,53 @@ def measure_motion(pipe, motion_adapter, count: int = 16, steps: int = 25, guida
         seen.append(direction)
         followed.append(direction == prompt.direction)
     return {"direction_followed": float(np.mean(followed)), "count": count, "directions": seen}
+
+
+def motion_losses(pipe, motion_adapter, count: int = 16, timesteps=(300, 600, 900), seed: int = 5) -> dict:
+    """What the motion module has learned, read from its training loss (ε-MSE, schedule B) on fresh toy videos.
+
+    For each timestep: the loss with the video's own caption, with its direction word swapped for the opposite one
+    (does the word help?), with its colour word swapped (a word the image layers do use, for scale), and on the
+    video played backwards under its own caption (does it know which way the trail points?). A word the module
+    follows costs loss when it is wrong; same seeds and noise for every variant.
+    """
+    from ..models.motion_module import inflate
+    from ..training.motion import noise_schedule
+
+    unet = inflate(pipe.unet, motion_adapter).eval()
+    scheduler = noise_schedule("B")
+    opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}
+    rng = np.random.default_rng(seed)
+
+    def encode(text: str) -> torch.Tensor:
+        ids = pipe.tokenizer([text], padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+        return pipe.text_encoder(ids)[0].repeat(toy_world.FRAMES, 1, 1)
+
+    losses: dict[str, list[float]] = {}
+    with torch.no_grad():
+        for index in range(count):
+            direction = list(opposite)[index % len(opposite)]
+            scene = toy_world.random_scene(rng, motion=direction)
+            pixels = torch.from_numpy(toy_world.video_array(scene)).permute(0, 3, 1, 2).float() / 127.5 - 1
+            latents = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
+            latents = latents.permute(1, 0, 2, 3)[None]  # (1, C, F, h, w)
+            caption = scene.caption(size=False, background=False)
+            other_colour = next(c for c in toy_world.COLOURS if c != scene.colour)
+            variants = {
+                "own": (latents, caption),
+                "direction_swapped": (latents, caption.replace(toy_world.MOTIONS[direction], toy_world.MOTIONS[opposite[direction]])),
+                "colour_swapped": (latents, toy_world.phrase(*caption.replace(scene.colour, other_colour, 1).split())),
+                "reversed_video": (latents.flip(2), caption),
+            }
+            for t in timesteps:
+                noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed * 1000 + index * 10 + t))
+                for name, (clean, text) in variants.items():
+                    noisy = scheduler.add_noise(clean, noise, torch.tensor([t]))
+                    prediction = unet(noisy, torch.tensor([t]), encoder_hidden_states=encode(text)).sample
+                    losses.setdefault(f"{name}_t{t}", []).append(float(((prediction - noise) ** 2).mean()))
+    figures = {key: float(np.mean(values)) for key, values in losses.items()}
+    for t in timesteps:
+        for name in ("direction_swapped", "colour_swapped", "reversed_video"):
+            figures[f"{name}_excess_t{t}"] = figures[f"{name}_t{t}"] / figures[f"own_t{t}"] - 1
+    figures["count"] = count
+    return figures
