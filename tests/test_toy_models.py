@@ -91,9 +91,10 @@ def test_cross_frame_attention_makes_t2v_zero_clearly_more_consistent(toy_pipe, 
 def test_stylet2v0_moves_colour_statistics_towards_the_style(toy_pipe, embedder):
     paper = judge.measure_style(toy_pipe, embedder, STYLES, count=12)
     strongest = judge.measure_style(toy_pipe, embedder, STYLES, count=12, **judge.STRONGEST_STYLE)
-    # Measured at build time: eqs. 7-9 alone do not move the colour statistics (-4.1 %); adding Figure 2's AdaIN on
-    # the values and StyleAligned's attention to the style image drops the distance by 28.5 % (target 30 %, not
-    # met: scripts/toy_report.py flags it) while the prompt's colour survives in 12 of 12 videos (target 70 %).
+    # Measured on these 12 prompts: eqs. 7-9 alone do not move the colour statistics (-4.1 %); adding Figure 2's AdaIN
+    # on the values and StyleAligned's attention to the style image, in the up blocks, drops the distance by 30.6 %
+    # while the prompt's colour survives in 12 of 12 videos (target 70 %). On 36 prompts (the report's figure) the
+    # drop is 27.9 %, below the 30 % target, so this asserts less.
     assert strongest["distance_drop"] > 0.25, strongest
     assert strongest["distance_drop"] > paper["distance_drop"] + 0.2, (paper, strongest)
     assert strongest["colour_adherence_with_style"] >= 0.70, strongest
