@@ -40,9 +40,9 @@ TARGETS = {
               ("stylet2v0 (STRONGEST_STYLE) distance drop", "distance_drop", 0.30),
               ("stylet2v0 (STRONGEST_STYLE) prompt adherence", "colour_adherence_with_style", 0.70)],
     "motion": [("animatediff: direction of motion followed", "direction_followed", 0.70),
-               ("motion module loss, video played backwards, t=300 (excess, no target)", "reversed_video_excess_t300", None),
-               ("motion module loss, direction word swapped, t=600 (excess, no target)", "direction_swapped_excess_t600", None),
-               ("motion module loss, colour word swapped, t=600 (excess, no target)", "colour_swapped_excess_t600", None)],
+               ("motion loss excess: video reversed, t=300 (no target)", "reversed_video_excess_t300", None),
+               ("motion loss excess: direction word swapped, t=600 (no target)", "direction_swapped_excess_t600", None),
+               ("motion loss excess: colour word swapped, t=600 (no target)", "colour_swapped_excess_t600", None)],
 }
 
 

@@ -210,8 +210,9 @@ def measure_style(pipe, embedder: ClipEmbedder, style_images: dict[str, Path], c
                   steps: int = 20, strength: float = 1.0, layers=("all",), prompt_seed: int = 3, **options) -> dict:
     """stylet2v0 against t2v_zero on the same prompt and seed: colour-statistics distance to the style image.
 
-    36 prompts by default: the drop differs by several points between sets of 12 (28.5 % and 30.6 % on the first
-    12 of the same 36 that give 27.9 %), too much to read a 30 % target from 12.
+    36 prompts by default: the drop differs by several points between prompt sets (with STRONGEST_STYLE: 30.6 % on
+    the first 12 of the 36 that give 27.9 %; 30.4 % and 23.7 % on two other sets of 24), too much to read a 30 %
+    target from 12.
     """
     from ..methods.stylet2v0 import StyleSettings, load_style_image
 
@@ -280,11 +281,11 @@ def motion_losses(pipe, motion_adapter, count: int = 16, timesteps=(300, 600, 90
             latents = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
             latents = latents.permute(1, 0, 2, 3)[None]  # (1, C, F, h, w)
             caption = scene.caption(size=False, background=False)
-            other_colour = next(c for c in toy_world.COLOURS if c != scene.colour)
+            recoloured = toy_world.with_attribute(scene, colour=next(c for c in toy_world.COLOURS if c != scene.colour))
             variants = {
                 "own": (latents, caption),
                 "direction_swapped": (latents, caption.replace(toy_world.MOTIONS[direction], toy_world.MOTIONS[opposite[direction]])),
-                "colour_swapped": (latents, toy_world.phrase(*caption.replace(scene.colour, other_colour, 1).split())),
+                "colour_swapped": (latents, recoloured.caption(size=False, background=False)),
                 "reversed_video": (latents.flip(2), caption),
             }
             for t in timesteps:
