@@ -261,6 +261,7 @@ def motion_losses(pipe, motion_adapter, count: int = 16, timesteps=(300, 600, 90
     follows costs loss when it is wrong; same seeds and noise for every variant.
     """
     from ..models.motion_module import inflate
+    from ..sampling.vae import encode_images
     from ..training.motion import noise_schedule
 
     unet = inflate(pipe.unet, motion_adapter).eval()
@@ -268,18 +269,15 @@ def motion_losses(pipe, motion_adapter, count: int = 16, timesteps=(300, 600, 90
     opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}
     rng = np.random.default_rng(seed)
 
-    def encode(text: str) -> torch.Tensor:
-        ids = pipe.tokenizer([text], padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
-        return pipe.text_encoder(ids)[0].repeat(toy_world.FRAMES, 1, 1)
+    def caption_embeddings(text: str) -> torch.Tensor:  # one per frame, as the trainer conditions the image layers
+        return pipe.encode_prompt(text, torch.device("cpu"), 1, False)[0].repeat(toy_world.FRAMES, 1, 1)
 
     losses: dict[str, list[float]] = {}
     with torch.no_grad():
         for index in range(count):
             direction = list(opposite)[index % len(opposite)]
             scene = toy_world.random_scene(rng, motion=direction)
-            pixels = torch.from_numpy(toy_world.video_array(scene)).permute(0, 3, 1, 2).float() / 127.5 - 1
-            latents = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
-            latents = latents.permute(1, 0, 2, 3)[None]  # (1, C, F, h, w)
+            latents = encode_images(pipe.vae, toy_world.video_array(scene)).permute(1, 0, 2, 3)[None]  # (1, C, F, h, w)
             caption = scene.caption(size=False, background=False)
             recoloured = toy_world.with_attribute(scene, colour=next(c for c in toy_world.COLOURS if c != scene.colour))
             variants = {
@@ -288,11 +286,12 @@ def motion_losses(pipe, motion_adapter, count: int = 16, timesteps=(300, 600, 90
                 "colour_swapped": (latents, recoloured.caption(size=False, background=False)),
                 "reversed_video": (latents.flip(2), caption),
             }
+            variants = {name: (clean, caption_embeddings(text)) for name, (clean, text) in variants.items()}
             for t in timesteps:
                 noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed * 1000 + index * 10 + t))
-                for name, (clean, text) in variants.items():
+                for name, (clean, embeddings) in variants.items():
                     noisy = scheduler.add_noise(clean, noise, torch.tensor([t]))
-                    prediction = unet(noisy, torch.tensor([t]), encoder_hidden_states=encode(text)).sample
+                    prediction = unet(noisy, torch.tensor([t]), encoder_hidden_states=embeddings).sample
                     losses.setdefault(f"{name}_t{t}", []).append(float(((prediction - noise) ** 2).mean()))
     figures = {key: float(np.mean(values)) for key, values in losses.items()}
     for t in timesteps:

@@ -149,10 +149,12 @@ class MotionTrainer:
         self.text_dropout = float(cfg.text_dropout)
         self.autocast_dtype = resolve_precision(str(trainer.mixed_precision), device)
         self.noise_scheduler = noise_schedule(str(cfg.schedule))  # checked before anything slow is loaded
-        self.timestep_weights = timestep_weights(
+        weights = timestep_weights(
             str(trainer.get("timestep_bias", "none")), float(trainer.get("timestep_bias_portion", 0.25)),
             float(trainer.get("timestep_bias_multiplier", 1.0)), self.noise_scheduler.config.num_train_timesteps,
         )
+        # None when uniform: then timesteps are drawn as before the option existed, so old seeds and resumes repeat.
+        self.timestep_weights = None if bool((weights == weights[0]).all()) else weights
         self.losses: list[float] = []
         self.skipped_total = 0
 
@@ -237,8 +239,8 @@ class MotionTrainer:
         ).input_ids
 
     def draw_timesteps(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        if bool((self.timestep_weights == self.timestep_weights[0]).all()):  # uniform: the draws of earlier runs
-            return torch.randint(0, len(self.timestep_weights), (batch_size,), generator=generator)
+        if self.timestep_weights is None:
+            return torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
         return torch.multinomial(self.timestep_weights, batch_size, replacement=True, generator=generator)
 
     def loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
