@@ -25,7 +25,7 @@ from stylevid.models.loading import load_pipeline  # noqa: E402
 from stylevid.models.motion_module import load_motion_adapter  # noqa: E402
 from stylevid.toy import judge, manifest, toy_path  # noqa: E402
 
-STYLES = {name: ROOT / "examples" / "styles" / f"{name}.png" for name in ("sunset", "ocean", "forest")}
+STYLES = judge.example_styles(ROOT)
 # (figure, key in the measurement, target, higher is better)
 TARGETS = {
     "clip": [("toy CLIP zero-shot colour accuracy", "colour_accuracy", 0.90), ("toy CLIP zero-shot shape accuracy", "shape_accuracy", 0.80),

@@ -86,6 +86,7 @@ def style_settings(cfg: DictConfig) -> stylet2v0.StyleSettings:
         adain_values=bool(method.adain_values),
         attend_to_reference=bool(method.attend_to_reference),
         reference_score_shift=float(method.reference_score_shift),
+        reference=str(method.reference),
         prompt=str(cfg.get("style_prompt") or ""),
     )
 

@@ -95,12 +95,16 @@ def test_unreadable_style_image_leaves_no_run_directory(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_bad_style_strength_fails_before_loading_anything(tmp_path, capsys, style_image_path):
+@pytest.mark.parametrize("override,message", [
+    ("method.strength=1.5", "method.strength (style strength) must be in [0, 1], got 1.5"),
+    ("method.reference=noised", "method.reference must be inverted or clean, got 'noised'"),
+])
+def test_bad_style_settings_fail_before_loading_anything(tmp_path, capsys, style_image_path, override, message):
     # model.path names no weights, so an error found only after loading would be about the model instead
-    code, _, err = run(["generate", "method=stylet2v0", "prompt=x", f"style={style_image_path}", "method.strength=1.5",
+    code, _, err = run(["generate", "method=stylet2v0", "prompt=x", f"style={style_image_path}", override,
                         "model.path=/no/such/weights", f"outputs_root={tmp_path}"], capsys)
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert "method.strength (style strength) must be in [0, 1], got 1.5" in err
+    assert message in err
     assert not list(tmp_path.iterdir())
 
 

@@ -27,6 +27,24 @@ def test_style_row_alone_does_not_leak_into_frames(tiny_pipe, style_image_path):
     torch.testing.assert_close(carried.latents, base.latents, atol=2e-4, rtol=0)
 
 
+def test_clean_reference_carries_the_encoded_style_image_at_every_step_without_inversion(tiny_pipe, style_image_path, monkeypatch):
+    """reference="clean": the style row the UNet sees is the encoded style image itself at every denoising step."""
+    settings = ZeroShotSettings(**SMALL)
+    inverted = stylet2v0.generate(tiny_pipe, settings, stylet2v0.StyleSettings(style_image_path))
+    style_rows = []
+    hook = tiny_pipe.unet.register_forward_pre_hook(lambda module, args: style_rows.append(args[0][0].clone()))
+    monkeypatch.setattr(stylet2v0, "ddim_invert", lambda *a, **k: pytest.fail("no inversion with a clean reference"))
+    try:
+        clean = stylet2v0.generate(tiny_pipe, settings, stylet2v0.StyleSettings(style_image_path, reference="clean"))
+    finally:
+        hook.remove()
+    expected = encode_images(tiny_pipe.vae, stylet2v0.load_style_image(style_image_path, 64, 64)[None])[0]
+    assert len(style_rows) >= SMALL["steps"]  # every step (and the first frame's t1 -> t0 pass) carries the row
+    for row in style_rows:
+        torch.testing.assert_close(row, expected)
+    assert (clean.latents - inverted.latents).abs().mean() > 1e-3  # a different reference, a different video
+
+
 def test_a_layer_name_that_selects_nothing_is_refused(tiny_pipe, style_image_path):
     for typo in ("no_such_block", "up_block", "up_blocks.9"):  # `up_block` is a prefix, but not on a block boundary
         with pytest.raises(UserInputError, match=f"method.layers: '{typo}' matches no self-attention layer"):
@@ -52,6 +70,8 @@ def test_style_strength_outside_zero_to_one_is_refused():
         with pytest.raises(UserInputError, match=r"method.strength \(style strength\) must be in \[0, 1\]"):
             stylet2v0.StyleSettings("style.png", strength=strength).validate()
     stylet2v0.StyleSettings("style.png", strength=0.0).validate()
+    with pytest.raises(UserInputError, match="method.reference must be inverted or clean, got 'noised'"):
+        stylet2v0.StyleSettings("style.png", reference="noised").validate()
 
 
 class OffloadedVae:
@@ -152,8 +172,9 @@ def test_every_style_sharing_option_reaches_the_settings(style_image_path):
         paper = style_settings(compose("generate", overrides=["method=stylet2v0", f"style={style_image_path}"]))
         changed = style_settings(compose("generate", overrides=[
             "method=stylet2v0", f"style={style_image_path}", "method.adain_values=true", "method.adain_queries=false",
-            "method.attend_to_reference=true", "method.reference_score_shift=2.5",
+            "method.attend_to_reference=true", "method.reference_score_shift=2.5", "method.reference=clean",
         ]))
     assert (paper.adain_queries, paper.adain_keys, paper.adain_values, paper.attend_to_reference) == (True, True, False, False)
     assert (changed.adain_queries, changed.adain_values, changed.attend_to_reference) == (False, True, True)
     assert changed.reference_score_shift == 2.5
+    assert (paper.reference, changed.reference) == ("inverted", "clean")

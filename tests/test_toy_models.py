@@ -19,7 +19,7 @@ from stylevid.models.motion_module import load_motion_adapter
 from stylevid.toy import WEIGHTS, judge, manifest, toy_path
 
 ROOT = Path(__file__).resolve().parents[1]
-STYLES = {name: ROOT / "examples" / "styles" / f"{name}.png" for name in ("sunset", "ocean", "forest")}
+STYLES = judge.example_styles(ROOT)
 
 
 @pytest.fixture(scope="module")
@@ -90,12 +90,11 @@ def test_cross_frame_attention_makes_t2v_zero_clearly_more_consistent(toy_pipe, 
 @pytest.mark.slow
 def test_stylet2v0_moves_colour_statistics_towards_the_style(toy_pipe, embedder):
     paper = judge.measure_style(toy_pipe, embedder, STYLES, count=12)
-    strongest = judge.measure_style(toy_pipe, embedder, STYLES, count=12, **judge.STRONGEST_STYLE)
-    # Measured on these 12 prompts: eqs. 7-9 alone do not move the colour statistics (-4.1 %); adding Figure 2's AdaIN
-    # on the values and StyleAligned's attention to the style image, in the up blocks, drops the distance by 30.6 %
-    # while the prompt's colour survives in 12 of 12 videos (target 70 %). On 36 prompts (the report's figure) the
-    # drop is 27.9 %, below the 30 % target, so this asserts less.
-    assert strongest["distance_drop"] > 0.25, strongest
+    strongest = judge.measure_style(toy_pipe, embedder, STYLES, **judge.STRONGEST_STYLE)  # the report's 72 prompts
+    # Measured: eqs. 7-9 alone do not move the colour statistics (-4.1 % on the first 12 prompts); adding Figure 2's
+    # AdaIN on the values and StyleAligned's attention to the clean style latent, in the up blocks, drops the distance
+    # by 33.2 % on 72 prompts (30.6 % with the inverted latent) while the prompt's colour survives in all 72 videos.
+    assert strongest["distance_drop"] >= 0.30, strongest
     assert strongest["distance_drop"] > paper["distance_drop"] + 0.2, (paper, strongest)
     assert strongest["colour_adherence_with_style"] >= 0.70, strongest
 

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from ..errors import UserInputError
 from ..io.video_input import VIDEO_SUFFIXES, _open, fit_frame
+from ..sampling.vae import pixels_from_uint8
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +139,7 @@ class VideoClipDataset(Dataset):
             return None
         if spec.flip and rng.random() < 0.5:
             frames = frames[:, :, ::-1]
-        pixels = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        return pixels  # (F, 3, size, size) in [-1, 1]
+        return pixels_from_uint8(frames)  # (F, 3, size, size) in [-1, 1]
 
 
 def collate_clips(items: list[dict]) -> dict:

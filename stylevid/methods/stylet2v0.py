@@ -3,7 +3,8 @@
 Text2Video-Zero (`methods/t2v_zero.py`) runs unchanged, with two additions:
 1. the style image is encoded by the VAE and DDIM-inverted, giving its latent at every denoising timestep;
    that latent rides along as an extra batch row, so its queries Q_r and keys K_r are computed by the same
-   UNet at the same timestep as the frames';
+   UNet at the same timestep as the frames' (`reference="clean"` instead carries the clean latent at every
+   step, as reference-attention methods such as Animate Anyone's ReferenceNet do: no inversion);
 2. the self-attention layers get the shared AdaIN attention of `StyleSharedAttnProcessor`:
    Q̂_i = AdaIN(Q_i, Q_r) (eq. 7), K = AdaIN(K_1, K_r), V = V_1 (eq. 8), softmax(Q̂ Kᵀ/√d) V (eq. 9).
 """
@@ -25,6 +26,9 @@ from ..sampling.vae import encode_images
 from .t2v_zero import Control, ExtraRows, VideoOutput, ZeroShotSettings, ZeroShotVideo
 
 
+REFERENCES = ("inverted", "clean")
+
+
 @dataclass
 class StyleSettings:
     """How the style image steers generation; see conf/method/stylet2v0.yaml for the reasoning of defaults."""
@@ -38,6 +42,10 @@ class StyleSettings:
     attend_to_reference: bool = False
     reference_score_shift: float = 0.0
     prompt: str = ""  # text used to invert the style image (e.g. "a painting"); empty = unconditional
+    # The style row's latent: "inverted" (the paper's reading: its DDIM-inversion latent at each timestep, as
+    # StyleAligned does for a real reference) or "clean" (the encoded image itself at every timestep, as
+    # reference-attention methods do; no inversion, so N fewer UNet passes).
+    reference: str = "inverted"
 
     def __post_init__(self) -> None:
         # `method.layers=up_blocks` on the command line is one string: a selector, not a list of letters.
@@ -47,6 +55,8 @@ class StyleSettings:
         """The checks that need no model, so a bad value fails before anything is loaded or written."""
         if not 0.0 <= self.strength <= 1.0:  # also refuses NaN
             raise UserInputError(f"method.strength (style strength) must be in [0, 1], got {self.strength}")
+        if self.reference not in REFERENCES:
+            raise UserInputError(f"method.reference must be {' or '.join(REFERENCES)}, got {self.reference!r}")
 
 
 def check_layers(unet, layers: Sequence[str]) -> None:
@@ -88,14 +98,18 @@ def generate(
         return ZeroShotVideo(pipe, reporter)(settings, control=control)
     device = pipe._execution_device
 
-    # 1. The style image's latent at every timestep, by DDIM inversion with the style prompt.
+    # 1. The style image's latent at every timestep: by DDIM inversion with the style prompt, or the clean latent.
     style_embeds, _ = pipe.encode_prompt(style.prompt, device, 1, False)
-    with reporter.stage("style inversion", total=settings.steps):
-        clean = encode_images(pipe.vae, image[None], device).to(style_embeds.dtype)
-        trajectory = ddim_invert(pipe.unet, pipe.scheduler, clean, style_embeds, settings.steps, on_step=lambda i: reporter.advance())
+    clean = encode_images(pipe.vae, image[None], device).to(style_embeds.dtype)
+    trajectory = {}
+    if style.reference == "inverted":
+        with reporter.stage("style inversion", total=settings.steps):
+            trajectory = ddim_invert(pipe.unet, pipe.scheduler, clean, style_embeds, settings.steps, on_step=lambda i: reporter.advance())
     known = torch.tensor(sorted(trajectory))
 
     def style_latents_at(timestep: int) -> torch.Tensor:
+        if not trajectory:  # reference="clean"
+            return clean
         if timestep in trajectory:
             return trajectory[timestep]
         # A schedule whose timesteps differ from the inverse scheduler's: use the nearest inverted level.

@@ -6,6 +6,12 @@ import numpy as np
 import torch
 
 
+def pixels_from_uint8(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) images to float (N, 3, H, W) pixels in [-1, 1], the range SD's VAE encodes."""
+    copied = np.array(images, dtype=np.uint8)  # a copy: torch refuses the negative strides of flipped views
+    return torch.from_numpy(copied).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
 @torch.no_grad()
 def encode_images(vae, images: np.ndarray, device: torch.device | None = None) -> torch.Tensor:
     """uint8 (N, H, W, 3) images to scaled latents, taking the mean of the VAE posterior (deterministic).
@@ -14,8 +20,7 @@ def encode_images(vae, images: np.ndarray, device: torch.device | None = None) -
     offload the VAE's weights wait on the CPU (`vae.device` says cpu) and move to the GPU only inside
     encode/decode, so inputs must go to the execution device, not to `vae.device` (the default).
     """
-    pixels = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    pixels = pixels.to(device=device or vae.device, dtype=vae.dtype)
+    pixels = pixels_from_uint8(images).to(device=device or vae.device, dtype=vae.dtype)
     posterior = vae.encode(pixels).latent_dist
     return posterior.mean * vae.config.scaling_factor
 

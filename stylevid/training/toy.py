@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import toy_world
+from ..sampling.vae import pixels_from_uint8
 
 log = logging.getLogger(__name__)
 
@@ -147,11 +148,7 @@ def frame_batch(batch_size: int, seed: int, step: int) -> tuple[torch.Tensor, li
     scenes = [toy_world.random_scene(rng) for _ in range(batch_size)]
     images = np.stack([toy_world.render_frame(s, int(rng.integers(toy_world.FRAMES))).image for s in scenes])
     captions = [s.random_caption(rng) for s in scenes]
-    return to_pixels(images), captions, scenes
-
-
-def to_pixels(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return pixels_from_uint8(images), captions, scenes
 
 
 def clip_pixels(pixels: torch.Tensor) -> torch.Tensor:
