@@ -19,7 +19,8 @@ install: $(STAMP)
 
 # The toy world's trained models (model=toy), offline: a red circle moving right, in the sunset style. With the
 # strongest style sharing (stylevid.toy.judge.STRONGEST_STYLE: values normalised too, attention to the style
-# image, up blocks only, the clean style latent as reference): eqs. 7-9 alone leave the toy model's colours as they are (README, "The toy world").
+# image, up blocks only, the clean style latent as reference): eqs. 7-9 alone leave the toy model's colours as
+# they are (README, "The toy world").
 demo: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/stylevid generate method=stylet2v0 model=toy \
 		prompt="a red circle moving right" style=examples/styles/sunset.png \

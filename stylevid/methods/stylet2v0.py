@@ -115,7 +115,7 @@ def generate(
         # A schedule whose timesteps differ from the inverse scheduler's: use the nearest inverted level.
         return trajectory[int(known[(known - timestep).abs().argmin()])]
 
-    # One style row serves both guidance branches, under the style prompt it was inverted with.
+    # One style row serves both guidance branches, under the style prompt (the one it was inverted with).
     extra = ExtraRows(latents_at=style_latents_at, embeds=style_embeds)
 
     # 2. Shared AdaIN attention in the selected self-attention layers; plain cross-frame attention elsewhere.
