@@ -103,7 +103,7 @@ def test_stylet2v0_moves_colour_statistics_towards_the_style(toy_pipe, embedder)
 def test_toy_motion_module_moves_objects(toy_pipe):
     figures = judge.measure_motion(toy_pipe, load_motion_adapter(str(toy_path("motion_module"))), count=16)
     # Measured at build time: 16 of 16 videos move clearly (>= 3 px), but only 1 of 16 moves the prompt's way
-    # (target 70 %, not met: the caption's direction word does not reach the module, see the test above and the README).
+    # (target 70 %, not met: the caption's direction word does not reach the module, see the test below and the README).
     moving = [d for d in figures["directions"] if d is not None]
     assert len(moving) >= 0.7 * figures["count"], figures
 

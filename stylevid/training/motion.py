@@ -150,8 +150,8 @@ class MotionTrainer:
         self.autocast_dtype = resolve_precision(str(trainer.mixed_precision), device)
         self.noise_scheduler = noise_schedule(str(cfg.schedule))  # checked before anything slow is loaded
         weights = timestep_weights(
-            str(trainer.get("timestep_bias", "none")), float(trainer.get("timestep_bias_portion", 0.25)),
-            float(trainer.get("timestep_bias_multiplier", 1.0)), self.noise_scheduler.config.num_train_timesteps,
+            str(trainer.timestep_bias), float(trainer.timestep_bias_portion), float(trainer.timestep_bias_multiplier),
+            self.noise_scheduler.config.num_train_timesteps,
         )
         # None when uniform: then timesteps are drawn as before the option existed, so old seeds and resumes repeat.
         self.timestep_weights = None if bool((weights == weights[0]).all()) else weights
