@@ -166,11 +166,41 @@ def test_init_path_from_another_base_is_one_line_exit_2_before_a_run_directory(t
     assert not run_dir.exists()
 
 
-def test_a_bad_timestep_bias_is_one_line_exit_2_before_a_run_directory(toy_videos, tmp_path, capsys):
+def test_v_weighting_makes_the_epsilon_loss_the_v_prediction_loss_and_min_snr_caps_the_clean_steps():
+    from stylevid.training.motion import loss_weights, noise_schedule
+
+    scheduler = noise_schedule("B")
+    generator = torch.Generator().manual_seed(0)
+    clean, noise = torch.randn(6, 4, 3, 8, 8, generator=generator), torch.randn(6, 4, 3, 8, 8, generator=generator)
+    predicted_noise = noise + 0.3 * torch.randn(noise.shape, generator=generator)
+    timesteps = torch.tensor([0, 150, 400, 700, 900, 999])
+    noisy = scheduler.add_noise(clean, noise, timesteps)
+    # v from the ε prediction: v = sqrt(ᾱ) ε - sqrt(1-ᾱ) x0, with x0 read back from z_t and ε.
+    alpha = scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1, 1)
+    predicted_clean = (noisy - (1 - alpha).sqrt() * predicted_noise) / alpha.sqrt()
+    predicted_v = alpha.sqrt() * predicted_noise - (1 - alpha).sqrt() * predicted_clean
+    v_loss = ((predicted_v - scheduler.get_velocity(clean, noise, timesteps)) ** 2).flatten(1).mean(1)
+    epsilon_loss = ((predicted_noise - noise) ** 2).flatten(1).mean(1)
+    weights = loss_weights("v", timesteps, scheduler)
+    torch.testing.assert_close(weights * epsilon_loss, v_loss, rtol=1e-4, atol=1e-6)
+    assert weights[-1] / weights[0] > 600  # 1/ᾱ: the noisiest step weighs over 600 times the cleanest
+
+    assert loss_weights("epsilon", timesteps, scheduler) is None
+    snr = scheduler.alphas_cumprod[timesteps] / (1 - scheduler.alphas_cumprod[timesteps])
+    capped = loss_weights("min_snr", timesteps, scheduler, snr_gamma=5.0)
+    torch.testing.assert_close(capped, torch.where(snr > 5, 5 / snr, torch.ones_like(snr)), rtol=1e-4, atol=0)
+    with pytest.raises(UserInputError, match="loss_weighting"):
+        loss_weights("x0", timesteps, scheduler)
+
+
+@pytest.mark.parametrize("setting, key", [("trainer.timestep_bias=noisy", "timestep_bias"),
+                                          ("trainer.loss_weighting=x0", "loss_weighting")])
+def test_a_bad_timestep_bias_or_loss_weighting_is_one_line_exit_2_before_a_run_directory(toy_videos, tmp_path, capsys,
+                                                                                          setting, key):
     run_dir = tmp_path / "run"
     code, err = run_cli(["train", "motion_module", *TINY_TRAIN, f"data.video_folder={toy_videos}", "trainer.max_steps=1",
-                         "trainer.timestep_bias=noisy", f"output_dir={run_dir}"], capsys)
-    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1 and "timestep_bias" in err
+                         setting, f"output_dir={run_dir}"], capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1 and key in err
     assert not run_dir.exists()
 
 

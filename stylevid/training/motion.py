@@ -3,7 +3,8 @@
 Video clips z^0_{1:N} are encoded frame by frame by the frozen VAE, noised by the forward process
 z^t = sqrt(ᾱ_t) z^0 + sqrt(1 - ᾱ_t) ε, and the UNet inflated with the motion module predicts ε from z^t,
 the caption embedding (replaced by the empty caption with probability `text_dropout`) and t:
-L = E ||ε - ε_θ(z^t, c, t)||². The VAE, text encoder and image UNet stay frozen; only motion parameters train.
+L = E ||ε - ε_θ(z^t, c, t)||² (optionally weighted per timestep: `loss_weights`). The VAE, text encoder and image
+UNet stay frozen; only motion parameters train.
 
 Reproducibility: every random draw of an optimizer step (VAE posterior sample, ε, t, caption dropout)
 comes from a CPU generator seeded by (seed, step, micro-batch, rank), and the data order from a sampler
@@ -105,6 +106,29 @@ def timestep_weights(strategy: str, portion: float, multiplier: float, num_times
     return weights / weights.sum()
 
 
+LOSS_WEIGHTINGS = ("epsilon", "v", "min_snr")
+
+
+def loss_weights(weighting: str, timesteps: torch.Tensor, scheduler: DDPMScheduler, snr_gamma: float = 5.0) -> torch.Tensor | None:
+    """Per-sample weights on the ε-MSE (None: plain ε-loss, the paper's).
+
+    `v`: 1/ᾱ_t = 1 + 1/SNR, which makes the ε-MSE equal to the v-prediction MSE (Salimans & Ho, 2022) and keeps a
+    clean-video error at t=900 from weighing only ᾱ/(1-ᾱ) = 0.005 (schedule B): the noisiest steps, where a clip's
+    layout is decided, train as much as the rest. `min_snr`: min(SNR, γ)/SNR (Hang et al., 2023; diffusers'
+    `--snr_gamma`), which lowers the nearly clean steps instead.
+    """
+    if weighting not in LOSS_WEIGHTINGS:
+        raise UserInputError(f"trainer.loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}; got {weighting!r}")
+    if weighting == "epsilon":
+        return None
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(scheduler, timesteps)
+    if weighting == "v":
+        return 1 + 1 / snr
+    return snr.clamp(max=snr_gamma) / snr
+
+
 def build_dataset(cfg) -> VideoClipDataset:
     data = cfg.data
     spec = ClipSpec(frames=int(data.frames), stride=int(data.stride), size=int(data.size), flip=bool(data.flip))
@@ -155,6 +179,8 @@ class MotionTrainer:
         )
         # None when uniform: then timesteps are drawn as before the option existed, so old seeds and resumes repeat.
         self.timestep_weights = None if bool((weights == weights[0]).all()) else weights
+        self.loss_weighting, self.snr_gamma = str(trainer.loss_weighting), float(trainer.snr_gamma)
+        loss_weights(self.loss_weighting, torch.zeros(1, dtype=torch.long), self.noise_scheduler, self.snr_gamma)  # checked now
         self.losses: list[float] = []
         self.skipped_total = 0
 
@@ -262,7 +288,11 @@ class MotionTrainer:
         )
         with autocast:
             prediction = self.model(noisy, timesteps.to(self.device), encoder_hidden_states=text).sample
-        return F.mse_loss(prediction.float(), noise.float())  # ε-prediction, L2 (Section 3.3.3)
+        weights = loss_weights(self.loss_weighting, timesteps, self.noise_scheduler, self.snr_gamma)
+        if weights is None:
+            return F.mse_loss(prediction.float(), noise.float())  # ε-prediction, L2 (Section 3.3.3)
+        per_sample = ((prediction.float() - noise.float()) ** 2).flatten(1).mean(1)
+        return (weights.to(per_sample.device) * per_sample).mean()
 
     def optimizer_step(self, batches) -> tuple[float, int]:
         total, skipped = 0.0, 0
