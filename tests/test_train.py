@@ -193,13 +193,34 @@ def test_v_weighting_makes_the_epsilon_loss_the_v_prediction_loss_and_min_snr_ca
         loss_weights("x0", timesteps, scheduler)
 
 
+def test_the_trainers_loss_is_the_epsilon_loss_times_the_weight_of_its_timestep(toy_videos):
+    from stylevid.training.distributed import Dist
+    from stylevid.training.motion import MotionTrainer, step_generator
+
+    settings = TINY_TRAIN + [f"data.video_folder={toy_videos}", "trainer.batch_size=1"]
+    plain = MotionTrainer(train_cfg(settings), None, Dist(), torch.device("cpu"))
+    weighted = MotionTrainer(train_cfg(settings + ["trainer.loss_weighting=v"]), None, Dist(), torch.device("cpu"))
+    drawn = []
+    draw = plain.draw_timesteps
+    plain.draw_timesteps = lambda size, generator: drawn.append(draw(size, generator)) or drawn[-1]
+    batch = next(iter(plain.batches()))
+    for step in range(3):  # same draws (posterior, noise, timestep, dropout) from the same generator state
+        with torch.no_grad():
+            epsilon_loss = float(plain.loss(batch, step_generator(0, step, 0, 0)))
+            v_loss = float(weighted.loss(batch, step_generator(0, step, 0, 0)))
+        alpha = float(plain.noise_scheduler.alphas_cumprod[int(drawn[-1])])
+        assert v_loss == pytest.approx(epsilon_loss / alpha, rel=1e-4)
+    assert len({int(t) for t in drawn}) == 3
+
+
 @pytest.mark.parametrize("setting, key", [("trainer.timestep_bias=noisy", "timestep_bias"),
-                                          ("trainer.loss_weighting=x0", "loss_weighting")])
+                                          ("trainer.loss_weighting=x0", "loss_weighting"),
+                                          ("trainer.loss_weighting=min_snr trainer.snr_gamma=0", "snr_gamma")])
 def test_a_bad_timestep_bias_or_loss_weighting_is_one_line_exit_2_before_a_run_directory(toy_videos, tmp_path, capsys,
                                                                                           setting, key):
     run_dir = tmp_path / "run"
     code, err = run_cli(["train", "motion_module", *TINY_TRAIN, f"data.video_folder={toy_videos}", "trainer.max_steps=1",
-                         setting, f"output_dir={run_dir}"], capsys)
+                         *setting.split(), f"output_dir={run_dir}"], capsys)
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1 and key in err
     assert not run_dir.exists()
 
