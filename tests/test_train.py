@@ -181,16 +181,16 @@ def test_v_weighting_makes_the_epsilon_loss_the_v_prediction_loss_and_min_snr_ca
     predicted_v = alpha.sqrt() * predicted_noise - (1 - alpha).sqrt() * predicted_clean
     v_loss = ((predicted_v - scheduler.get_velocity(clean, noise, timesteps)) ** 2).flatten(1).mean(1)
     epsilon_loss = ((predicted_noise - noise) ** 2).flatten(1).mean(1)
-    weights = loss_weights("v", timesteps, scheduler)
+    weights = loss_weights("v", scheduler)[timesteps]
     torch.testing.assert_close(weights * epsilon_loss, v_loss, rtol=1e-4, atol=1e-6)
     assert weights[-1] / weights[0] > 600  # 1/ᾱ: the noisiest step weighs over 600 times the cleanest
 
-    assert loss_weights("epsilon", timesteps, scheduler) is None
+    assert loss_weights("epsilon", scheduler) is None
     snr = scheduler.alphas_cumprod[timesteps] / (1 - scheduler.alphas_cumprod[timesteps])
-    capped = loss_weights("min_snr", timesteps, scheduler, snr_gamma=5.0)
+    capped = loss_weights("min_snr", scheduler, snr_gamma=5.0)[timesteps]
     torch.testing.assert_close(capped, torch.where(snr > 5, 5 / snr, torch.ones_like(snr)), rtol=1e-4, atol=0)
     with pytest.raises(UserInputError, match="loss_weighting"):
-        loss_weights("x0", timesteps, scheduler)
+        loss_weights("x0", scheduler)
 
 
 def test_the_trainers_loss_is_the_epsilon_loss_times_the_weight_of_its_timestep(toy_videos):

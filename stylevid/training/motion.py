@@ -109,8 +109,8 @@ def timestep_weights(strategy: str, portion: float, multiplier: float, num_times
 LOSS_WEIGHTINGS = ("epsilon", "v", "min_snr")
 
 
-def loss_weights(weighting: str, timesteps: torch.Tensor, scheduler: DDPMScheduler, snr_gamma: float = 5.0) -> torch.Tensor | None:
-    """Per-sample weights on the ε-MSE (None: plain ε-loss, the paper's).
+def loss_weights(weighting: str, scheduler: DDPMScheduler, snr_gamma: float = 5.0) -> torch.Tensor | None:
+    """The ε-MSE's weight at each training timestep, indexed by t (None: plain ε-loss, the paper's).
 
     `v`: 1/ᾱ_t = 1 + 1/SNR, which makes the ε-MSE equal to the v-prediction MSE (Salimans & Ho, 2022) and keeps a
     clean-video error at t=900 from weighing only ᾱ/(1-ᾱ) = 0.005 (schedule B): the noisiest steps, where a clip's
@@ -126,7 +126,7 @@ def loss_weights(weighting: str, timesteps: torch.Tensor, scheduler: DDPMSchedul
         raise UserInputError(f"trainer.snr_gamma must be > 0; got {snr_gamma}")
     from diffusers.training_utils import compute_snr
 
-    snr = compute_snr(scheduler, timesteps)
+    snr = compute_snr(scheduler, torch.arange(scheduler.config.num_train_timesteps))
     if weighting == "v":
         return 1 + 1 / snr
     return snr.clamp(max=snr_gamma) / snr
@@ -182,8 +182,7 @@ class MotionTrainer:
         )
         # None when uniform: then timesteps are drawn as before the option existed, so old seeds and resumes repeat.
         self.timestep_weights = None if bool((weights == weights[0]).all()) else weights
-        self.loss_weighting, self.snr_gamma = str(trainer.loss_weighting), float(trainer.snr_gamma)
-        loss_weights(self.loss_weighting, torch.zeros(1, dtype=torch.long), self.noise_scheduler, self.snr_gamma)  # checked now
+        self.loss_weight_per_timestep = loss_weights(str(trainer.loss_weighting), self.noise_scheduler, float(trainer.snr_gamma))
         self.losses: list[float] = []
         self.skipped_total = 0
 
@@ -291,11 +290,10 @@ class MotionTrainer:
         )
         with autocast:
             prediction = self.model(noisy, timesteps.to(self.device), encoder_hidden_states=text).sample
-        weights = loss_weights(self.loss_weighting, timesteps, self.noise_scheduler, self.snr_gamma)
-        if weights is None:
+        if self.loss_weight_per_timestep is None:
             return F.mse_loss(prediction.float(), noise.float())  # ε-prediction, L2 (Section 3.3.3)
         per_sample = ((prediction.float() - noise.float()) ** 2).flatten(1).mean(1)
-        return (weights.to(per_sample.device) * per_sample).mean()
+        return (self.loss_weight_per_timestep[timesteps].to(per_sample.device) * per_sample).mean()
 
     def optimizer_step(self, batches) -> tuple[float, int]:
         total, skipped = 0.0, 0
