@@ -42,7 +42,9 @@ TARGETS = {
     "motion": [("animatediff: direction of motion followed", "direction_followed", 0.70),
                ("motion loss excess: video reversed, t=300 (no target)", "reversed_video_excess_t300", None),
                ("motion loss excess: direction word swapped, t=600 (no target)", "direction_swapped_excess_t600", None),
-               ("motion loss excess: colour word swapped, t=600 (no target)", "colour_swapped_excess_t600", None)],
+               ("motion loss excess: colour word swapped, t=600 (no target)", "colour_swapped_excess_t600", None),
+               ("module inputs, t=900: direction word readable (probe, best layer; chance 0.5)", "direction_best", None),
+               ("module inputs, t=900: colour word readable (same probe, worst layer)", "colour_worst", None)],
 }
 
 
@@ -80,16 +82,19 @@ def main(argv=None) -> int:
             result = judge.measure_motion(pipe, adapter)
             # Why directions are (not) followed: what the module's own loss says it has learned (judge.motion_losses).
             result.update({k: v for k, v in judge.motion_losses(pipe, adapter).items() if k != "count"})
+            # ... and whether the word reaches what the module reads at all (judge.word_readability).
+            readable = judge.word_readability(pipe, adapter)
+            result.update(direction_best=readable["direction_best"], colour_worst=min(readable["colour_by_layer"].values()))
         result.pop("images", None)
         result["seconds"] = round(time.perf_counter() - started, 1)
         figures[part] = result
         for label, key, target in TARGETS[part]:
             value = result[key]
             verdict = "" if target is None else ("  ok" if value >= target else "  BELOW TARGET")
-            print(f"{label:<66} {value:7.3f}" + (f"  (target >= {target:.2f}){verdict}" if target is not None else ""))
+            print(f"{label:<78} {value:7.3f}" + (f"  (target >= {target:.2f}){verdict}" if target is not None else ""))
             if target is not None and value < target:
                 failed.append(label)
-        print(f"{'':<66} ({result['count']} samples, {result['seconds']} s)")
+        print(f"{'':<78} ({result['count']} samples, {result['seconds']} s)")
     print("\nbuild manifest:")
     for stage, summary in manifest().get("stages", {}).items():
         print(f"  {stage:<7} {summary.get('steps')} steps, {summary.get('wall_s')} s, final loss {summary.get('final_loss'):.4f}")
