@@ -139,12 +139,14 @@ def test_the_direction_word_does_not_reach_what_the_motion_module_reads_while_th
 
     Measured on the packaged models: the colour word is read from every held-out noise at every motion module;
     the direction word from 72 % at best (the report's 48 noises: 68 %; chance 50 %). The module has no text
-    input of its own, so this is why its videos move in no particular direction (README, "Motion direction");
-    a rebuilt world in which the direction reaches the image layers' features should fail the second assert.
+    input of its own, so this is why its videos move in no particular direction (README, "Why the toy motion
+    module does not follow the direction word"); a rebuilt world in which the direction reaches the image layers'
+    features should fail the second assert.
     """
     figures = judge.word_readability(toy_pipe, load_motion_adapter(str(toy_path("motion_module"))), count=16)
     assert min(figures["colour_by_layer"].values()) >= 0.95, figures
     assert figures["direction_best"] <= 0.8, figures
+
 
 def test_generate_and_evaluate_with_the_toy_models(tmp_path):
     from stylevid.evaluate import run_evaluate
