@@ -319,8 +319,9 @@ def word_readability(pipe, motion_adapter, count: int = 48, timestep: int = 900,
     The input of every motion module, averaged over frames and positions, is classified by the nearer of the two
     class means learned on the other half of the noises (two folds). A word the image layers write into the
     features consistently is read from nearly every held-out pair; one they do not, at chance (0.5). The module
-    sees nothing of the caption but these features (AnimateDiff's motion module has no text input), so a word
-    that is not readable here cannot steer the motion.
+    sees nothing of the caption but these features (AnimateDiff's motion module has no text input). The probe is
+    linear and pools over positions, so it is a lower bound on what a module could read, but a word it reads near
+    chance while it reads the colour word perfectly is one the image layers hardly pass on.
     """
     from ..models.motion_module import inflate
 
