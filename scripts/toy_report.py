@@ -84,7 +84,7 @@ def main(argv=None) -> int:
             result.update({k: v for k, v in judge.motion_losses(pipe, adapter).items() if k != "count"})
             # ... and whether the word reaches what the module reads at all (judge.word_readability).
             readable = judge.word_readability(pipe, adapter)
-            result.update(direction_best=readable["direction_best"], colour_worst=min(readable["colour_by_layer"].values()))
+            result.update(direction_best=readable["direction_best"], colour_worst=readable["colour_worst"])
         result.pop("images", None)
         result["seconds"] = round(time.perf_counter() - started, 1)
         figures[part] = result

@@ -122,8 +122,6 @@ def test_toy_motion_module_knows_temporal_order_and_the_image_layers_read_the_ca
     assert figures["colour_swapped_excess_t300"] > 0.30, figures
 
 
-
-
 def test_word_probe_reads_a_consistent_shift_and_not_noise():
     """The probe behind judge.word_readability: a shift shared by one class is read from every held-out row, rows
     drawn alike are read at chance."""
@@ -133,6 +131,7 @@ def test_word_probe_reads_a_consistent_shift_and_not_noise():
     assert judge._two_fold_probe(rows, shifted) == 1.0
     alike = torch.randn(64, 32, generator=generator)
     assert 0.35 <= judge._two_fold_probe(rows, alike) <= 0.65
+
 
 def test_the_direction_word_does_not_reach_what_the_motion_module_reads_while_the_colour_word_does(toy_pipe):
     """judge.word_readability: a linear probe on the motion modules' inputs (16 noises here, 48 in the report).
@@ -144,7 +143,7 @@ def test_the_direction_word_does_not_reach_what_the_motion_module_reads_while_th
     features should fail the second assert.
     """
     figures = judge.word_readability(toy_pipe, load_motion_adapter(str(toy_path("motion_module"))), count=16)
-    assert min(figures["colour_by_layer"].values()) >= 0.95, figures
+    assert figures["colour_worst"] >= 0.95, figures
     assert figures["direction_best"] <= 0.8, figures
 
 

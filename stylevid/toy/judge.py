@@ -343,35 +343,30 @@ def word_readability(pipe, motion_adapter, count: int = 48, timestep: int = 900,
         "direction": lambda colour: ((colour, "left"), (colour, "right")),
         "colour": lambda colour: (("red", "left"), ("blue", "left")),
     }
+    colours, latent_shape = list(toy_world.COLOURS), (1, 4, toy_world.FRAMES, toy_world.SIZE // 8, toy_world.SIZE // 8)
     figures: dict = {"count": count, "timestep": timestep}
     try:
         with torch.no_grad():
             for attribute, pair in pairs.items():
                 first, second = [], []
                 for index in range(count):
-                    colour = list(toy_world.COLOURS)[index % len(toy_world.COLOURS)]
-                    shape = JUDGED_SHAPES[int(rng.integers(len(JUDGED_SHAPES)))]
-                    shape_of_latents = (1, 4, toy_world.FRAMES, toy_world.SIZE // 8, toy_world.SIZE // 8)
-                    noise = torch.randn(shape_of_latents, generator=torch.Generator().manual_seed(seed * 10_000 + index))
+                    colour, shape = colours[index % len(colours)], JUDGED_SHAPES[int(rng.integers(len(JUDGED_SHAPES)))]
+                    noise = torch.randn(latent_shape, generator=torch.Generator().manual_seed(seed * 10_000 + index))
                     (colour_a, direction_a), (colour_b, direction_b) = pair(colour)
-                    first.append(features(noise, _caption(colour_a, shape, direction_a)))
-                    second.append(features(noise, _caption(colour_b, shape, direction_b)))
+                    first.append(features(noise, Prompt(colour_a, shape, index, direction_a).text))
+                    second.append(features(noise, Prompt(colour_b, shape, index, direction_b).text))
                 accuracies = {
                     name: _two_fold_probe(torch.stack([f[name] for f in first]), torch.stack([f[name] for f in second]))
                     for name in first[0]
                 }
                 figures[f"{attribute}_by_layer"] = accuracies
                 figures[f"{attribute}_best"] = max(accuracies.values())
+                figures[f"{attribute}_worst"] = min(accuracies.values())
                 figures[f"{attribute}_mean"] = float(np.mean(list(accuracies.values())))
     finally:
         for hook in hooks:
             hook.remove()
     return figures
-
-
-def _caption(colour: str, shape: str, direction: str) -> str:
-    """'a red circle moving left'."""
-    return toy_world.phrase("a", colour, shape, DIRECTION_WORDS[direction])
 
 
 def _two_fold_probe(first: torch.Tensor, second: torch.Tensor) -> float:
