@@ -7,6 +7,7 @@ Hydra's own entry point: `--help`, `--cfg job` and `-m` behave as in any Hydra a
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from importlib import resources
@@ -52,6 +53,12 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+def interrupted() -> None:
+    """Ctrl-C: one line, and the shell's exit status for SIGINT (130), so a loop in a script stops too."""
+    console.print("[bold yellow]interrupted[/]", highlight=False)
+    sys.exit(130)
+
+
 def check_group_choices(overrides: list[str]) -> None:
     for override in overrides:
         key, _, value = override.partition("=")
@@ -66,6 +73,14 @@ def check_group_choices(overrides: list[str]) -> None:
                 fail(f"unknown {key} {name!r}; choose one of: {', '.join(options)}")
 
 
+def config_groups() -> set[str]:
+    return {path.name for path in conf_dir().iterdir() if path.is_dir() and not path.name.startswith("_")}
+
+
+def _override_key(override: str) -> str:
+    return override.partition("=")[0].lstrip("+~")
+
+
 def check_composes(task: str, overrides: list[str]) -> None:
     """Compose the config once before running, so that a bad override is one line and exit code 2.
 
@@ -76,9 +91,12 @@ def check_composes(task: str, overrides: list[str]) -> None:
 
     from omegaconf import OmegaConf
 
+    groups = config_groups()
     try:
         with initialize_config_module("stylevid.conf", version_base="1.3"):
             cfg = compose(task, overrides=overrides)
+            # The same groups without the user's key=value settings: what each key holds by default.
+            defaults = compose(task, overrides=[o for o in overrides if _override_key(o) in groups])
         missing = sorted(key for key in OmegaConf.missing_keys(cfg) if not key.startswith("hydra"))
         if missing:
             fail(f"missing required value{'s' if len(missing) > 1 else ''}: " + ", ".join(f"{k}=..." for k in missing))
@@ -87,6 +105,87 @@ def check_composes(task: str, overrides: list[str]) -> None:
         fail("; ".join(lines[:2]) or error.__class__.__name__)
     finally:
         GlobalHydra.instance().clear()
+    check_value_types(cfg, defaults, [o for o in overrides if _override_key(o) not in groups], groups)
+
+
+def check_value_types(cfg, defaults, overrides: list[str], groups: set[str]) -> None:
+    """Each key=value must have the kind of value the key holds by default (a block, a flag, an integer, a
+    number), and no number may be NaN or infinite: otherwise `frames=abc` fails as a ValueError deep in a task,
+    `controlnet=tiny` replaces a whole block, and `guidance_scale=nan` quietly turns guidance off."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    for override in overrides:
+        if override.startswith("~") or "=" not in override:
+            continue
+        key = _override_key(override)
+        if key.startswith("hydra."):
+            continue
+        value = OmegaConf.select(cfg, key, throw_on_missing=False)
+        default = OmegaConf.select(defaults, key, throw_on_missing=False)
+        if isinstance(value, float) and not math.isfinite(value):
+            fail(f"{key} must be a finite number, got {value}")
+        if isinstance(value, ListConfig):
+            bad = [item for item in value if isinstance(item, float) and not math.isfinite(item)]
+            if bad:
+                fail(f"{key} must hold finite numbers, got {bad[0]}")
+        if default is None or value is None:
+            continue
+        if isinstance(default, DictConfig) and not isinstance(value, DictConfig):
+            inner = ", ".join(f"{key}.{name}" for name in list(default.keys())[:3])
+            fail(f"{key} is a block of keys ({inner}...), not a value: set one of them, e.g. {key}.{next(iter(default.keys()), 'path')}={value}")
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                fail(f"{key} must be true or false, got {value!r}")
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int):
+                fail(f"{key} must be an integer, got {value!r}")
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                fail(f"{key} must be a number, got {value!r}")
+
+
+def quote_unparsable(overrides: list[str]) -> list[str]:
+    """Hydra's override grammar refuses unquoted non-ASCII text (`prompt=un café` as the shell passes it) with a
+    LexerNoViableAltException. Such a value can only be meant as a string, so quote it for Hydra; a value that
+    still does not parse is left for the one-line error of `check_composes`."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    fixed = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if sep and not override.startswith("-") and not value.isascii():
+            try:
+                parser.parse_override(override)
+            except Exception:
+                escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+                override = f"{key}='{escaped}'"
+                try:
+                    parser.parse_override(override)
+                except Exception:
+                    fail(f"cannot read {key}={value}: quote the value for Hydra, e.g. '{key}=\"{value}\"'")
+        fixed.append(override)
+    return fixed
+
+
+# Hydra's flags with the number of values each takes; argparse loses them among the overrides (`... seed=1 -m`
+# would print Hydra's whole usage text), so they are moved in front.
+HYDRA_FLAGS = {"-m": 0, "--multirun": 0, "--resolve": 0, "-h": 0, "--help": 0, "--hydra-help": 0,
+               "--cfg": 1, "-c": 1, "--package": 1, "-p": 1, "--info": 1}
+
+
+def flags_first(overrides: list[str]) -> list[str]:
+    flags, rest, index = [], [], 0
+    while index < len(overrides):
+        arg = overrides[index]
+        takes = HYDRA_FLAGS.get(arg)
+        if takes is None:
+            rest.append(arg)
+            index += 1
+            continue
+        flags += overrides[index : index + 1 + takes]
+        index += 1 + takes
+    return flags + rest
 
 
 def quiet_libraries() -> None:
@@ -97,6 +196,7 @@ def quiet_libraries() -> None:
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # transformers 5 draws a "Loading weights" bar per model
     diffusers.utils.logging.set_verbosity_error()
     diffusers.utils.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -117,6 +217,7 @@ def main(argv: list[str] | None = None) -> None:
         # `stylevid train motion_module ...`: the target is a word before the overrides
         if overrides and "=" not in overrides[0] and not overrides[0].startswith("-"):
             overrides = [f"target={overrides[0]}", *overrides[1:]]
+    overrides = quote_unparsable(flags_first(overrides))
     check_group_choices(overrides)
     if task == "generate" and any(arg in ("--help", "-h", "--hydra-help") for arg in overrides):
         if not any(arg.startswith("method=") for arg in overrides):
@@ -140,6 +241,8 @@ def main(argv: list[str] | None = None) -> None:
     quiet_libraries()
     try:
         hydra.main(config_path="pkg://stylevid.conf", config_name=task, version_base="1.3")(task_main)()
+    except KeyboardInterrupt:
+        interrupted()
     except SystemExit as exit_:
         # Hydra exits with 1 when it cannot compose the config (a bad override): that is the user's input.
         if exit_.code == 1 and not entered["task"]:

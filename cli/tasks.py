@@ -22,6 +22,22 @@ def _fail(error: Exception) -> None:
     sys.exit(2)
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    """torch's CUDA OutOfMemoryError (a RuntimeError), or the CPU allocator's failure, which is a plain
+    RuntimeError naming the bytes it could not get."""
+    import torch
+
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(error)
+    return "can't allocate memory" in text or "out of memory" in text.lower()
+
+
 def _hydra_job_dir() -> str | None:
     hydra_cfg = HydraConfig.get()
     return hydra_cfg.runtime.output_dir if hydra_cfg.mode == RunMode.MULTIRUN else None
@@ -34,10 +50,19 @@ def _run(run_task, cfg: DictConfig, main_file: str):
             run_dir = run_task(cfg, reporter=reporter, hydra_job_dir=_hydra_job_dir())
     except UserInputError as error:
         _fail(error)
+    except PermissionError as error:  # a file the user may not read or write, found only when it is opened
+        _fail(f"permission denied: {error.filename or error}")
+    except (MemoryError, RuntimeError) as error:
+        if not _is_out_of_memory(error):
+            raise
+        _fail("out of memory (" + _first_line(error) + "); lower height/width/frames or chunk_size, "
+              "or set vae_slicing=true / cpu_offload=true")
     # A batch (prompts=FILE) is a directory of runs: point at the directory itself.
     shown = run_dir / main_file if (run_dir / main_file).exists() else run_dir
     if int(os.environ.get("RANK", "0")) == 0:
         console.print(f"[bold green]done:[/] {shown}", highlight=False, soft_wrap=True)
+        if (run_dir / "preview.png").exists():
+            console.print(f"[bold green]preview:[/] {run_dir / 'preview.png'}", highlight=False, soft_wrap=True)
         print(shown)
     return run_dir
 

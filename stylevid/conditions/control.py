@@ -150,7 +150,29 @@ def cache_condition_maps(prepared: ConditionMaps, run_dir: Path) -> dict[str, st
     return {kind: str(save_condition_maps(prepared.maps[kind], run_dir, kind)) for kind in prepared.annotated}
 
 
-def build_control(cfg, prepared: ConditionMaps, unet, dtype: torch.dtype, device: torch.device) -> Control:
+def check_controlnet_fits(controlnet, unet, vae_scale_factor: int, controlnet_name: str, model_name: str) -> None:
+    """A ControlNet adds its residuals to the UNet's down and mid features and reads maps at the latent's
+    resolution times the VAE's factor: any mismatch fails deep inside diffusers during sampling, so name both
+    models here, before generating."""
+    config, unet_config = controlnet.config, unet.config
+    pairs = [
+        ("block_out_channels", list(config.block_out_channels), list(unet_config.block_out_channels)),
+        ("layers_per_block", config.layers_per_block, unet_config.layers_per_block),
+        ("cross_attention_dim", config.cross_attention_dim, unet_config.cross_attention_dim),
+        ("in_channels", config.in_channels, unet_config.in_channels),
+        # the map embedding downsamples by 2 per block after the first; the VAE must downsample as much
+        ("downsampling", 2 ** (len(config.conditioning_embedding_out_channels) - 1), vae_scale_factor),
+    ]
+    for field, theirs, ours in pairs:
+        if theirs != ours:
+            raise UserInputError(
+                f"ControlNet {controlnet_name} does not fit model {model_name}: its {field} is {theirs}, the model's {ours} "
+                "(a ControlNet must be trained for the model's base, e.g. SD 1.5)"
+            )
+
+
+def build_control(cfg, prepared: ConditionMaps, unet, dtype: torch.dtype, device: torch.device,
+                  vae_scale_factor: int = 8) -> Control:
     """One ControlNet per kind (diffusers' MultiControlNetModel for several) with the maps as tensors."""
     from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
@@ -159,7 +181,10 @@ def build_control(cfg, prepared: ConditionMaps, unet, dtype: torch.dtype, device
     nets, images, scales = [], [], []
     for kind in prepared.kinds:
         path = _per_kind(cfg, kind, "controlnet", "controlnet.path")
-        nets.append(load_controlnet(path, kind, unet, dtype, allow_pickle=allow_pickle).to(device))
+        net = load_controlnet(path, kind, unet, dtype, allow_pickle=allow_pickle)
+        model_name = cfg.model.get("path") or cfg.model.get("name")
+        check_controlnet_fits(net, unet, vae_scale_factor, f"{path or 'default'} ({kind})", str(model_name))
+        nets.append(net.to(device))
         images.append(torch.from_numpy(prepared.maps[kind]).permute(0, 3, 1, 2).float() / 255.0)
         scale = condition.controls[kind].get("scale")
         scales.append(float(condition.scale if scale is None else scale))

@@ -28,6 +28,8 @@ from ..models.lora import fuse_lora
 from ..models.motion_module import check_fits, inflate, load_motion_adapter, tiny_motion_adapter
 from ..progress import StageReporter
 from ..sampling.vae import decode_to_uint8
+from .. import values
+from .common import common_settings
 from .t2v_zero import VideoOutput
 
 log = logging.getLogger(__name__)
@@ -74,21 +76,15 @@ class AnimateDiffSettings:
 def settings_from_config(cfg) -> AnimateDiffSettings:
     method = cfg.method
     return AnimateDiffSettings(
-        prompt=str(cfg.prompt),
-        negative_prompt=str(cfg.get("negative_prompt") or ""),
-        frames=int(cfg.frames),
-        height=int(cfg.height),
-        width=int(cfg.width),
-        steps=int(cfg.steps),
-        guidance_scale=float(cfg.guidance_scale),
-        seed=int(cfg.seed),
+        **common_settings(cfg),
         beta_schedule=method.get("beta_schedule"),
         free_noise=bool(method.get("free_noise", False)),
-        context_length=int(method.get("context_length", 16)),
-        context_stride=int(method.get("context_stride", 4)),
+        context_length=values.integer(method.get("context_length", 16), "method.context_length", 1),
+        context_stride=values.integer(method.get("context_stride", 4), "method.context_stride", 1),
         free_init=bool(method.get("free_init", False)),
-        free_init_iters=int(method.get("free_init_iters", 3)),
-        frames_per_decode=1 if cfg.get("vae_slicing") else int(method.get("frames_per_decode", 16)),
+        free_init_iters=values.integer(method.get("free_init_iters", 3), "method.free_init_iters", 1),
+        frames_per_decode=1 if cfg.get("vae_slicing") else values.integer(
+            method.get("frames_per_decode", 16), "method.frames_per_decode", 1),
     )
 
 
