@@ -27,6 +27,15 @@ def run_train(cfg: DictConfig, reporter: StageReporter | None = None, hydra_job_
     reporter = reporter or StageReporter()
     if cfg.target not in TARGETS:
         raise UserInputError(f"unknown training target {cfg.target!r}; choose one of {', '.join(TARGETS)}")
+    from .training.checkpoint import check_resume_step, load_checkpoint
+    from .training.settings import check_train_config
+
+    # Everything a user typed is checked before a run directory is chosen or a model loads.
+    check_train_config(cfg)
+    resume = str(cfg.trainer.resume) if cfg.trainer.get("resume") else None
+    checkpoint = load_checkpoint(resume) if resume else None
+    if checkpoint:
+        check_resume_step(resume, checkpoint[1], int(cfg.trainer.max_steps))
     device = resolve_device(str(cfg.device))
     ctx = init_from_env(device)
     if device.type == "cuda" and ctx.enabled:
@@ -49,8 +58,8 @@ def run_train(cfg: DictConfig, reporter: StageReporter | None = None, hydra_job_
 
     with reporter.stage("loading model"):
         trainer = MotionTrainer(cfg, run_dir if ctx.is_main else None, ctx, device, reporter)
-        if cfg.trainer.get("resume"):
-            trainer.resume(str(cfg.trainer.resume))
+        if checkpoint:
+            trainer.resume(resume, checkpoint)
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -68,7 +77,7 @@ def run_train(cfg: DictConfig, reporter: StageReporter | None = None, hydra_job_
                      "stride": int(cfg.data.stride), "size": int(cfg.data.size)},
             "schedule": str(cfg.schedule),
             "world_size": ctx.world_size,
-            "resumed_from": str(cfg.trainer.resume) if cfg.trainer.get("resume") else None,
+            "resumed_from": resume,
             **summary,
             "losses_tail": trainer.losses[-10:],
             "files": files,

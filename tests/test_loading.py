@@ -55,3 +55,32 @@ def test_device_and_dtype_choices():
     if not torch.cuda.is_available():
         with pytest.raises(UserInputError, match="no CUDA"):
             resolve_device("cuda")
+
+
+def test_weight_files_are_told_apart_by_their_content_not_their_name(tmp_path, tiny_pipe):
+    """A text file named .bin is not "a pickle checkpoint"; a safetensors file named .bin must be renamed (diffusers
+    picks its reader by the name); a pickle still needs the opt-in. The same for model.path and controlnet.path."""
+    from safetensors.torch import save_file
+
+    from stylevid.models.controlnet import load_controlnet
+    from stylevid.models.weight_files import weight_file_kind
+
+    (tmp_path / "text.bin").write_text("hello, not weights\n")
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "weights.bin"))
+    torch.save({"x": torch.zeros(2)}, tmp_path / "weights.ckpt")
+    assert [weight_file_kind(tmp_path / name) for name in ("text.bin", "weights.bin", "weights.ckpt")] == [
+        None, "safetensors", "pickle"]
+
+    cfg = lambda path, **kw: OmegaConf.create({"name": "custom", "path": str(tmp_path / path), **kw})  # noqa: E731
+    with pytest.raises(UserInputError, match=r"model.path=.*text.bin is not a checkpoint file"):
+        load_pipeline(cfg("text.bin", allow_pickle=True), torch.float32)
+    with pytest.raises(UserInputError, match=r"is a safetensors file named .bin; rename it to .safetensors"):
+        load_pipeline(cfg("weights.bin"), torch.float32)
+    with pytest.raises(UserInputError, match=r"pickle checkpoint; .* model.allow_pickle=true"):
+        load_pipeline(cfg("weights.ckpt"), torch.float32)
+
+    (tmp_path / "text.safetensors").write_text("hello, not weights\n")
+    with pytest.raises(UserInputError, match=r"controlnet.path=.*text.safetensors is not a checkpoint file"):
+        load_controlnet(str(tmp_path / "text.safetensors"), "canny", tiny_pipe.unet, torch.float32)
+    with pytest.raises(UserInputError, match=r"controlnet.allow_pickle=true"):
+        load_controlnet(str(tmp_path / "weights.ckpt"), "canny", tiny_pipe.unet, torch.float32)

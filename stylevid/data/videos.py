@@ -47,6 +47,16 @@ class VideoRecord:
     caption: str
 
 
+def read_csv(path: Path, key: str) -> tuple[list[str], list[dict]]:
+    """(columns, rows) of a CSV file; a binary or malformed file is one line naming `key`."""
+    try:
+        with path.open(newline="", encoding="utf-8") as file:
+            reader = csv.DictReader(file)
+            return list(reader.fieldnames or []), list(reader)
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise UserInputError(f"{key} {path} is not a readable CSV text file ({type(error).__name__})") from None
+
+
 def webvid_records(csv_path: str | Path, video_folder: str | Path) -> list[VideoRecord]:
     """WebVid's CSV (videoid, name = caption, page_dir): video at <folder>/<videoid>.mp4 or <folder>/<page_dir>/<videoid>.mp4."""
     csv_path, video_folder = Path(csv_path), Path(video_folder)
@@ -55,15 +65,14 @@ def webvid_records(csv_path: str | Path, video_folder: str | Path) -> list[Video
     if not video_folder.is_dir():
         raise UserInputError(f"data.video_folder {video_folder} is not a folder")
     records = []
-    with csv_path.open(newline="") as file:
-        reader = csv.DictReader(file)
-        missing = {"videoid", "name"} - set(reader.fieldnames or [])
-        if missing:
-            raise UserInputError(f"data.csv {csv_path} lacks the column(s) {', '.join(sorted(missing))} (WebVid: videoid, name, page_dir)")
-        for row in reader:
-            flat = video_folder / f"{row['videoid']}.mp4"
-            nested = video_folder / row.get("page_dir", "") / f"{row['videoid']}.mp4"
-            records.append(VideoRecord(flat if flat.exists() or not nested.exists() else nested, row["name"]))
+    columns, rows = read_csv(csv_path, "data.csv")
+    missing = {"videoid", "name"} - set(columns)
+    if missing:
+        raise UserInputError(f"data.csv {csv_path} lacks the column(s) {', '.join(sorted(missing))} (WebVid: videoid, name, page_dir)")
+    for row in rows:
+        flat = video_folder / f"{row['videoid']}.mp4"
+        nested = video_folder / (row.get("page_dir") or "") / f"{row['videoid']}.mp4"
+        records.append(VideoRecord(flat if flat.exists() or not nested.exists() else nested, row["name"] or ""))
     if not records:
         raise UserInputError(f"data.csv {csv_path} lists no videos")
     return records
@@ -75,11 +84,12 @@ def folder_records(folder: str | Path, captions_csv: str | Path | None = None) -
     if not folder.is_dir():
         raise UserInputError(f"data.video_folder {folder} is not a folder")
     if captions_csv:
-        with Path(captions_csv).open(newline="") as file:
-            reader = csv.DictReader(file)
-            if not {"file", "caption"} <= set(reader.fieldnames or []):
-                raise UserInputError(f"data.captions {captions_csv} needs the columns file, caption")
-            records = [VideoRecord(folder / row["file"], row["caption"]) for row in reader]
+        if not Path(captions_csv).is_file():
+            raise UserInputError(f"data.captions {captions_csv} not found")
+        columns, rows = read_csv(Path(captions_csv), "data.captions")
+        if not {"file", "caption"} <= set(columns):
+            raise UserInputError(f"data.captions {captions_csv} needs the columns file, caption")
+        records = [VideoRecord(folder / (row["file"] or ""), row["caption"] or "") for row in rows]
     else:
         videos = sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
         records = []
@@ -87,7 +97,7 @@ def folder_records(folder: str | Path, captions_csv: str | Path | None = None) -
             sidecar = video.with_suffix(".txt")
             if not sidecar.exists():
                 raise UserInputError(f"{video} has no caption file {sidecar.name} (or pass data.captions=<csv>)")
-            records.append(VideoRecord(video, sidecar.read_text().strip()))
+            records.append(VideoRecord(video, sidecar.read_text(errors="replace").strip()))
     if not records:
         raise UserInputError(f"data.video_folder {folder} holds no videos ({', '.join(VIDEO_SUFFIXES)})")
     return records

@@ -8,7 +8,8 @@ import torch
 from diffusers import ControlNetModel
 
 from ..errors import UserInputError
-from .loading import HUB_ID, PICKLE_SUFFIXES
+from .loading import HUB_ID
+from .weight_files import check_single_file
 
 # The ControlNet 1.0 models for SD 1.5 that Text2Video-Zero and StyleT2V0 use.
 CONTROLNET_PRESETS = {
@@ -50,8 +51,7 @@ def load_controlnet(path: str, kind: str, unet, dtype: torch.dtype, allow_pickle
         if local.is_dir():
             return ControlNetModel.from_pretrained(str(local), torch_dtype=dtype, local_files_only=True)
         if local.is_file():
-            if local.suffix in PICKLE_SUFFIXES and not allow_pickle:
-                raise UserInputError(f"{local} is a pickle checkpoint; convert it to .safetensors or pass controlnet.allow_pickle=true")
+            check_single_file(local, "controlnet.path", allow_pickle)  # by content: a name can mislead
             return ControlNetModel.from_single_file(str(local), torch_dtype=dtype)
         if str(path).startswith((".", "/", "~")) or not HUB_ID.match(str(path)):
             raise UserInputError(f"controlnet path {path} for {kind} does not exist")

@@ -14,8 +14,8 @@ from diffusers import StableDiffusionPipeline
 
 from ..errors import UserInputError
 from .tiny import tiny_pipeline
+from .weight_files import check_single_file
 
-PICKLE_SUFFIXES = {".ckpt", ".bin", ".pt", ".pth"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -41,11 +41,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def _from_single_file(path: Path, model_cfg, dtype: torch.dtype) -> StableDiffusionPipeline:
-    if path.suffix in PICKLE_SUFFIXES and not model_cfg.get("allow_pickle", False):
-        raise UserInputError(
-            f"{path} is a pickle checkpoint; convert it to .safetensors, or pass model.allow_pickle=true "
-            "if you trust its source"
-        )
+    check_single_file(path, "model.path", bool(model_cfg.get("allow_pickle", False)))  # by content: a name can mislead
     kwargs = {"torch_dtype": dtype}
     if model_cfg.get("config"):
         # Single files carry weights only; diffusers takes the component configs from here (offline-safe

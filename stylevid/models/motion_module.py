@@ -30,8 +30,8 @@ from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_t
 from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
 
 from ..errors import UserInputError
+from .weight_files import GGUF, SAFETENSORS, check_weight_file, load_pickle_weights
 
-PICKLE_SUFFIXES = {".ckpt", ".bin", ".pt", ".pth"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 DDP_PREFIX = "module."
 
@@ -264,37 +264,46 @@ def adapter_from_original(state_dict: dict[str, torch.Tensor], num_attention_hea
     return adapter
 
 
-def load_motion_adapter(path: str, dtype: torch.dtype = torch.float32, *, allow_pickle: bool = False, num_attention_heads: int = 8) -> MotionAdapter:
-    """A motion module from a hub id, a diffusers directory, or an original single file (.safetensors/.ckpt)."""
+def load_motion_adapter(
+    path: str, dtype: torch.dtype = torch.float32, *, allow_pickle: bool = False, num_attention_heads: int = 8,
+    key: str = "motion.path",
+) -> MotionAdapter:
+    """A motion module from a hub id, a diffusers directory, or an original single file (.safetensors, or a pickle
+    .ckpt only with `allow_pickle`, and then with `weights_only`). `key` is the setting named in errors."""
+    from safetensors import SafetensorError
+
     local = Path(str(path)).expanduser()
     try:
         if local.is_dir():
             if not (local / "config.json").exists():
-                raise UserInputError(f"motion.path {local} is a directory without config.json (not a diffusers MotionAdapter)")
+                raise UserInputError(f"{key} {local} is a directory without config.json (not a diffusers MotionAdapter)")
             return MotionAdapter.from_pretrained(str(local), torch_dtype=dtype, local_files_only=True)
         if local.is_file():
             metadata = None
-            if local.suffix == ".safetensors":
+            kind = check_weight_file(local, key, allow_pickle)  # by content: a name can mislead
+            if kind == GGUF:
+                raise UserInputError(f"{key}={local} is a GGUF file; motion modules load from .safetensors (or .ckpt)")
+            if kind == SAFETENSORS:
                 from safetensors import safe_open
                 from safetensors.torch import load_file
 
                 state_dict = load_file(str(local))
                 with safe_open(str(local), "pt") as file:
                     metadata = file.metadata()
-            elif local.suffix in PICKLE_SUFFIXES:
-                state_dict = torch.load(str(local), map_location="cpu", weights_only=not allow_pickle)
-                state_dict = state_dict.get("state_dict", state_dict)
             else:
-                raise UserInputError(f"motion.path {local}: expected a .safetensors or .ckpt file or a directory")
+                state_dict = load_pickle_weights(local, key)
+                state_dict = state_dict.get("state_dict", state_dict)
+                # weights_only still admits plain Python values beside tensors; only named tensors are weights
+                state_dict = {k: v for k, v in state_dict.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
             return adapter_from_original(state_dict, num_attention_heads, metadata).to(dtype)
         if str(path).startswith((".", "/", "~")) or not HUB_ID.match(str(path)):
-            raise UserInputError(f"motion.path {path} does not exist")
+            raise UserInputError(f"{key} {path} does not exist")
         return MotionAdapter.from_pretrained(str(path), torch_dtype=dtype)
     except UserInputError:
         raise
-    except (OSError, ValueError, RuntimeError) as error:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise UserInputError(
-            f"motion module {path} could not be loaded: {reason[:200]} — offline, pass motion.path=<MotionAdapter "
+            f"motion module {key}={path} could not be loaded: {reason[:200]} — offline, pass {key}=<MotionAdapter "
             "directory or original .safetensors>"
         ) from None

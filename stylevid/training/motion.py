@@ -32,6 +32,7 @@ from ..errors import UserInputError
 from ..models.loading import load_pipeline
 from ..models.motion_module import (
     adapter_from_unet,
+    check_fits,
     export_original,
     inflate,
     load_motion_adapter,
@@ -41,7 +42,16 @@ from ..models.motion_module import (
     zero_init_output_projections,
 )
 from ..progress import StageReporter
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import (
+    MOTION_ESSENTIALS,
+    UNET_ESSENTIALS,
+    base_model_record,
+    check_resume_step,
+    describe_model,
+    load_checkpoint,
+    motion_record,
+    save_checkpoint,
+)
 from .distributed import Dist, mean_over_ranks, sum_over_ranks
 
 log = logging.getLogger(__name__)
@@ -166,8 +176,15 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     return choices[name]
 
 
+class TrainingDiverged(UserInputError):
+    """A non-finite loss or weights: the run stops (exit code 2) keeping its last good checkpoint."""
+
+
 class MotionTrainer:
     def __init__(self, cfg, run_dir: Path | None, ctx: Dist, device: torch.device, reporter: StageReporter | None = None):
+        from .settings import check_train_config
+
+        check_train_config(cfg)  # every key, before anything loads
         self.cfg, self.run_dir, self.ctx, self.device = cfg, run_dir, ctx, device
         self.reporter = reporter or StageReporter()
         trainer = cfg.trainer
@@ -199,14 +216,18 @@ class MotionTrainer:
                 f"x {ctx.world_size} rank(s)"
             )
 
+        motion = cfg.motion
+        if motion.get("init_path"):  # before the base model: a bad file is refused without waiting for it
+            self.adapter_template = load_motion_adapter(
+                str(motion.init_path), allow_pickle=bool(motion.get("allow_pickle", False)),
+                num_attention_heads=int(motion.num_attention_heads), key="motion.init_path",
+            )
         # Frozen parts (Section 3.3.3): VAE, text encoder, image UNet.
         pipe = load_pipeline(cfg.model, torch.float32)
         self.pipe = pipe
         self.vae, self.text_encoder, self.tokenizer = pipe.vae, pipe.text_encoder, pipe.tokenizer
-        motion = cfg.motion
-        if motion.get("init_path"):
-            self.adapter_template = load_motion_adapter(str(motion.init_path), num_attention_heads=int(motion.num_attention_heads))
-        else:
+        self.base_model = base_model_record(cfg.model, pipe.unet)
+        if not motion.get("init_path"):
             self.adapter_template = motion_adapter_for_unet(
                 pipe.unet,
                 num_attention_heads=int(motion.num_attention_heads),
@@ -349,13 +370,49 @@ class MotionTrainer:
             "world_size": self.ctx.world_size,
             "batch_size": self.batch_size,
             "grad_accum": self.grad_accum,
+            # what the weights are for, so that a resume on another base or other motion settings is refused
+            "base_model": self.base_model,
+            "motion": motion_record(self.adapter_template.config),
         }
 
-    def resume(self, path: str) -> None:
-        motion_dir, state = load_checkpoint(path)
+    def check_resumable(self, path: str, motion_dir: Path, state: dict) -> None:
+        """One line when the checkpoint was trained on another base model or with other motion settings."""
+        here = self.base_model
+        recorded = state.get("base_model")
+        if recorded is not None:
+            for key in UNET_ESSENTIALS:
+                if recorded["unet"].get(key) != here["unet"].get(key):
+                    raise UserInputError(
+                        f"trainer.resume={path} was trained on base model {describe_model(recorded)} ({key}="
+                        f"{recorded['unet'].get(key)}), this run's model {describe_model(here)} has {key}={here['unet'].get(key)}; "
+                        f"resume with that model, or start a new run from its weights with motion.init_path={motion_dir}"
+                    )
+            if describe_model(recorded) != describe_model(here):  # same geometry: perhaps moved or a fine-tune of it
+                log.warning("trainer.resume=%s was trained on %s; continuing on %s", path, describe_model(recorded), describe_model(here))
+        motion = state.get("motion")
+        if motion is None:  # a checkpoint from before the record: its module's own config says the same
+            try:
+                motion = motion_record(json.loads((motion_dir / "config.json").read_text()))
+            except (OSError, ValueError):
+                raise UserInputError(f"trainer.resume={path}: {motion_dir / 'config.json'} is missing or not JSON") from None
+        wanted = motion_record(self.adapter_template.config)
+        for key, setting in MOTION_ESSENTIALS.items():
+            if motion.get(key) != wanted[key]:
+                raise UserInputError(
+                    f"trainer.resume={path} was trained with {setting}={motion.get(key)} ({key}), this run has {wanted[key]}; "
+                    "pass the checkpoint's settings to resume it"
+                )
+
+    def resume(self, path: str, checkpoint: tuple[Path, dict] | None = None) -> None:
+        """Continue from checkpoint `path` (its `load_checkpoint` result when already read) exactly where it stopped."""
+        motion_dir, state = checkpoint or load_checkpoint(path)
+        check_resume_step(path, state, self.max_steps)
+        self.check_resumable(path, motion_dir, state)
         if (state["world_size"], state["batch_size"], state["grad_accum"]) != (self.ctx.world_size, self.batch_size, self.grad_accum):
             log.warning("resuming with a different world size / batch size / accumulation: the data order will differ")
-        self.unet.load_motion_modules(MotionAdapter.from_pretrained(str(motion_dir)).to(self.device))
+        adapter = load_motion_adapter(str(motion_dir), key="trainer.resume")
+        check_fits(self.pipe.unet, adapter)  # a checkpoint from before the base-model record
+        self.unet.load_motion_modules(adapter.to(self.device))
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -403,7 +460,7 @@ class MotionTrainer:
                         self.reporter.status({"loss": loss, "steps/s": steps_per_s, "clips/s": steps_per_s * clips_per_step})
                     self.reporter.advance()
                     if not math.isfinite(loss):
-                        raise RuntimeError(f"loss is {loss} at step {self.global_step}; lower trainer.lr or use bf16")
+                        self.diverged(f"the loss is {loss} at step {self.global_step}")
                     record = {"step": self.global_step, "loss": loss, "lr": self.lr_scheduler.get_last_lr()[0],
                               "grad_norm": self.last_grad_norm, "skipped_clips": skipped,
                               "skipped_clips_total": self.skipped_total, "step_s": time.perf_counter() - step_started}
@@ -417,6 +474,7 @@ class MotionTrainer:
                         log.info("step %d: skipped %d unreadable or short clips", self.global_step, skipped)
                     every = int(trainer.checkpoint_every)
                     if self.ctx.is_main and self.run_dir and every > 0 and self.global_step % every == 0:
+                        self.check_finite_weights()  # a non-finite checkpoint would replace the last good one
                         save_checkpoint(self.run_dir / "checkpoints", self.global_step, self.current_adapter(), self.state(),
                                         keep=int(trainer.keep_checkpoints))
                     validation_every = int(self.cfg.validation.every)
@@ -429,6 +487,19 @@ class MotionTrainer:
                 writer.close()
         return {"steps": self.global_step, "final_loss": self.losses[-1] if self.losses else None,
                 "skipped_clips": self.skipped_total, "train_s": time.perf_counter() - started}
+
+    def diverged(self, what: str) -> None:
+        """Stop on one line naming the step and the last good checkpoint; nothing non-finite is saved, and the run
+        gets no result.json, so it does not look finished."""
+        last = self.run_dir / "checkpoints" / "last" if self.run_dir else None
+        lower = f"a trainer.lr below {float(self.cfg.trainer.lr):g}"
+        kept = (f"the last good checkpoint is {last.resolve()} (resume it with trainer.resume= and {lower})"
+                if last is not None and last.exists() else f"no checkpoint was written before it; try {lower}")
+        raise TrainingDiverged(f"training diverged: {what}; {kept}")
+
+    def check_finite_weights(self) -> None:
+        if not all(bool(torch.isfinite(p).all()) for p in self.trainable):
+            self.diverged(f"the motion weights are not finite after step {self.global_step}")
 
     def open_tensorboard(self):
         if not self.cfg.trainer.tensorboard or self.run_dir is None:
@@ -470,6 +541,7 @@ class MotionTrainer:
             self.model.train()
 
     def save_final(self) -> dict:
+        self.check_finite_weights()
         adapter = self.current_adapter(use_ema=True)
         save_motion_adapter(adapter, self.run_dir / "motion_module")
         export_original(adapter, self.run_dir / "motion_module.safetensors")
