@@ -36,6 +36,9 @@ import numpy as np
 
 from stylevid.errors import UserInputError
 
+from .images import decode_image, image_size
+from .native_output import captured_native_stderr
+
 logger = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi")
@@ -139,21 +142,18 @@ def fit_frame(frame: np.ndarray, height: int, width: int, fit: str = "crop") -> 
     return canvas
 
 
-def read_image(path: str | Path, height: int, width: int, fit: str = "crop", label: str = "image") -> np.ndarray:
-    """One image file as uint8 (height, width, 3) RGB, decoded and fitted exactly as a folder's frames are.
+def read_image(
+    path: str | Path, height: int | None = None, width: int | None = None, fit: str = "crop", label: str = "image"
+) -> np.ndarray:
+    """One image file as uint8 (height, width, 3) RGB, decoded and fitted exactly as a folder's frames are
+    (without height and width: at its stored size).
 
-    The one reader for single images (stylet2v0's style image, `stylevid invert input=image.png`), so that
-    inverting an image by itself gives the same latents as stylet2v0's inversion of it as a style.
+    The one reader for single images (stylet2v0's style image, `stylevid invert input=image.png`, evaluate's
+    style images), so that inverting an image by itself gives the same latents as stylet2v0's inversion of it as
+    a style. Images above `stylevid.io.images.MAX_IMAGE_PIXELS` are refused before they are decoded.
     """
     _check_geometry(height, width, fit)
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise UserInputError(f"{label} not found: {path}")
-    # IMREAD_COLOR also turns grey, palette and 16-bit images into 8-bit 3-channel BGR.
-    image = cv2.imread(str(file), cv2.IMREAD_COLOR)
-    if image is None:
-        raise UserInputError(f"{label} {path} cannot be read as an image")
-    return fit_frame(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), height, width, fit)
+    return _fit_if_sized(decode_image(path, label), height, width, fit)
 
 
 def select_frame_indices(
@@ -218,12 +218,18 @@ class _DecordVideo(_Source):
     def __init__(self, path: Path, label: str):
         import decord
 
-        try:
-            self._reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
-            num_frames = len(self._reader)
-            timestamps = self._reader.get_frame_timestamp(range(num_frames))[:, 0] if num_frames else None
-        except (RuntimeError, decord.DECORDError) as error:
-            raise UserInputError(f"{label} {path} cannot be decoded as a video ({_first_line(error)})") from None
+        # ffmpeg and decord print their own lines for a broken file (to fd 2, from C); keep them for the message.
+        with captured_native_stderr() as native:
+            try:
+                self._reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
+                num_frames = len(self._reader)
+                timestamps = self._reader.get_frame_timestamp(range(num_frames))[:, 0] if num_frames else None
+                error = None
+            except (RuntimeError, decord.DECORDError) as caught:
+                error = caught
+        if error is not None:
+            reason = native.reason() or _first_line(error)
+            raise UserInputError(f"{label} {path} cannot be decoded as a video ({reason})")
         super().__init__(path, num_frames, timestamps)
         self._label = label
 
@@ -232,18 +238,22 @@ class _DecordVideo(_Source):
 
         for begin in range(0, len(indices), _DECODE_BATCH):
             batch = indices[begin : begin + _DECODE_BATCH]
-            try:
+            error = None
+            # Decoded outside the consumer's code: fd 2 is redirected only while decord works, never across a yield.
+            with captured_native_stderr() as native:
                 try:
-                    frames = self._reader.get_batch(batch).asnumpy()
-                except decord.DECORDError:
-                    # decord 0.6 mishandles rows padded for alignment on a few narrow widths (8, 16,
-                    # 24, 48, 72 px): the batch copy fails ("from_size == to_size") and a single frame
-                    # comes back as (h, w, padded row / w). Read frames one by one and drop the padding.
-                    frames = [_drop_row_padding(self._reader[index].asnumpy()) for index in batch]
-            except (RuntimeError, decord.DECORDError) as error:
-                raise UserInputError(
-                    f"{self._label} {self.path}: frames {batch[0]}..{batch[-1]} cannot be decoded ({_first_line(error)})"
-                ) from None
+                    try:
+                        frames = self._reader.get_batch(batch).asnumpy()
+                    except decord.DECORDError:
+                        # decord 0.6 mishandles rows padded for alignment on a few narrow widths (8, 16,
+                        # 24, 48, 72 px): the batch copy fails ("from_size == to_size") and a single frame
+                        # comes back as (h, w, padded row / w). Read frames one by one and drop the padding.
+                        frames = [_drop_row_padding(self._reader[index].asnumpy()) for index in batch]
+                except (RuntimeError, decord.DECORDError) as caught:
+                    error = caught
+            if error is not None:
+                reason = native.reason() or _first_line(error)
+                raise UserInputError(f"{self._label} {self.path}: frames {batch[0]}..{batch[-1]} cannot be decoded ({reason})")
             yield from frames
 
 
@@ -251,6 +261,7 @@ class _Gif(_Source):
     def __init__(self, path: Path, label: str):
         from PIL import Image, UnidentifiedImageError
 
+        image_size(path, label)  # every frame of a GIF has the image's size: refuse a huge one before decoding
         try:
             with Image.open(path) as image:
                 durations = []
@@ -287,12 +298,7 @@ class _FrameFolder(_Source):
 
     def read(self, indices: list[int]) -> Iterator[np.ndarray]:
         for index in indices:
-            file = self._files[index]
-            # IMREAD_COLOR also turns grey, palette and 16-bit images into 8-bit 3-channel BGR.
-            frame = cv2.imread(str(file), cv2.IMREAD_COLOR)
-            if frame is None:
-                raise UserInputError(f"{self._label} {file} cannot be read as an image")
-            yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            yield decode_image(self._files[index], self._label)
 
 
 def _open(path: Path, label: str, source_fps: float | None) -> _Source:
@@ -366,3 +372,13 @@ def _drop_row_padding(frame: np.ndarray) -> np.ndarray:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def source_frame_rate(path: str | Path, label: str = "video") -> float | None:
+    """The frame rate of a video or GIF from its frame timing (median frame interval); None for a folder of
+    frames or a file without timing. Opens the file's index only, decodes no frame."""
+    source = _open(Path(path).expanduser(), label, None)
+    if source.timestamps is None or len(source.timestamps) < 2:
+        return None
+    interval = float(np.median(np.diff(source.timestamps)))
+    return 1.0 / interval if interval > 0 else None

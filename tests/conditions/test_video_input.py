@@ -1,5 +1,8 @@
 """Reading input videos and frame folders: frame selection, fps resampling, geometry and errors."""
 
+import struct
+import sys
+import zlib
 from collections.abc import Iterator
 
 import cv2
@@ -8,7 +11,8 @@ import numpy as np
 import pytest
 
 from stylevid.errors import UserInputError
-from stylevid.io.video_input import fit_frame, iter_frames, read_frames, select_frame_indices
+from stylevid.io.images import MAX_IMAGE_PIXELS, image_size
+from stylevid.io.video_input import fit_frame, iter_frames, read_frames, read_image, select_frame_indices
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 
@@ -176,11 +180,43 @@ def test_missing_path_raises_when_called_not_when_iterated(tmp_path):
         iter_frames(tmp_path / "dance.mp4", label="condition.video")
 
 
-def test_undecodable_video_is_a_user_error(tmp_path):
+def test_undecodable_video_is_a_user_error_and_the_decoders_own_lines_stay_off_the_terminal(tmp_path, capfd):
+    """ffmpeg and decord print 2-7 lines to fd 2 from C for a broken file (capfd sees fd 2, capsys would not);
+    they are kept out of the terminal, and their reason goes into the one-line error instead."""
     path = tmp_path / "broken.mp4"
     path.write_bytes(b"this is not a video" * 50)
-    with pytest.raises(UserInputError, match="broken.mp4 cannot be decoded as a video"):
+    with pytest.raises(UserInputError, match="broken.mp4 cannot be decoded as a video") as error:
         iter_frames(path)
+    assert capfd.readouterr().err == ""
+    assert "moov atom not found" in str(error.value) and "\n" not in str(error.value)
+    print("after", file=sys.stderr)  # fd 2 is restored afterwards
+    assert capfd.readouterr().err == "after\n"
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG claiming width x height with no pixel data (an empty IDAT): all Pillow reads to size it."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [9000, 12000, 20000])  # over MAX_IMAGE_PIXELS; over Pillow's warning; its error
+def test_an_image_above_the_pixel_limit_is_refused_before_decoding(tmp_path, side, recwarn):
+    path = tmp_path / "huge.png"
+    path.write_bytes(png_header(side, side))  # a real 20000² image would take seconds to write
+    assert side * side > MAX_IMAGE_PIXELS
+    with pytest.raises(UserInputError, match=r"huge.png is too large: .*at most 67,108,864 pixels"):
+        read_image(path, 64, 64, label="style image")
+    assert not [w for w in recwarn if "DecompressionBomb" in type(w.message).__name__]
+
+
+def test_an_image_at_the_pixel_limit_is_measured_from_its_header(tmp_path):
+    path = tmp_path / "big.png"
+    path.write_bytes(png_header(8192, 8192))
+    assert image_size(path) == (8192, 8192)  # allowed, and not decoded to find out
 
 
 def test_folder_without_frames_is_a_user_error(tmp_path):
