@@ -137,7 +137,8 @@ def check_value_types(cfg, defaults, overrides: list[str], groups: set[str]) -> 
             if not isinstance(value, bool):
                 fail(f"{key} must be true or false, got {value!r}")
         elif isinstance(default, int):
-            if isinstance(value, bool) or not isinstance(value, int):
+            # a float is left to the key's own reader: 12.5 px of motion is fine, 2.5 frames is not
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
                 fail(f"{key} must be an integer, got {value!r}")
         elif isinstance(default, float):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
