@@ -175,7 +175,8 @@ TRAIN_FILE_ROWS = [
     ("trainer.resume={root}/text_state trainer.max_steps=3", "training_state.pt", "not a PyTorch checkpoint"),
     ("trainer.resume={trained}", "trainer.resume", "checkpoints/last"),  # a run directory, not its checkpoint
     ("trainer.resume={checkpoint} trainer.max_steps=2", "trainer.max_steps", "nothing to train"),
-    ("trainer.resume={checkpoint} trainer.max_steps=3 model=toy", "trainer.resume", "base model"),
+    ("trainer.resume={checkpoint} trainer.max_steps=3 model=toy", "trainer.resume", "block_out_channels=[32, 64] there"),
+    ("trainer.resume={checkpoint} trainer.max_steps=3 model.seed=1", "trainer.resume", "tiny (seed 0)"),  # same shapes
     ("trainer.resume={checkpoint} trainer.max_steps=3 motion.num_attention_heads=4", "motion.num_attention_heads", "=2"),
     ("trainer.resume={checkpoint} trainer.max_steps=3 motion.max_seq_length=16", "motion.max_seq_length", "=32"),
 ]

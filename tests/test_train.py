@@ -85,6 +85,12 @@ def test_training_changes_only_motion_weights_and_resume_repeats_the_losses(toy_
     original = load_motion_adapter(str(full / "motion_module.safetensors"), num_attention_heads=2)
     assert all(torch.equal(original.state_dict()[k], v) for k, v in trained.state_dict().items())
 
+    # the checkpoint records what its weights are for (what a resume compares)
+    state = torch.load(full / "checkpoints" / "step_0000002" / "training_state.pt", weights_only=True)
+    assert state["base_model"]["name"] == "tiny" and state["base_model"]["seed"] == 0
+    assert state["base_model"]["unet"]["block_out_channels"] == [32, 64] and state["base_model"]["unet"]["cross_attention_dim"] == 32
+    assert state["motion"]["motion_num_attention_heads"] == 2 and state["motion"]["motion_max_seq_length"] == 32
+
     # interrupted after step 2, resumed: the same losses for steps 3 and 4, and the same weights
     last = full / "checkpoints" / "last"
     assert last.is_symlink() and last.resolve().name == "step_0000004"
@@ -122,6 +128,31 @@ def test_bad_training_input_is_a_user_error(toy_videos):
         from stylevid.training.motion import noise_schedule
 
         noise_schedule("D")
+
+
+def test_non_finite_weights_are_never_checkpointed(toy_videos, tmp_path):
+    """Weights gone NaN after a step whose loss was still finite: the run stops before that step's checkpoint, and
+    the previous one stays `last`."""
+    from stylevid.training.distributed import Dist
+    from stylevid.training.motion import MotionTrainer, TrainingDiverged
+
+    cfg = train_cfg(TINY_TRAIN + [f"data.video_folder={toy_videos}", "trainer.max_steps=3", "trainer.checkpoint_every=1",
+                                  "trainer.tensorboard=false"])
+    trainer = MotionTrainer(cfg, tmp_path, Dist(), torch.device("cpu"))
+    step = trainer.optimizer_step
+
+    def step_then_break_the_weights_at_step_2(batches):
+        result = step(batches)
+        if trainer.global_step == 2:
+            with torch.no_grad():
+                trainer.trainable[0].fill_(float("nan"))
+        return result
+
+    trainer.optimizer_step = step_then_break_the_weights_at_step_2
+    with pytest.raises(TrainingDiverged, match=r"not finite after step 2; the last good checkpoint is .*step_0000001"):
+        trainer.train()
+    assert all(np.isfinite(trainer.losses)) and len(trainer.losses) == 2
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last", "step_0000001"]
 
 
 def test_timestep_bias_draws_the_favoured_timesteps_that_much_more_often(toy_videos):

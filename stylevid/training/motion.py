@@ -380,15 +380,17 @@ class MotionTrainer:
         here = self.base_model
         recorded = state.get("base_model")
         if recorded is not None:
-            for key in UNET_ESSENTIALS:
-                if recorded["unet"].get(key) != here["unet"].get(key):
-                    raise UserInputError(
-                        f"trainer.resume={path} was trained on base model {describe_model(recorded)} ({key}="
-                        f"{recorded['unet'].get(key)}), this run's model {describe_model(here)} has {key}={here['unet'].get(key)}; "
-                        f"resume with that model, or start a new run from its weights with motion.init_path={motion_dir}"
-                    )
-            if describe_model(recorded) != describe_model(here):  # same geometry: perhaps moved or a fine-tune of it
-                log.warning("trainer.resume=%s was trained on %s; continuing on %s", path, describe_model(recorded), describe_model(here))
+            # Another geometry cannot take these weights; another model of the same geometry could, but would not
+            # continue the same run (what a resume promises): both are refused, and motion.init_path offered.
+            differs = [key for key in UNET_ESSENTIALS if recorded["unet"].get(key) != here["unet"].get(key)]
+            if differs or describe_model(recorded) != describe_model(here):
+                detail = (f" ({differs[0]}={recorded['unet'].get(differs[0])} there, {here['unet'].get(differs[0])} here)"
+                          if differs else "")
+                raise UserInputError(
+                    f"trainer.resume={path} was trained on base model {describe_model(recorded)}, this run's model is "
+                    f"{describe_model(here)}{detail}; resume with that model, or start a new run from its weights with "
+                    f"motion.init_path={motion_dir}"
+                )
         motion = state.get("motion")
         if motion is None:  # a checkpoint from before the record: its module's own config says the same
             try:
@@ -473,8 +475,11 @@ class MotionTrainer:
                     if skipped:
                         log.info("step %d: skipped %d unreadable or short clips", self.global_step, skipped)
                     every = int(trainer.checkpoint_every)
+                    if every > 0 and self.global_step % every == 0:
+                        # A non-finite checkpoint would replace the last good one. Checked on every rank (they hold
+                        # the same weights), so that all stop together instead of waiting for rank 0 in a collective.
+                        self.check_finite_weights()
                     if self.ctx.is_main and self.run_dir and every > 0 and self.global_step % every == 0:
-                        self.check_finite_weights()  # a non-finite checkpoint would replace the last good one
                         save_checkpoint(self.run_dir / "checkpoints", self.global_step, self.current_adapter(), self.state(),
                                         keep=int(trainer.keep_checkpoints))
                     validation_every = int(self.cfg.validation.every)
