@@ -33,6 +33,7 @@ import io
 import json
 import logging
 import math
+import re
 import shutil
 import tempfile
 import time
@@ -49,7 +50,7 @@ from omegaconf import DictConfig, OmegaConf
 from .errors import UserInputError
 from .distributed import Rank, broadcast_from_main, current_rank, gather_to_main, rank_device, shard
 from .io.run_dir import RESULT_FILE, check_output_dir, default_run_dir, run_directory, versions, write_json_atomic
-from .io.video_input import GIF_SUFFIXES, VIDEO_SUFFIXES, iter_frames, natural_sort_key
+from .io.video_input import GIF_SUFFIXES, VIDEO_SUFFIXES, iter_frames, natural_sort_key, read_image
 from .metrics import PER_VIDEO_METRICS, SET_METRICS, MetricsConfig, aggregate, compute_metrics, compute_set_metrics
 from .metrics import describe_metrics
 from .metrics.api import _NEEDS_PROMPT, _NEEDS_STYLE, _USES_CLIP
@@ -58,6 +59,9 @@ from .progress import StageReporter
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
+BATCH_FILE = "batch.json"  # written last by a prompts= batch (stylevid.generate.run_generate_batch)
+BATCH_PLAN = "batch_plan.json"  # written first by it: the rows it will make
+_ROW_DIR = re.compile(r"^\d{4}$")  # a batch's row directories: 0000, 0001, ...
 EVALUATION_DIR = "evaluation"
 INPUT_SUFFIXES = VIDEO_SUFFIXES + GIF_SUFFIXES
 TINY_CLIP = "tiny"  # metrics.clip.model=tiny: a seeded random CLIP built on the fly, for tests and demos
@@ -92,6 +96,9 @@ def run_evaluate(cfg: DictConfig, reporter: StageReporter | None = None, hydra_j
     items, home = collect_inputs(cfg)
     config, clip_label = metrics_config(cfg)  # before the process group starts (see tiny_clip_dir)
     check_weights(names, config, cfg)
+    # Listed now, so that a bad real= is refused before any video is read.
+    real_paths = list_videos(cfg.real, "real") if "fvd" in set_level and cfg.get("real") else None
+    incomplete = incomplete_batches(Path(str(cfg.sweep)).expanduser()) if cfg.get("sweep") else []
     style_images = load_style_images(items)
     max_frames = _max_frames(cfg)
     check_set_inputs(set_level, config, len(items), max_frames)
@@ -130,9 +137,9 @@ def run_evaluate(cfg: DictConfig, reporter: StageReporter | None = None, hydra_j
     # Right after reading, before any set-level network runs: videos too short for fvd / is, by file name.
     set_videos, set_skipped = set_metric_videos(records, kept_videos, set_level, config)
     real_videos, skipped_real = None, []
-    if "fvd" in set_level and cfg.get("real"):
+    if real_paths is not None:
         with reporter.stage("reading real videos"):
-            real_videos, skipped_real = read_real_videos(list_videos(cfg.real, "real"), config.fvd.num_frames)
+            real_videos, skipped_real = read_real_videos(real_paths, config.fvd.num_frames)
 
     with run_directory(eval_dir):
         set_values = {}
@@ -143,7 +150,7 @@ def run_evaluate(cfg: DictConfig, reporter: StageReporter | None = None, hydra_j
 
         strips = [record.pop("frame_strip_png") for record in records]
         summary = build_summary(cfg, names, config, clip_label, records, skipped, skipped_real, set_values,
-                                set_skipped)
+                                set_skipped, incomplete)
         summary["timings_s"] = {**reporter.timings, "total_evaluate": time.perf_counter() - started}
         summary["world_size"] = rank.world_size
         with reporter.stage("writing"):
@@ -223,6 +230,15 @@ def check_weights(names: Sequence[str], config: MetricsConfig, cfg: DictConfig) 
     for name in names:
         if name in needed:
             resolve_weights_file(*needed[name])
+    if "fvd" in names and config.fvd.stats_path and Path(config.fvd.stats_path).expanduser().exists():
+        from .metrics.fvd import read_statistics
+
+        read_statistics(config.fvd.stats_path)  # a broken cache is refused now, not after every video is read
+    elif "fvd" in names and config.fvd.stats_path and not cfg.get("real"):
+        raise UserInputError(
+            f"metrics.fvd.stats_path {config.fvd.stats_path}: no such file; pass real=<folder of real videos> "
+            "to compute (and cache) it"
+        )
     if "fvd" in names and not cfg.get("real") and not config.fvd.stats_path:
         raise UserInputError(
             "fvd needs the real set: pass real=<folder of real videos> or metrics.fvd.stats_path=<.npz>"
@@ -393,6 +409,95 @@ def sweep_items(sweep_dir: Path) -> list[VideoItem]:
     return items
 
 
+def incomplete_batches(sweep_dir: Path) -> list[dict]:
+    """The `prompts=` batches under `sweep_dir` that are missing rows, each as {batch, reason, missing, finished}.
+
+    A batch directory holds its rows as 0000/, 0001/... and is finished only once its batch.json is written.
+    A batch interrupted after its first row has 0000/ finished and no batch.json: evaluating the sweep would
+    otherwise score 1 of its rows without a word. Logged as one warning line and kept in metrics.json.
+    """
+    batch_dirs = {path.parent for path in sweep_dir.rglob(BATCH_FILE)} | {path.parent for path in sweep_dir.rglob(BATCH_PLAN)}
+    batch_dirs |= {path.parent for path in sweep_dir.rglob("*") if _ROW_DIR.match(path.name) and path.is_dir()}
+    found = []
+    for batch_dir in sorted(batch_dirs, key=lambda path: natural_sort_key(path.as_posix())):
+        rows = sorted(path.name for path in batch_dir.iterdir() if _ROW_DIR.match(path.name) and path.is_dir())
+        finished = [row for row in rows if (batch_dir / row / RESULT_FILE).is_file()]
+        unfinished = [row for row in rows if row not in finished]
+        missing, total, reason = set(unfinished), None, None
+        record_path = batch_dir / BATCH_FILE
+        if not record_path.is_file():
+            reason = f"no {BATCH_FILE} (interrupted or still running)"
+            # The plan, written before the first row, says how many rows the batch will have.
+            total = _batch_rows(_read_json(batch_dir / BATCH_PLAN), batch_dir)
+            missing |= {f"{index:04d}" for index in range(total or 0)} - set(finished)
+        else:
+            try:
+                record = json.loads(record_path.read_text())
+                listed = {str(run) for run in record.get("runs", [])}
+            except (json.JSONDecodeError, AttributeError, TypeError):
+                record, listed, reason = {}, set(), f"{BATCH_FILE} cannot be read"
+            total = _batch_rows(record, batch_dir) or len(listed)
+            expected = {f"{index:04d}" for index in range(total)}
+            # A row counts as done when batch.json lists it and its run finished.
+            missing |= (expected | listed) - (listed & set(finished))
+        missing = sorted(missing)
+        if reason is None and not missing:
+            continue
+        name = batch_dir.relative_to(sweep_dir).as_posix()
+        found.append({
+            "batch": batch_dir.name if name == "." else name,
+            "reason": reason,
+            "finished": len(finished),
+            "rows": total,
+            "missing": missing,
+        })
+    if found:
+        parts = []
+        for entry in found:
+            counts = f"{entry['finished']} of {entry['rows']} rows finished" if entry["rows"] else (
+                f"{entry['finished']} finished")
+            missing = f", missing {_first_few(entry['missing'])}" if entry["missing"] else ""
+            parts.append(f"{entry['batch']}: {(entry['reason'] + ', ') if entry['reason'] else ''}{counts}{missing}")
+        log.warning("sweep %s has unfinished batches, only their finished rows are scored: %s", sweep_dir,
+                    "; ".join(parts))
+    return found
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _batch_rows(record: Mapping, batch_dir: Path) -> int | None:
+    """A batch's number of rows: `rows` of batch.json (a count) or batch_plan.json (the rows themselves), else the
+    rows of the prompts file it names (if still there)."""
+    rows = record.get("rows")
+    if isinstance(rows, list):
+        return len(rows)
+    if isinstance(rows, int) and not isinstance(rows, bool):
+        return rows
+    prompts = record.get("prompts")
+    if not prompts:
+        return None
+    from .generate import read_prompt_rows  # the reader generate used for this batch
+
+    for path in (Path(str(prompts)).expanduser(), batch_dir / str(prompts)):
+        if path.is_file():
+            try:
+                return len(read_prompt_rows(str(path)))
+            except (UserInputError, OSError, UnicodeDecodeError):
+                return None
+    return None
+
+
+def _first_few(names: Sequence[str], count: int = 3) -> str:
+    more = f" and {len(names) - count} more" if len(names) > count else ""
+    return ", ".join(names[:count]) + more
+
+
 def swept_keys(flat_configs: Sequence[Mapping[str, Any]]) -> list[str]:
     """Keys every run has, whose values are not all the same (e.g. guidance_scale in -m guidance_scale=5,7.5)."""
     if len(flat_configs) < 2:
@@ -478,32 +583,28 @@ def read_prompts(path: Path, videos: Sequence[Path], folder: str) -> list[tuple[
 
 
 def load_style_images(items: Sequence[VideoItem]) -> dict[str, np.ndarray]:
-    """Each distinct style image once, as uint8 [H, W, 3]; a missing or unreadable one names its video."""
-    from PIL import Image, UnidentifiedImageError
-
+    """Each distinct style image once, as uint8 [H, W, 3] (stylevid's one image reader, with its size limit);
+    a missing or unreadable one names its video."""
     images: dict[str, np.ndarray] = {}
     for item in items:
         if item.style is None or item.style in images:
             continue
         try:
-            with Image.open(item.style) as image:
-                images[item.style] = np.asarray(image.convert("RGB"))
-        except FileNotFoundError:
-            raise UserInputError(
-                f"style image not found: {item.style} (for {item.name}); pass style=<image> to use another"
-            ) from None
-        except (OSError, UnidentifiedImageError):
-            raise UserInputError(f"style image {item.style} (for {item.name}) cannot be read as an image") from None
+            images[item.style] = read_image(item.style, label="style image")
+        except UserInputError as error:
+            raise UserInputError(f"{error} (for {item.name}); pass style=<image> to use another") from None
     return images
 
 
 def evaluation_dir(cfg: DictConfig, hydra_job_dir: str | None, home: Path | None) -> Path:
     """output_dir= exactly; a multirun job's directory; else <run or sweep>/evaluation (evaluation_2... when
     taken); else outputs/evaluate/<date>/<time>_evaluate. Never a directory holding anything already."""
-    if cfg.get("output_dir"):
-        return check_output_dir(cfg.output_dir)  # new or empty, so never a finished evaluation
-    if hydra_job_dir is not None:
-        return check_output_dir(hydra_job_dir)
+    for given in (cfg.get("output_dir"), hydra_job_dir):
+        if given:
+            # metrics.json marks a finished evaluation (check_output_dir knows only result.json, a run's marker)
+            if (Path(str(given)) / METRICS_FILE).exists():
+                raise UserInputError(f"output_dir {given} already holds a finished evaluation; choose another directory")
+            return check_output_dir(given)  # new or empty
     if home is not None:
         candidate, counter = home / EVALUATION_DIR, 1
         while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
@@ -644,6 +745,7 @@ def build_summary(
     skipped_real: list[dict],
     set_values: Mapping[str, float],
     set_skipped: Sequence[dict] = (),
+    incomplete: Sequence[dict] = (),
 ) -> dict:
     definitions = describe_metrics(list(names), config)
     for entry in definitions.values():
@@ -674,6 +776,8 @@ def build_summary(
         "skipped_real": {"count": len(skipped_real), "videos": skipped_real} if skipped_real else None,
         # videos evaluated per video but too short for fvd / is (set_metrics holds how many each one used)
         "set_skipped": {"count": len(set_skipped), "videos": list(set_skipped)},
+        # prompts= batches of a sweep that are missing rows (interrupted): only their finished rows are scored
+        "incomplete_batches": list(incomplete),
         "columns": {"overrides": _override_columns(records), "metrics": per_video},
         "definitions": definitions,
         "device": config.device,

@@ -42,6 +42,7 @@ from .io.video import write_video
 from .io.video_input import FRAME_SUFFIXES, _plan, fit_frame, read_image, select_frame_indices
 from .models.loading import load_pipeline, resolve_device, resolve_dtype
 from .progress import StageReporter
+from .values import integer, number, seed
 from .sampling.inversion import ddim_invert
 from .sampling.vae import decode_to_uint8, encode_images
 
@@ -51,6 +52,9 @@ LATENTS_FILE = "latents.safetensors"
 CLEAN_KEY = "clean"
 # Frame rate of the written videos when neither fps= nor the source gives one (a folder of frames, an image).
 FALLBACK_FPS = 8.0
+# Largest height or width: 8x SD1.5's 512 px. Larger frames would not fit the VAE and UNet in any GPU's memory,
+# and a typo such as height=100000 would fail allocating the resized frames.
+MAX_SIZE = 4096
 
 
 def latent_key(timestep: int) -> str:
@@ -105,28 +109,34 @@ def read_input(
     return InputFrames(frames=frames, indices=indices, playback_fps=rate / stride)
 
 
-def check_settings(cfg: DictConfig) -> None:
-    """Everything a user can get wrong in the config itself; the input file is checked by `read_input`."""
+def check_settings(cfg: DictConfig) -> dict:
+    """Everything a user can get wrong in the config itself, read into plain values; the input file is checked by
+    `read_input`, and steps against the model's training timesteps once its scheduler is known."""
     if OmegaConf.is_missing(cfg, "input") or not cfg.input:
         raise UserInputError("no input given: pass input=path/to/video.mp4 (or a GIF, a folder of frames, an image)")
-    for name in ("steps", "height", "width", "start", "stride"):
-        value = cfg.get(name)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise UserInputError(f"{name} must be an integer, got {value!r}")
-    if cfg.steps < 1:
-        raise UserInputError(f"steps must be at least 1, got {cfg.steps}")
-    if cfg.start < 0 or cfg.stride < 1:
-        raise UserInputError(f"start must be >= 0 and stride >= 1, got start={cfg.start} stride={cfg.stride}")
-    if cfg.height <= 0 or cfg.width <= 0 or cfg.height % 8 or cfg.width % 8:
-        raise UserInputError(f"height and width must be positive multiples of 8, got {cfg.height}x{cfg.width}")
+    for key in ("prompt", "negative_prompt"):
+        if OmegaConf.is_config(cfg.get(key)):  # prompt=[a,b] would become the text "['a', 'b']"
+            raise UserInputError(f'{key} must be text, got {cfg.get(key)!r}; quote it: {key}="..."')
+    settings = {
+        "steps": integer(cfg.get("steps"), "steps", minimum=1),
+        "height": integer(cfg.get("height"), "height", minimum=8, maximum=MAX_SIZE),
+        "width": integer(cfg.get("width"), "width", minimum=8, maximum=MAX_SIZE),
+        "start": integer(cfg.get("start"), "start", minimum=0),
+        "stride": integer(cfg.get("stride"), "stride", minimum=1),
+        "seed": seed(cfg.get("seed")),
+        # 1 = the prompt alone, no guidance (see conf/invert.yaml for why more guidance inverts worse)
+        "guidance_scale": number(cfg.get("guidance_scale"), "guidance_scale", minimum=1.0),
+    }
+    if settings["height"] % 8 or settings["width"] % 8:
+        raise UserInputError(f"height and width must be positive multiples of 8, got {settings['height']}x{settings['width']}")
     frames = cfg.get("frames")
-    if frames is not None and (not isinstance(frames, int) or isinstance(frames, bool) or frames < 1):
-        raise UserInputError(f"frames must be a positive integer or null (every selected frame), got {frames!r}")
+    settings["frames"] = None if frames is None else integer(frames, "frames", minimum=1)
     fps = cfg.get("fps")
-    if fps is not None and not (isinstance(fps, (int, float)) and not isinstance(fps, bool) and fps > 0):
-        raise UserInputError(f"fps must be a positive number or null (the source's own rate), got {fps!r}")
-    if float(cfg.guidance_scale) < 1.0:
-        raise UserInputError(f"guidance_scale must be >= 1 (1 = the prompt alone, no guidance), got {cfg.guidance_scale}")
+    settings["fps"] = None if fps is None else number(fps, "fps", above=0)
+    for key in ("vae_slicing", "save_latents"):
+        if not isinstance(cfg.get(key), bool):
+            raise UserInputError(f"{key} must be true or false, got {cfg.get(key)!r}")
+    return settings
 
 
 # --- the algorithm -------------------------------------------------------------------------------
@@ -216,17 +226,16 @@ def run_invert(cfg: DictConfig, reporter: StageReporter | None = None, hydra_job
     Everything a user can get wrong is checked before the run directory is created.
     """
     reporter = reporter or StageReporter()
-    check_settings(cfg)
-    steps, guidance_scale = int(cfg.steps), float(cfg.guidance_scale)
-    frames_cap = cfg.get("frames")
+    checked = check_settings(cfg)
+    steps, guidance_scale = checked["steps"], checked["guidance_scale"]
     source = read_input(
         str(cfg.input),
-        int(cfg.height),
-        int(cfg.width),
-        start=int(cfg.start),
-        stride=int(cfg.stride),
-        max_frames=None if frames_cap is None else int(frames_cap),
-        fps=None if cfg.get("fps") is None else float(cfg.fps),
+        checked["height"],
+        checked["width"],
+        start=checked["start"],
+        stride=checked["stride"],
+        max_frames=checked["frames"],
+        fps=checked["fps"],
         fit=str(cfg.get("fit", "crop")),
     )
 
@@ -285,8 +294,8 @@ def run_invert(cfg: DictConfig, reporter: StageReporter | None = None, hydra_job
             "guidance_scale": guidance_scale,
             "model": {"name": cfg.model.get("name"), "path": cfg.model.get("path")},
             "timesteps": timesteps,
-            "height": int(cfg.height),
-            "width": int(cfg.width),
+            "height": checked["height"],
+            "width": checked["width"],
             "frame_indices": source.indices,
             "dtype": str(dtype).replace("torch.", ""),
             "latent_format": f"VAE posterior means times scaling_factor={pipe.vae.config.scaling_factor}, "
@@ -301,7 +310,7 @@ def run_invert(cfg: DictConfig, reporter: StageReporter | None = None, hydra_job
         result = {
             "task": "invert",
             **settings,
-            "seed": int(cfg.seed),
+            "seed": checked["seed"],
             "frames": len(source.indices),
             "fps": source.playback_fps,
             # PSNR of the decoded reconstruction against the input frames (mean over frames of per-frame PSNR).

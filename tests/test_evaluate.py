@@ -135,8 +135,48 @@ def test_sweep_gives_one_row_per_run_with_the_swept_keys(tmp_path, tiny_clip, st
     assert [r["style_fidelity"] == "" for r in rows] == [True, True, False, False]
     assert summary["not_applicable"] == {"style_fidelity": {"count": 2, "reasons": ["no style image"]}}
     assert summary["aggregate"]["style_fidelity"]["n"] == 2 and summary["aggregate"]["temporal_flicker"]["n"] == 4
+    assert summary["incomplete_batches"] == []  # a Hydra sweep, no prompts= batches
     # Runs with the same seed share their video here, so their values agree.
     assert rows[0]["temporal_flicker"] == rows[2]["temporal_flicker"] != rows[1]["temporal_flicker"]
+
+
+def test_sweep_over_unfinished_prompts_batches_warns_once_and_records_the_missing_rows(tmp_path, tiny_clip, caplog):
+    """A prompts= batch is finished only once its batch.json is written (rows 0000, 0001... before it). Scoring
+    an interrupted one must say so: one warning line, and the missing rows in metrics.json."""
+    sweep = tmp_path / "sweep"
+    (tmp_path / "three.txt").write_text("a red square\na blue square\na green square\n")
+    (tmp_path / "two.txt").write_text("a red square\na blue square\n")
+
+    def batch(name, finished, unfinished=(), record=None):
+        for row in finished:
+            make_run(sweep / name / row)
+        for row in unfinished:  # killed mid-run: its directory, no result.json
+            (sweep / name / row).mkdir(parents=True)
+        if record is not None:
+            (sweep / name / "batch.json").write_text(json.dumps(record))
+
+    batch("complete", ["0000", "0001"], record={"prompts": str(tmp_path / "two.txt"), "runs": ["0000", "0001"]})
+    batch("killed", ["0000"], ["0001"])  # interrupted after its first row: no batch.json
+    batch("short", ["0000"], record={"prompts": str(tmp_path / "three.txt"), "runs": ["0000"]})
+    batch("rows_key", ["0000"], ["0001"], record={"prompts": "gone.txt", "rows": 2, "runs": ["0000", "0001"]})
+    batch("planned", ["0000"])  # interrupted, with the plan generate writes before its first row
+    (sweep / "planned" / "batch_plan.json").write_text(json.dumps({"prompts": "gone.txt", "rows": [{}, {}, {}]}))
+
+    with caplog.at_level("WARNING", logger="stylevid.evaluate"):
+        eval_dir = evaluate(tiny_clip, f"sweep={sweep}", "metrics=[temporal_flicker]")
+    summary, _ = load(eval_dir)
+    assert summary["num_videos"] == 6
+    assert summary["incomplete_batches"] == [
+        {"batch": "killed", "reason": "no batch.json (interrupted or still running)", "finished": 1, "rows": None,
+         "missing": ["0001"]},
+        {"batch": "planned", "reason": "no batch.json (interrupted or still running)", "finished": 1, "rows": 3,
+         "missing": ["0001", "0002"]},
+        {"batch": "rows_key", "reason": None, "finished": 1, "rows": 2, "missing": ["0001"]},
+        {"batch": "short", "reason": None, "finished": 1, "rows": 3, "missing": ["0001", "0002"]},
+    ]
+    (warning,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "\n" not in warning.getMessage() and "short: 1 of 3 rows finished, missing 0001, 0002" in warning.getMessage()
+    assert "killed: no batch.json (interrupted or still running), 1 finished, missing 0001" in warning.getMessage()
 
 
 def test_folder_with_prompts_txt_and_csv(tmp_path, tiny_clip, style_image_path):
@@ -170,7 +210,7 @@ def test_folder_with_prompts_txt_and_csv(tmp_path, tiny_clip, style_image_path):
     assert by_name["clip10.mp4"]["not_applicable"] == {"clipsim": "no prompt", "style_fidelity": "no style image"}
 
     # output_dir= is exact and never reused.
-    with pytest.raises(UserInputError, match="not empty"):
+    with pytest.raises(UserInputError, match="already holds a finished evaluation"):
         evaluate(tiny_clip, f"videos={folder}", f"output_dir={eval_dir}", "metrics=[temporal_flicker]")
 
 

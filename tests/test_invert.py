@@ -24,9 +24,10 @@ from stylevid.invert import (
     relative_error,
     run_invert,
 )
-from stylevid.io.video import write_video
+from stylevid.data import toy_world
+from stylevid.io.video import save_frames, write_video
 from stylevid.sampling.inversion import ddim_invert
-from stylevid.sampling.vae import decode_to_uint8, encode_images
+from stylevid.sampling.vae import encode_images
 
 
 def invert_config(*overrides):
@@ -80,12 +81,7 @@ def test_video_run_saves_latents_per_timestep_and_a_scored_reconstruction(tmp_pa
     # The clean latents are the VAE means of the selected, resized frames.
     frames = read_input(str(clip_path), 64, 64, start=1, stride=2, max_frames=2).frames
     torch.testing.assert_close(latents[CLEAN_KEY], encode_images(tiny_pipe.vae, frames), rtol=1e-4, atol=1e-5)
-    # The reported PSNR is that of DDIM sampling from the saved most-noised latents, decoded.
-    cond, _ = tiny_pipe.encode_prompt("a cat", "cpu", 1, False)
-    again = reconstruct(tiny_pipe.unet, tiny_pipe.scheduler, latents[latent_key(timesteps[-1])], cond, steps)
-    expected = psnr_db(frames, decode_to_uint8(tiny_pipe.vae, again))
-    assert result["psnr_db"]["per_frame"] == pytest.approx(expected.tolist(), abs=1e-3)  # a pixel may round differently
-    assert result["psnr_db"]["mean"] == pytest.approx(float(expected.mean()), abs=1e-3)
+    assert len(result["psnr_db"]["per_frame"]) == 2  # its values: test_toy_model_reconstructs_its_input_above_21_db
 
     for name in ("input.mp4", "reconstruction.mp4"):
         video = iio.imread(run_dir / name, plugin="FFMPEG")
@@ -104,21 +100,38 @@ def test_an_image_input_gives_a_one_frame_run_in_the_default_directory(tmp_path)
     assert iio.imread(run_dir / "reconstruction.mp4", plugin="FFMPEG").shape == (1, 64, 64, 3)
 
 
-def test_psnr_equals_a_direct_numpy_computation():
-    rng = np.random.default_rng(0)
-    reference = rng.integers(0, 256, (3, 8, 6, 3), dtype=np.uint8)
-    test = np.clip(reference.astype(int) + rng.integers(-20, 21, reference.shape), 0, 255).astype(np.uint8)
-    test[2] = reference[2]
-    expected = [
-        10 * np.log10(255.0**2 / np.mean((reference[i].astype(np.float64) - test[i].astype(np.float64)) ** 2)) for i in range(2)
-    ]
+def test_psnr_of_hand_computed_cases():
+    reference = np.zeros((3, 4, 4, 3), dtype=np.uint8)
+    test = reference.copy()
+    test[0] = 10  # every value off by 10: MSE 100, 10 log10(255² / 100) = 28.1308 dB
+    test[1, :2, :2] = 255  # a quarter of the pixels off by 255: MSE 255² / 4, 10 log10(4) = 6.0206 dB
     got = psnr_db(reference, test)
-    np.testing.assert_allclose(got[:2], expected, rtol=1e-12)
+    np.testing.assert_allclose(got[:2], [28.1308, 6.0206], atol=1e-4)
     assert got[2] == np.inf  # identical frames
-    # A uniform error of 10 grey levels: 20 log10(255 / 10) dB.
-    assert psnr_db(np.zeros((1, 4, 4, 3)), np.full((1, 4, 4, 3), 10.0))[0] == pytest.approx(20 * np.log10(25.5))
-    # JSON has no infinity: an infinite PSNR is written as null.
-    assert per_frame_and_mean(got)["per_frame"][2] is None and per_frame_and_mean(got[:2])["mean"] == pytest.approx(np.mean(expected))
+    # JSON has no infinity: an infinite PSNR is written as null, and left out of nothing else.
+    assert per_frame_and_mean(got)["per_frame"] == [pytest.approx(28.1308, abs=1e-4), pytest.approx(6.0206, abs=1e-4), None]
+    assert per_frame_and_mean(got[:2])["mean"] == pytest.approx((28.1308 + 6.0206) / 2, abs=1e-4)
+
+
+def test_toy_model_reconstructs_its_input_above_21_db(tmp_path):
+    """The toy world's trained pipeline inverts its own kind of picture well: measured 22.9 dB PSNR of the
+    reconstruction at 20 steps, against 23.6 dB for the VAE round trip alone (the best an exact inversion can do),
+    and a latent error of 0.097; 5 steps give 0.27. Asserted with margin."""
+    frames = toy_world.video_array(toy_world.random_scene(np.random.default_rng(0)), 4)
+    save_frames(tmp_path / "frames", frames)
+    results = {}
+    for steps in (5, 20):
+        cfg = invert_config("model=toy", f"input={tmp_path / 'frames'}", 'prompt="a red circle"', f"steps={steps}",
+                            "frames=2", f"output_dir={tmp_path / str(steps)}", "save_latents=false")
+        results[steps] = json.loads((run_invert(cfg) / "result.json").read_text())
+    result = results[20]
+    assert result["psnr_db"]["mean"] > 21.5
+    assert result["psnr_db"]["mean"] < result["vae_round_trip_psnr_db"]["mean"] + 0.5
+    assert result["latent_relative_error"]["mean"] < 0.15 < 0.2 < results[5]["latent_relative_error"]["mean"]
+    # The same judgement from the written video, by a plain formula (H.264 at this quality costs < 0.5 dB here).
+    written = iio.imread(tmp_path / "20" / "reconstruction.mp4", plugin="FFMPEG").astype(np.float64)
+    mse = np.mean((written - frames[:2].astype(np.float64)) ** 2)
+    assert 10 * np.log10(255.0**2 / mse) > 21.0
 
 
 class LatentBlindUNet:
@@ -162,40 +175,7 @@ def test_tiny_model_reconstructs_far_closer_from_inverted_latents_than_from_rand
     assert from_noise / from_inverted > 2.0
 
 
-@pytest.fixture
-def bad_inputs(tmp_path):
-    (tmp_path / "broken.mp4").write_bytes(b"this is not a video")
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "notes.txt").write_text("hello")
-    Image.fromarray(gradient_frames(1, 64, 64)[0]).save(tmp_path / "photo.png")
-    return tmp_path
-
-
-@pytest.mark.parametrize(
-    "overrides,message",
-    [
-        ([], "no input given: pass input="),
-        (["input={dir}/missing.mp4"], "no such file or folder"),
-        (["input={dir}/broken.mp4"], "cannot be decoded as a video"),
-        (["input={dir}/empty"], "is a folder with no frames"),
-        (["input={dir}/notes.txt"], "not a video"),
-        (["input={clip}", "height=60"], "multiples of 8"),
-        (["input={clip}", "steps=0"], "steps must be at least 1"),
-        (["input={clip}", "steps=1001"], "steps must be at most 1000"),
-        (["input={clip}", "frames=0"], "frames must be a positive integer"),
-        (["input={clip}", "start=50"], "has no frames after start=50"),
-        (["input={clip}", "stride=0"], "stride >= 1"),
-        (["input={dir}/photo.png", "start=1"], "is a single image"),
-        (["input={clip}", "guidance_scale=0.5"], "guidance_scale must be >= 1"),
-        (["input={clip}", "fps=0"], "fps must be a positive number"),
-    ],
-)
-def test_bad_input_raises_a_user_error_before_the_run_directory_exists(bad_inputs, clip_path, overrides, message):
-    run_dir = bad_inputs / "run"
-    overrides = [o.format(dir=bad_inputs, clip=clip_path) for o in overrides]
-    with pytest.raises(UserInputError, match=message):
-        run_invert(invert_config(*overrides, f"output_dir={run_dir}"))
-    assert not run_dir.exists()
+# Bad inputs (every key of conf/invert.yaml) are tested through the CLI in tests/test_bad_input_invert_evaluate.py.
 
 
 def test_an_output_dir_holding_a_finished_run_is_refused(tmp_path, clip_path):

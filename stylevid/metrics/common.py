@@ -40,6 +40,8 @@ def resolve_weights_file(value: str | os.PathLike | None, key: str, what: str) -
     path = Path(text).expanduser()
     if path.is_file():
         return path
+    if path.is_dir():
+        raise UserInputError(f"{what}: {text} is a directory, not a weights file; pass {key}=<path to the file>")
     if _HUB_FILE.match(text) and not path.exists():
         from huggingface_hub import hf_hub_download
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stylevid.errors import UserInputError
+from stylevid.values import integer, seed
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
 CLAMP_POLICIES = ("mean", "per_frame", "none")
@@ -131,14 +132,20 @@ class MetricsConfig:
         return config
 
     def validate(self) -> None:
+        """Check every option, whether or not its metric runs, and turn numbers typed as text into numbers."""
         if self.clip.clamp not in CLAMP_POLICIES:
             raise UserInputError(f"metrics.clip.clamp={self.clip.clamp} is not one of {', '.join(CLAMP_POLICIES)}")
-        if int(self.clip.batch_size) < 1:
-            raise UserInputError(f"metrics.clip.batch_size={self.clip.batch_size} must be >= 1")
+        self.clip.batch_size = integer(self.clip.batch_size, "metrics.clip.batch_size", minimum=1)
         if self.frame_consistency.pairs not in ("consecutive", "all"):
             raise UserInputError(
                 f"metrics.frame_consistency.pairs={self.frame_consistency.pairs} is not consecutive or all"
             )
+        style = self.style
+        if isinstance(style.vgg_layers, (str, int)) or not style.vgg_layers:
+            raise UserInputError(f"metrics.style.vgg_layers must be a list of layer indices, got {style.vgg_layers!r}")
+        style.vgg_layers = tuple(integer(i, "metrics.style.vgg_layers", minimum=0) for i in style.vgg_layers)
+        style.csd_resolution = integer(style.csd_resolution, "metrics.style.csd_resolution", minimum=1)
+        style.csd_output_index = integer(style.csd_output_index, "metrics.style.csd_output_index")
         if self.flow.preset not in DIS_PRESETS:
             raise UserInputError(f"metrics.flow.preset={self.flow.preset} is not one of {', '.join(DIS_PRESETS)}")
         for key, section in (("fvd", self.fvd), ("is", self.is_)):
@@ -146,10 +153,19 @@ class MetricsConfig:
                 raise UserInputError(
                     f"metrics.{key}.value_range={section.value_range} is not one of {', '.join(VALUE_RANGES)}"
                 )
+            section.num_frames = integer(section.num_frames, f"metrics.{key}.num_frames", minimum=1)
+            section.batch_size = integer(section.batch_size, f"metrics.{key}.batch_size", minimum=1)
+            if section.resolution is not None:
+                section.resolution = integer(section.resolution, f"metrics.{key}.resolution", minimum=1)
+            if not isinstance(section.call_kwargs, Mapping):
+                raise UserInputError(
+                    f"metrics.{key}.call_kwargs must be a mapping of keyword arguments, got {section.call_kwargs!r}"
+                )
         if str(self.is_.softmax).lower() not in ("auto", "true", "false"):
             raise UserInputError(f"metrics.is.softmax={self.is_.softmax} is not auto, true or false")
-        if int(self.is_.splits) < 1:
-            raise UserInputError(f"metrics.is.splits={self.is_.splits} must be >= 1")
+        self.is_.splits = integer(self.is_.splits, "metrics.is.splits", minimum=1)
+        if self.is_.shuffle_seed is not None:
+            self.is_.shuffle_seed = seed(self.is_.shuffle_seed, "metrics.is.shuffle_seed")
 
 
 def _build_section(section_cls, value, prefix: str):
@@ -161,10 +177,7 @@ def _build_section(section_cls, value, prefix: str):
     unknown = sorted(set(value) - known)
     if unknown:
         raise UserInputError(f"unknown config key {prefix}.{unknown[0]} (known: {', '.join(sorted(known))})")
-    kwargs = dict(value)
-    if "vgg_layers" in kwargs:
-        kwargs["vgg_layers"] = tuple(int(i) for i in kwargs["vgg_layers"])
-    return section_cls(**kwargs)
+    return section_cls(**dict(value))  # values are checked and converted by MetricsConfig.validate
 
 
 def _to_plain(data):

@@ -15,6 +15,7 @@ resize inside the model).
 from __future__ import annotations
 
 import logging
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -126,6 +127,22 @@ def _stats_metadata(config: FVDConfig) -> dict:
             "value_range": config.value_range, "i3d": Path(str(config.i3d_path)).name}
 
 
+def read_statistics(path: str | Path) -> dict[str, np.ndarray]:
+    """A real-set statistics cache (.npz with mu, sigma, num_videos); anything else is a one-line error."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserInputError(f"metrics.fvd.stats_path {path} is a directory, not an .npz file")
+    try:
+        with np.load(path, allow_pickle=False) as cached:
+            stats = {key: cached[key] for key in cached.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise UserInputError(f"metrics.fvd.stats_path {path} is not an .npz of statistics ({type(err).__name__})") from None
+    missing = [key for key in ("mu", "sigma", "num_videos") if key not in stats]
+    if missing:
+        raise UserInputError(f"metrics.fvd.stats_path {path} has no {', '.join(missing)}: not an fvd statistics cache")
+    return stats
+
+
 def real_statistics(
     real_videos: Sequence[np.ndarray] | None, config: FVDConfig, model=None, device="cpu"
 ) -> tuple[np.ndarray, np.ndarray, int]:
@@ -135,7 +152,7 @@ def real_statistics(
     stats_path = Path(config.stats_path).expanduser() if config.stats_path else None
     wanted = _stats_metadata(config)
     if stats_path is not None and stats_path.is_file():
-        cached = np.load(stats_path, allow_pickle=False)
+        cached = read_statistics(stats_path)
         meta = {k: cached[k].item() for k in wanted if k in cached}
         num_videos = int(cached["num_videos"])
         if meta == wanted and (real_videos is None or len(real_videos) == num_videos):
