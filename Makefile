@@ -17,15 +17,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The toy world's trained models (model=toy), offline: a red circle moving right, in the sunset style. With the
-# strongest style sharing (stylevid.toy.judge.STRONGEST_STYLE: values normalised too, attention to the style
-# image, up blocks only, the clean style latent as reference): eqs. 7-9 alone leave the toy model's colours as
-# they are (README, "The toy world").
+# The toy world's trained models (model=toy), offline: a red circle moving right, in the sunset style, with the
+# default style sharing (method.sharing=aligned; method.sharing=paper is eqs. 7-9 as written, which leave the toy
+# model's colours as they are: README, "The toy world").
 demo: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/stylevid generate method=stylet2v0 model=toy \
 		prompt="a red circle moving right" style=examples/styles/sunset.png \
-		method.adain_values=true method.attend_to_reference=true method.reference_score_shift=2 method.layers=up_blocks \
-		method.reference=clean \
 		frames=8 steps=20 seed=0 save_frames=true
 
 test: install

@@ -35,11 +35,16 @@ TARGETS = {
                     ("t2v_zero frame consistency, plain attention", "consistency_plain", None),
                     ("paired gain minus 2 standard errors (> 0: clearly above)", "gain_lower_bound", 0.0),
                     ("prompts where cross-frame attention is more consistent", "share_of_prompts_higher", 2 / 3)],
-    "style": [("stylet2v0 (eqs. 7-9) colour-statistics distance drop vs no style", "paper_distance_drop", None),
-              ("stylet2v0 (eqs. 7-9) prompt adherence", "paper_colour_adherence", None),
-              ("stylet2v0 (STRONGEST_STYLE) distance drop", "distance_drop", 0.30),
-              ("stylet2v0 (STRONGEST_STYLE) prompt adherence", "colour_adherence_with_style", 0.70)],
+    "style": [("stylet2v0 method.sharing=paper (eqs. 7-9) colour-statistics distance drop vs no style", "paper_distance_drop", None),
+              ("stylet2v0 method.sharing=paper prompt adherence", "paper_colour_adherence", None),
+              ("stylet2v0 default sharing distance drop", "distance_drop", 0.30),
+              ("stylet2v0 default sharing prompt adherence", "colour_adherence_with_style", 0.70)],
     "motion": [("animatediff: direction of motion followed", "direction_followed", 0.70),
+               ("animatediff: videos whose object moves >= 3 px (no target)", "moving", None),
+               ("animatediff: path straightness (no target)", "straightness", None),
+               ("animatediff: path straightness, same frames shuffled (no target)", "straightness_shuffled", None),
+               ("paired straightness gain over shuffled minus 2 standard errors (> 0: coherent motion)",
+                "straightness_gain_lower_bound", 0.0),
                ("motion loss excess: video reversed, t=300 (no target)", "reversed_video_excess_t300", None),
                ("motion loss excess: direction word swapped, t=600 (no target)", "direction_swapped_excess_t600", None),
                ("motion loss excess: colour word swapped, t=600 (no target)", "colour_swapped_excess_t600", None),
@@ -72,11 +77,12 @@ def main(argv=None) -> int:
         elif part == "cross_frame":
             result = judge.measure_cross_frame(pipe, embedder)
         elif part == "style":
-            # The paper's equations, then the strongest sharing stylevid offers (judge.STRONGEST_STYLE).
-            paper = judge.measure_style(pipe, embedder, STYLES)
-            result = judge.measure_style(pipe, embedder, STYLES, **judge.STRONGEST_STYLE)
+            # The paper's equations as written (method.sharing=paper), then the CLI's default sharing.
+            paper = judge.measure_style(pipe, embedder, STYLES, overrides=("method.sharing=paper",))
+            result = judge.measure_style(pipe, embedder, STYLES)
             result["paper_distance_drop"] = paper["distance_drop"]
             result["paper_colour_adherence"] = paper["colour_adherence_with_style"]
+            print(f"stylet2v0 sharing measured: paper {paper['sharing']}\n  default {result['sharing']}")
         else:
             adapter = load_motion_adapter(str(toy_path("motion_module")))
             result = judge.measure_motion(pipe, adapter)

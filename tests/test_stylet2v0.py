@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import run_stylevid
 from stylevid.errors import UserInputError
 from stylevid.methods import stylet2v0
 from stylevid.methods.t2v_zero import ZeroShotSettings, ZeroShotVideo
@@ -30,7 +31,7 @@ def test_style_row_alone_does_not_leak_into_frames(tiny_pipe, style_image_path):
 def test_clean_reference_carries_the_encoded_style_image_at_every_step_without_inversion(tiny_pipe, style_image_path, monkeypatch):
     """reference="clean": the style row the UNet sees is the encoded style image itself at every denoising step."""
     settings = ZeroShotSettings(**SMALL)
-    inverted = stylet2v0.generate(tiny_pipe, settings, stylet2v0.StyleSettings(style_image_path))
+    inverted = stylet2v0.generate(tiny_pipe, settings, stylet2v0.StyleSettings(style_image_path, reference="inverted"))
     style_rows = []
     hook = tiny_pipe.unet.register_forward_pre_hook(lambda module, args: style_rows.append(args[0][0].clone()))
     monkeypatch.setattr(stylet2v0, "ddim_invert", lambda *a, **k: pytest.fail("no inversion with a clean reference"))
@@ -162,19 +163,77 @@ def test_style_image_is_read_as_stylevid_invert_reads_an_image(style_image_path,
     np.testing.assert_array_equal(style, read_input(style_image_path, height, width).frames[0])
 
 
-def test_every_style_sharing_option_reaches_the_settings(style_image_path):
-    """The command line's method.* keys become StyleSettings, and their defaults are the paper's eqs. 7-9."""
+def compose_style(style_image_path, *overrides):
     from hydra import compose, initialize_config_module
 
     from stylevid.generate import style_settings
 
     with initialize_config_module("stylevid.conf", version_base="1.3"):
-        paper = style_settings(compose("generate", overrides=["method=stylet2v0", f"style={style_image_path}"]))
-        changed = style_settings(compose("generate", overrides=[
-            "method=stylet2v0", f"style={style_image_path}", "method.adain_values=true", "method.adain_queries=false",
-            "method.attend_to_reference=true", "method.reference_score_shift=2.5", "method.reference=clean",
-        ]))
-    assert (paper.adain_queries, paper.adain_keys, paper.adain_values, paper.attend_to_reference) == (True, True, False, False)
-    assert (changed.adain_queries, changed.adain_values, changed.attend_to_reference) == (False, True, True)
-    assert changed.reference_score_shift == 2.5
-    assert (paper.reference, changed.reference) == ("inverted", "clean")
+        return style_settings(compose("generate", overrides=["method=stylet2v0", f"style={style_image_path}", *overrides]))
+
+
+def test_sharing_presets_resolve_to_figure_2_with_style_aligned_by_default_and_to_eqs_7_to_9_as_written(style_image_path):
+    aligned, paper = compose_style(style_image_path), compose_style(style_image_path, "method.sharing=paper")
+    assert aligned.record() == {
+        "sharing": "aligned", "strength": 1.0, "layers": ["up_blocks"], "adain_queries": True, "adain_keys": True,
+        "adain_values": True, "attend_to_reference": True, "reference_score_shift": 2.0, "reference": "clean",
+    }
+    assert paper.record() == {
+        "sharing": "paper", "strength": 1.0, "layers": ["all"], "adain_queries": True, "adain_keys": True,
+        "adain_values": False, "attend_to_reference": False, "reference_score_shift": 0.0, "reference": "inverted",
+    }
+    # From Python, the same defaults as the command line: one preset table, read in one place.
+    assert stylet2v0.StyleSettings(style_image_path) == aligned
+    assert stylet2v0.StyleSettings(style_image_path, sharing="paper") == paper
+
+
+def test_every_style_sharing_key_overrides_its_preset(style_image_path):
+    changed = compose_style(style_image_path, "method.sharing=paper", "method.adain_values=true", "method.adain_queries=false",
+                            "method.attend_to_reference=true", "method.reference_score_shift=2.5", "method.reference=clean",
+                            "method.layers=[down_blocks.1,mid_block]", "method.strength=0.5", "style_prompt=a painting")
+    assert changed.record() == {
+        "sharing": "paper", "strength": 0.5, "layers": ["down_blocks.1", "mid_block"], "adain_queries": False,
+        "adain_keys": True, "adain_values": True, "attend_to_reference": True, "reference_score_shift": 2.5, "reference": "clean",
+    }
+    assert changed.prompt == "a painting"
+    off = compose_style(style_image_path, "method.adain_values=false", "method.layers=all")  # overriding the default preset
+    assert (off.sharing, off.adain_values, off.attend_to_reference, off.layers) == ("aligned", False, True, ["all"])
+
+
+@pytest.mark.parametrize("override,message", [
+    ("method.sharing=strong", "method.sharing must be paper or aligned, got 'strong'"),
+    ("method.adain_values=maybe", "method.adain_values must be true or false, got 'maybe'"),
+    ("method.reference_score_shift=nan", "method.reference_score_shift must be a finite number"),
+])
+def test_bad_sharing_is_one_line_before_loading_anything(tmp_path, capsys, style_image_path, override, message):
+    # model.path names no weights, so an error found only after loading would be about the model instead
+    code, _, err = run_stylevid(["generate", "method=stylet2v0", "prompt=x", f"style={style_image_path}", override,
+                                 "model.path=/no/such/weights", f"outputs_root={tmp_path}"], capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert message in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_yaml_default_sharing_is_the_python_default():
+    from importlib.resources import files
+
+    from omegaconf import OmegaConf
+
+    yaml = OmegaConf.load(str(files("stylevid.conf") / "method" / "stylet2v0.yaml"))
+    assert yaml.sharing == stylet2v0.DEFAULT_SHARING
+    assert all(yaml[key] is None for key in stylet2v0.SHARING_KEYS)  # null: the preset decides unless overridden
+
+
+# Expected slices (diffusers style): the last frame's latent corner, tiny random model, seed 1, 8 steps, CPU
+# generator. Pinned from this implementation; the paper preset is near t2v_zero's (eqs. 7-9 move little), aligned not.
+EXPECTED_SLICES = {
+    "aligned": [-0.0969, 11.3718, -8.3636, 8.3097, 0.8814, 15.3292, -6.7101, -22.6052, -6.6251],
+    "paper": [0.1664, 10.3527, -8.1365, 8.2113, 0.6408, 15.1721, -7.5303, -22.9075, -7.0488],
+}
+
+
+@pytest.mark.parametrize("sharing", sorted(EXPECTED_SLICES))
+def test_expected_slice(tiny_pipe, style_image_path, sharing):
+    out = stylet2v0.generate(tiny_pipe, ZeroShotSettings(**SMALL), stylet2v0.StyleSettings(style_image_path, sharing=sharing))
+    assert out.frames.shape == (3, 64, 64, 3)
+    torch.testing.assert_close(out.latents[-1, 0, -3:, -3:].flatten(), torch.tensor(EXPECTED_SLICES[sharing]), atol=2e-3, rtol=0)

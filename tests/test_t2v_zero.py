@@ -80,11 +80,14 @@ def test_full_background_smoothing_makes_frames_the_warped_first_frame(tiny_pipe
     assert not torch.allclose(plain.latents[1:], warped, atol=1e-3)
 
 
-def test_step_counts_follow_text2video_zero():
-    assert default_step_counts(50) == (44, 47)
-    for steps in (4, 8, 20, 30, 100):
-        t0, t1 = default_step_counts(steps)
-        ZeroShotSettings(prompt="x", steps=steps, t0=t0, t1=t1).validate()
+@pytest.mark.parametrize("steps,expected", [(50, (44, 47)), (100, (89, 95)), (30, (26, 28)), (20, (17, 18)), (10, (7, 8)), (4, (1, 2))])
+def test_step_counts_follow_text2video_zero(steps, expected):
+    """t0=44, t1=47 at 50 steps: frame 1 alone takes 2 DDIM steps to t1 and 3 more to t0, scaled to `steps` with at
+    least one each, so t0 < t1 < steps always (10 steps: (7, 8), where 44/50 and 47/50 rounded give (9, 9))."""
+    t0, t1 = default_step_counts(steps)
+    assert (t0, t1) == expected
+    assert 0 <= t0 < t1 < steps
+    ZeroShotSettings(prompt="x", steps=steps, t0=t0, t1=t1).validate()  # ... and the CLI's own check accepts them
 
 
 @pytest.mark.parametrize(

@@ -7,16 +7,22 @@ Text2Video-Zero (`methods/t2v_zero.py`) runs unchanged, with two additions:
    step, as reference-attention methods such as Animate Anyone's ReferenceNet do: no inversion);
 2. the self-attention layers get the shared AdaIN attention of `StyleSharedAttnProcessor`:
    Q̂_i = AdaIN(Q_i, Q_r) (eq. 7), K = AdaIN(K_1, K_r), V = V_1 (eq. 8), softmax(Q̂ Kᵀ/√d) V (eq. 9).
+
+`method.sharing` chooses between two readings of the paper (SHARING_PRESETS): `paper`, eqs. 7-9 exactly as
+written, and the default `aligned`, Figure 2's "keys and values are also adapted using AdaIN" plus StyleAligned's
+attention to the style image, the one that measurably transfers style on the toy world.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 
+from .. import values
 from ..attention import StyleSharedAttnProcessor, StyleSharing, layer_selected, self_attention_layers
 from ..errors import UserInputError
 from ..io.video_input import read_image
@@ -27,29 +33,81 @@ from .t2v_zero import Control, ExtraRows, VideoOutput, ZeroShotSettings, ZeroSho
 
 
 REFERENCES = ("inverted", "clean")
+SHARING_KEYS = ("layers", "adain_queries", "adain_keys", "adain_values", "attend_to_reference", "reference_score_shift", "reference")
+# `method.sharing`: each preset sets every sharing key; a key given explicitly (not None) overrides its preset.
+SHARING_PRESETS = {
+    # Eqs. 7-9 as written: Q̂_i = AdaIN(Q_i, Q_r), K = AdaIN(K_1, K_r), V = V_1 in every self-attention layer, with
+    # the style image's DDIM inversion as the reference row. On the toy world this leaves the colours where they
+    # were (README, "The toy world"): the values carry colour, and eq. 8 keeps V_1's.
+    "paper": dict(layers=("all",), adain_queries=True, adain_keys=True, adain_values=False, attend_to_reference=False,
+                  reference_score_shift=0.0, reference="inverted"),
+    # Figure 2's reading ("keys and values are also adapted using AdaIN": V = AdaIN(V_1, V_r)) plus StyleAligned's
+    # attention to the style image's own keys and values (log-space weight 2), in the decoder (up) blocks only,
+    # with the clean style latent as the reference row. Each choice was measured on the toy world (README).
+    "aligned": dict(layers=("up_blocks",), adain_queries=True, adain_keys=True, adain_values=True, attend_to_reference=True,
+                    reference_score_shift=2.0, reference="clean"),
+}
+DEFAULT_SHARING = "aligned"  # conf/method/stylet2v0.yaml's `sharing:` (a test checks that they agree)
 
 
 @dataclass
 class StyleSettings:
-    """How the style image steers generation; see conf/method/stylet2v0.yaml for the reasoning of defaults."""
+    """How the style image steers generation: a `sharing` preset (SHARING_PRESETS), any of whose keys a
+    non-None argument overrides. See conf/method/stylet2v0.yaml and the README for why the default is `aligned`."""
 
     image: str
+    sharing: str = DEFAULT_SHARING
     strength: float = 1.0
-    layers: Sequence[str] = field(default_factory=lambda: ["all"])
-    adain_queries: bool = True
-    adain_keys: bool = True
-    adain_values: bool = False
-    attend_to_reference: bool = False
-    reference_score_shift: float = 0.0
-    prompt: str = ""  # text used to invert the style image (e.g. "a painting"); empty = unconditional
+    layers: Sequence[str] | None = None
+    adain_queries: bool | None = None
+    adain_keys: bool | None = None
+    adain_values: bool | None = None
+    attend_to_reference: bool | None = None
+    reference_score_shift: float | None = None
     # The style row's latent: "inverted" (the paper's reading: its DDIM-inversion latent at each timestep, as
     # StyleAligned does for a real reference) or "clean" (the encoded image itself at every timestep, as
     # reference-attention methods do; no inversion, so N fewer UNet passes).
-    reference: str = "inverted"
+    reference: str | None = None
+    prompt: str = ""  # text used to invert the style image (e.g. "a painting"); empty = unconditional
 
     def __post_init__(self) -> None:
+        # The one place a preset and its overrides become settings (the CLI goes through `from_config`).
+        if self.sharing not in SHARING_PRESETS:
+            raise UserInputError(f"method.sharing must be {' or '.join(SHARING_PRESETS)}, got {self.sharing!r}")
+        for key, value in SHARING_PRESETS[self.sharing].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
         # `method.layers=up_blocks` on the command line is one string: a selector, not a list of letters.
         self.layers = [self.layers] if isinstance(self.layers, str) else list(self.layers)
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> StyleSettings:
+        """The settings `stylevid generate` composes: `method.sharing` names the preset, and every sharing key the
+        user sets (`method.adain_values=false`, `method.layers=all`, ...; null in the yaml) overrides it."""
+        if not cfg.get("style"):
+            raise UserInputError("method=stylet2v0 needs a style image: pass style=path/to/image.png")
+        method = cfg.method
+        given = {key: method.get(key) for key in SHARING_KEYS if method.get(key) is not None}
+        for key in ("adain_queries", "adain_keys", "adain_values", "attend_to_reference"):
+            if key in given and not isinstance(given[key], bool):  # bool("no") would be True
+                raise UserInputError(f"method.{key} must be true or false, got {given[key]!r}")
+        if "layers" in given and not isinstance(given["layers"], str):
+            given["layers"] = [str(selector) for selector in given["layers"]]
+        if "reference_score_shift" in given:
+            given["reference_score_shift"] = values.number(given["reference_score_shift"], "method.reference_score_shift")
+        if "reference" in given:
+            given["reference"] = str(given["reference"])
+        return cls(
+            image=str(cfg.style),
+            sharing=str(method.sharing),
+            strength=values.number(method.strength, "method.strength (style strength)"),
+            prompt=str(cfg.get("style_prompt") or ""),
+            **given,
+        )
+
+    def record(self) -> dict:
+        """The resolved sharing, for a run's result.json: the preset's name and every value actually used."""
+        return {"sharing": self.sharing, "strength": self.strength, **{key: getattr(self, key) for key in SHARING_KEYS}}
 
     def validate(self) -> None:
         """The checks that need no model, so a bad value fails before anything is loaded or written."""

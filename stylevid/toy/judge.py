@@ -27,14 +27,6 @@ from ..metrics.clip import ClipEmbedder, load_clip
 
 JUDGED_SHAPES = ("circle", "square", "triangle", "star")  # the figure is easy to locate in every frame
 DIRECTION_WORDS = {"left": "moving left", "right": "moving right", "up": "moving up", "down": "moving down"}
-# stylet2v0's strongest style sharing, measured beside the paper's eqs. 7-9: values normalised too (Figure 2), the
-# style image's own keys and values attended to with a log-space weight of 2 (StyleAligned), in the decoder (up)
-# blocks only, with the clean style latent as the reference row. Chosen on prompt sets the report never uses
-# (seeds 13 and 23, 24 prompts each; 31 and 41, 36 each): sharing in the down blocks as well lowered the drop by
-# 1.5 points on 13 and 23 (down blocks alone: -4.8 %); weights of 4 or 8 instead of 2 changed it by less than 0.2
-# points; the clean reference instead of the inverted one changed it by +4.4, -0.8, +2.0 and +2.2 points.
-STRONGEST_STYLE = dict(adain_values=True, attend_to_reference=True, reference_score_shift=2.0, layers=("up_blocks",),
-                       reference="clean")
 JUDGED_STYLES = ("sunset", "ocean", "forest")  # palettes whose colour statistics differ from the toy scenes' and each other's
 
 
@@ -122,6 +114,20 @@ def motion_direction(frames: np.ndarray, min_pixels: float = 3.0) -> str | None:
     return "down" if dy > 0 else "up"
 
 
+def path_straightness(frames: np.ndarray) -> float | None:
+    """Net displacement of the foreground centroid over the length of its path frame by frame, in [0, 1].
+
+    1 for an object gliding one way; near 0 for one that jumps about (frames that are independent pictures, or a
+    smooth clip played in shuffled order). None when a frame shows no object.
+    """
+    centroids = [toy_world.foreground_centroid(frame) for frame in frames]
+    if any(c is None for c in centroids):
+        return None
+    points = np.array(centroids)
+    path = float(np.linalg.norm(np.diff(points, axis=0), axis=1).sum())
+    return float(np.linalg.norm(points[-1] - points[0]) / path) if path > 0 else 0.0
+
+
 # --- held-out prompts -------------------------------------------------------------------------------------------
 
 
@@ -175,23 +181,39 @@ def measure_t2i(pipe, embedder: ClipEmbedder, count: int = 24, steps: int = 20, 
     }
 
 
-def _zero_shot(pipe, prompt: Prompt, frames: int, steps: int, style=None, cross_frame: bool = True):
-    from ..methods import stylet2v0
-    from ..methods.t2v_zero import ZeroShotSettings, ZeroShotVideo
+def cli_configs(method: str, runs: list[list[str]], *overrides: str):
+    """The configs `stylevid generate method=<method> model=toy <overrides> <run>` composes, one per run.
 
-    t0, t1 = round(steps * 44 / 50), round(steps * 47 / 50)  # Text2Video-Zero's 44/47 of 50, scaled
-    settings = ZeroShotSettings(
-        prompt=prompt.text, frames=frames, height=toy_world.SIZE, width=toy_world.SIZE, steps=steps, seed=prompt.seed,
-        t0=t0, t1=min(t1, steps - 1), motion_field_strength_x=12 * toy_world.SIZE / 512,
-        motion_field_strength_y=12 * toy_world.SIZE / 512, chunk_size=0,
-    )
-    if style is not None:
-        return stylet2v0.generate(pipe, settings, style).frames
+    Every measurement takes its settings from these, through the same functions the CLI uses
+    (`stylevid.generate.zero_shot_settings`, `style_settings`, `animatediff.settings_from_config`), so a figure is
+    what a user typing those overrides gets (t0/t1, motion-field strength and style sharing included).
+    """
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("stylevid.conf", version_base="1.3"):
+        return [compose("generate", overrides=[f"method={method}", "model=toy", *overrides, *run]) for run in runs]
+
+
+def prompt_overrides(prompt: Prompt, frames: int, steps: int) -> list[str]:
+    return [f"prompt='{prompt.text}'", f"seed={prompt.seed}", f"frames={frames}", f"steps={steps}"]
+
+
+def _t2v_zero(pipe, cfg, cross_frame: bool = True) -> np.ndarray:
+    from ..generate import zero_shot_settings
+    from ..methods.t2v_zero import ZeroShotVideo
+
     if cross_frame:
-        return ZeroShotVideo(pipe)(settings).frames
+        return ZeroShotVideo(pipe)(zero_shot_settings(cfg)).frames
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    return ZeroShotVideo(pipe)(settings, processor_for=lambda name, groups: AttnProcessor2_0()).frames
+    return ZeroShotVideo(pipe)(zero_shot_settings(cfg), processor_for=lambda name, groups: AttnProcessor2_0()).frames
+
+
+def _stylet2v0(pipe, cfg) -> np.ndarray:
+    from ..generate import style_settings, zero_shot_settings
+    from ..methods import stylet2v0
+
+    return stylet2v0.generate(pipe, zero_shot_settings(cfg), style_settings(cfg)).frames
 
 
 def measure_cross_frame(pipe, embedder: ClipEmbedder, count: int = 12, frames: int = 8, steps: int = 20) -> dict:
@@ -201,9 +223,9 @@ def measure_cross_frame(pipe, embedder: ClipEmbedder, count: int = 12, frames: i
     (`gain_lower_bound`, about a 95 % one-sided bound) is above zero, and most prompts gain.
     """
     with_attention, without = [], []
-    for prompt in prompts(count, seed=2):
-        with_attention.append(frame_consistency(embedder, _zero_shot(pipe, prompt, frames, steps)))
-        without.append(frame_consistency(embedder, _zero_shot(pipe, prompt, frames, steps, cross_frame=False)))
+    for cfg in cli_configs("t2v_zero", [prompt_overrides(p, frames, steps) for p in prompts(count, seed=2)]):
+        with_attention.append(frame_consistency(embedder, _t2v_zero(pipe, cfg)))
+        without.append(frame_consistency(embedder, _t2v_zero(pipe, cfg, cross_frame=False)))
     gains = np.array(with_attention) - np.array(without)
     standard_error = float(gains.std(ddof=1) / np.sqrt(count)) if count > 1 else float("inf")
     return {
@@ -217,23 +239,30 @@ def measure_cross_frame(pipe, embedder: ClipEmbedder, count: int = 12, frames: i
 
 
 def measure_style(pipe, embedder: ClipEmbedder, style_images: dict[str, Path], count: int = 72, frames: int = 4,
-                  steps: int = 20, strength: float = 1.0, layers=("all",), prompt_seed: int = 3, **options) -> dict:
+                  steps: int = 20, prompt_seed: int = 3, overrides: tuple[str, ...] = ()) -> dict:
     """stylet2v0 against t2v_zero on the same prompt and seed: colour-statistics distance to the style image.
+
+    Both run as `stylevid generate method=stylet2v0|t2v_zero model=toy steps=20 frames=4 prompt=... seed=...
+    style=...` would, with `overrides` (e.g. `method.sharing=paper`) added to the stylet2v0 run: no overrides
+    measure the CLI's default sharing.
 
     72 prompts by default: the drop differs by several points between prompt sets (with the inverted reference:
     30.6 % on the first 12 of 36 that give 27.9 %; 30.4 and 23.7 % on two sets of 24; 31.1 and 33.1 % on two
     other sets of 36), too much to read a 30 % target from 12 or even 36.
     """
-    from ..methods.stylet2v0 import StyleSettings, load_style_image
+    from ..generate import style_settings
+    from ..methods.stylet2v0 import load_style_image
 
-    styled, plain, adherent = [], [], []
     names = sorted(style_images)
-    for index, prompt in enumerate(prompts(count, seed=prompt_seed)):
-        path = style_images[names[index % len(names)]]
+    chosen = prompts(count, seed=prompt_seed)
+    paths = [style_images[names[index % len(names)]] for index in range(count)]
+    runs = [prompt_overrides(prompt, frames, steps) for prompt in chosen]
+    styled_runs = cli_configs("stylet2v0", [run + [f"style={path}"] for run, path in zip(runs, paths)], *overrides)
+    plain_runs = cli_configs("t2v_zero", runs)
+    styled, plain, adherent = [], [], []
+    for prompt, path, styled_cfg, plain_cfg in zip(chosen, paths, styled_runs, plain_runs):
         reference = load_style_image(str(path), toy_world.SIZE, toy_world.SIZE)
-        style = StyleSettings(image=str(path), strength=strength, layers=list(layers), **options)
-        with_style = _zero_shot(pipe, prompt, frames, steps, style=style)
-        without = _zero_shot(pipe, prompt, frames, steps)
+        with_style, without = _stylet2v0(pipe, styled_cfg), _t2v_zero(pipe, plain_cfg)
         styled.append(style_distance(with_style, reference))
         plain.append(style_distance(without, reference))
         adherent.append(classify(embedder, with_style[:1], "colour")[0] == prompt.colour)
@@ -242,24 +271,38 @@ def measure_style(pipe, embedder: ClipEmbedder, style_images: dict[str, Path], c
         "distance_without_style": float(np.mean(plain)),
         "distance_drop": float(1 - np.mean(styled) / np.mean(plain)),
         "colour_adherence_with_style": float(np.mean(adherent)),
+        "sharing": style_settings(styled_runs[0]).record(),  # what was measured, preset resolved
         "count": count,
     }
 
 
 def measure_motion(pipe, motion_adapter, count: int = 16, steps: int = 25, guidance_scale: float = 7.5) -> dict:
-    """animatediff with the toy motion module: share of videos moving the way their prompt says."""
-    from ..methods.animatediff import AnimateDiffSettings, generate
+    """animatediff with the toy motion module: share of videos moving the way their prompt says, and how coherent
+    the motion is: the path's straightness (`path_straightness`) against the same frames in a shuffled order, a
+    paired baseline that any module whose frames are not a continuous motion equals."""
+    from ..methods.animatediff import generate, settings_from_config
 
-    followed, seen = [], []
-    for prompt in prompts(count, seed=4, directions=True):
-        settings = AnimateDiffSettings(
-            prompt=prompt.text, frames=toy_world.FRAMES, height=toy_world.SIZE, width=toy_world.SIZE, steps=steps,
-            guidance_scale=guidance_scale, seed=prompt.seed,
-        )
-        direction = motion_direction(generate(pipe, motion_adapter, settings).frames)
+    followed, seen, straightness, shuffled = [], [], [], []
+    order = np.random.default_rng(0).permutation(toy_world.FRAMES)
+    chosen = prompts(count, seed=4, directions=True)
+    runs = [prompt_overrides(p, toy_world.FRAMES, steps) + [f"guidance_scale={guidance_scale}"] for p in chosen]
+    for prompt, cfg in zip(chosen, cli_configs("animatediff", runs)):
+        frames = generate(pipe, motion_adapter, settings_from_config(cfg)).frames
+        direction = motion_direction(frames)
         seen.append(direction)
         followed.append(direction == prompt.direction)
-    return {"direction_followed": float(np.mean(followed)), "count": count, "directions": seen}
+        straightness.append(path_straightness(frames))
+        shuffled.append(path_straightness(frames[order]))
+    gains = np.array([a - b for a, b in zip(straightness, shuffled) if a is not None and b is not None])
+    return {
+        "direction_followed": float(np.mean(followed)),
+        "moving": float(np.mean([d is not None for d in seen])),
+        "straightness": float(np.mean([v for v in straightness if v is not None])),
+        "straightness_shuffled": float(np.mean([v for v in shuffled if v is not None])),
+        "straightness_gain_lower_bound": float(gains.mean() - 2 * gains.std(ddof=1) / np.sqrt(len(gains))) if len(gains) > 1 else float("-inf"),
+        "count": count,
+        "directions": seen,
+    }
 
 
 def motion_losses(pipe, motion_adapter, count: int = 16, timesteps=(300, 600, 900), seed: int = 5) -> dict:
