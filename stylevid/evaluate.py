@@ -682,8 +682,7 @@ def evaluate_videos(
         for item in items:
             try:
                 frames = read_video(item.path, max_frames)
-            except UserInputError as error:
-                log.warning("skipping %s: %s", item.name, error)
+            except UserInputError as error:  # warned about below, unless no video is readable (then one error)
                 skipped.append({"video": item.name, "path": str(item.path), "reason": str(error)})
                 reporter.advance()
                 continue
@@ -709,6 +708,8 @@ def evaluate_videos(
             reporter.advance()
     if require_readable:
         require_some_readable(records, skipped)
+    for entry in skipped:
+        log.warning("skipping %s: %s", entry["video"], entry["reason"])
     return records, skipped, kept
 
 

@@ -7,6 +7,7 @@ import base64
 import csv
 import io
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -140,9 +141,12 @@ def test_sweep_gives_one_row_per_run_with_the_swept_keys(tmp_path, tiny_clip, st
     assert rows[0]["temporal_flicker"] == rows[2]["temporal_flicker"] != rows[1]["temporal_flicker"]
 
 
-def test_sweep_over_unfinished_prompts_batches_warns_once_and_records_the_missing_rows(tmp_path, tiny_clip, caplog):
+def test_sweep_over_unfinished_prompts_batches_warns_once_and_records_the_missing_rows(tmp_path, tiny_clip, caplog,
+                                                                                        monkeypatch):
     """A prompts= batch is finished only once its batch.json is written (rows 0000, 0001... before it). Scoring
     an interrupted one must say so: one warning line, and the missing rows in metrics.json."""
+    # An in-process CLI test of another task (Hydra's `disabled` logging) may have disabled this module's logger.
+    monkeypatch.setattr(logging.getLogger("stylevid.evaluate"), "disabled", False)
     sweep = tmp_path / "sweep"
     (tmp_path / "three.txt").write_text("a red square\na blue square\na green square\n")
     (tmp_path / "two.txt").write_text("a red square\na blue square\n")
