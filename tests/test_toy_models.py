@@ -81,8 +81,9 @@ def test_text_to_image_follows_the_prompt_colour(toy_pipe, embedder):
 @pytest.mark.slow
 def test_cross_frame_attention_makes_t2v_zero_clearly_more_consistent(toy_pipe, embedder):
     figures = judge.measure_cross_frame(toy_pipe, embedder, count=12)
-    # Measured at build time: 0.963 against 0.915, a paired gain of 0.048 whose lower bound (mean - 2 SE) is
-    # 0.027, and higher for 12 of 12 prompts.
+    # Measured through the CLI's config (t0/t1 17/18 at 20 steps, 12-px motion field): 0.965 against 0.927, a paired
+    # gain of 0.038 whose lower bound (mean - 2 SE) is 0.020, and higher for 12 of 12 prompts (before, with the
+    # judge's own 18/19 and 1.5 px: 0.963 against 0.915, gain 0.048, bound 0.027).
     assert figures["gain_lower_bound"] > 0, figures
     assert figures["share_of_prompts_higher"] >= 2 / 3, figures
 
@@ -92,7 +93,9 @@ def test_stylet2v0_default_sharing_moves_colour_statistics_towards_the_style(toy
     """Both presets as the CLI composes them (`method=stylet2v0 model=toy steps=20 frames=4 style=...`)."""
     paper = judge.measure_style(toy_pipe, embedder, STYLES, count=12, overrides=("method.sharing=paper",))
     default = judge.measure_style(toy_pipe, embedder, STYLES)  # the report's 72 prompts
-    # Measured: MEASURED_STYLE_FIGURES
+    # Measured through the CLI's config: the default (aligned) drops the distance by 32.7 % on the 72 prompts with the
+    # prompt's colour kept in all 72 (33.2 % when the judge used its own t0/t1 and a 1.5-px motion field); paper
+    # (eqs. 7-9 as written) by -2.2 % on the same 72 (adherence 96 %): it does not move the colours.
     assert default["sharing"]["sharing"] == "aligned"
     assert default["distance_drop"] >= 0.30, default
     assert default["distance_drop"] > paper["distance_drop"] + 0.2, (paper, default)
@@ -104,7 +107,8 @@ def test_toy_motion_module_moves_objects_coherently(toy_pipe):
     """A motion module that has learned motion moves the object along a path; frames that are independent pictures
     (an untrained or broken module) or a clip in the wrong order make the object jump about."""
     figures = judge.measure_motion(toy_pipe, load_motion_adapter(str(toy_path("motion_module"))), count=16)
-    # Measured: MEASURED_MOTION_FIGURES
+    # Measured: 16 of 16 videos move (>= 3 px; only 1 of 16 the prompt's way: README); straightness 0.54 against
+    # 0.13 for the same frames shuffled, a paired gain whose lower bound (mean - 2 SE) is 0.28.
     assert figures["moving"] >= 0.7, figures
     # Paired against the same frames shuffled: the gain minus two standard errors is above zero (about a 95 %
     # one-sided bound), as for cross-frame attention above.
