@@ -115,6 +115,15 @@ def test_sweep_flag_after_the_overrides_works(tmp_path, capsys):
     assert sorted(json.loads(p.read_text())["seed"] for p in (tmp_path / "sweep").glob("*/result.json")) == [0, 1]
 
 
+def test_a_key_a_method_ignores_is_only_a_warning_in_a_sweep_over_methods(tmp_path, capsys):
+    # -m method=t2v_zero,stylet2v0 style=... is the paper's comparison: style cannot be set for one job only
+    code, _, err = run_stylevid(["generate", "-m", "method=t2v_zero,stylet2v0", *TINY, "frames=1", "prompt=x", STYLE,
+                                 f"hydra.sweep.dir={tmp_path / 'sweep'}"], capsys)
+    assert code == 0, err
+    assert "warning: method=t2v_zero does not use style= (only stylet2v0 does); ignored in this sweep job" in err
+    assert sorted(json.loads(p.read_text())["method"] for p in (tmp_path / "sweep").glob("*/result.json")) == ["stylet2v0", "t2v_zero"]
+
+
 def test_ctrl_c_is_one_line_and_removes_the_half_made_run(tmp_path, capsys, monkeypatch):
     import stylevid.generate as generate
 
