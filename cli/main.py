@@ -228,6 +228,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import hydra  # imported late so that `stylevid --help` answers at once
 
+    from stylevid.distributed import close_process_group
+
     from .tasks import TASK_FUNCTIONS
 
     entered = {"task": False}
@@ -242,6 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     quiet_libraries()
     try:
         hydra.main(config_path="pkg://stylevid.conf", config_name=task, version_base="1.3")(task_main)()
+        close_process_group()
     except KeyboardInterrupt:
         interrupted()
     except SystemExit as exit_:

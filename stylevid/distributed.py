@@ -69,3 +69,15 @@ def gather_to_main(value, rank: Rank) -> list | None:
 def shard(items: list, rank: Rank) -> list:
     """Rows i with i % world_size == rank: an even spread that keeps each row on one rank."""
     return items[rank.rank :: rank.world_size]
+
+
+def close_process_group() -> None:
+    """Wait for every rank, then tear the process group down before the interpreter exits.
+
+    Left to interpreter shutdown, gloo's worker threads can still be joinable when their C++ destructors run,
+    and a rank then aborts ("terminate called without an active exception", SIGABRT) after its work is done.
+    The barrier keeps a fast rank from leaving while rank 0 still gathers from it.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
