@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 
 TASKS = {
-    "generate": "zero-shot video from text (t2v_zero), a style image (stylet2v0) and pose/edge/depth conditions",
+    "generate": "a video from text, with a style image and pose/edge/depth conditions where the method takes them",
     "train": "train a motion module (stylevid train motion_module data=webvid ...), on CPU, a GPU or torchrun",
     "invert": "DDIM-invert an image or video: latents per step, a reconstruction and its PSNR",
     "evaluate": "CLIPSIM, consistency, style fidelity, warp error, FVD, IS over runs, sweeps or video folders",
@@ -35,16 +35,25 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
 
 
+def method_lines() -> tuple[list[str], list[str]]:
+    """One line per registered method (`stylevid.methods`), and each method's example command."""
+    quiet_libraries()  # importing the methods imports diffusers and transformers, which warn about optional packages
+    from stylevid.methods.base import registered_methods
+
+    methods = sorted(registered_methods().values(), key=lambda method: method.name)
+    lines = [f"  {method.name:<13} {method.description}" for method in methods]
+    examples = [f"  stylevid generate method={method.name} {method.example}" for method in methods if method.example]
+    return lines, examples
+
+
 def usage() -> str:
+    methods, examples = method_lines()
     lines = ["usage: stylevid TASK [key=value ...] [--help] [--cfg job] [-m]", "", "tasks:"]
     lines += [f"  {task:<9} {text}" for task, text in TASKS.items()]
-    lines += ["", "methods (generate method=...):"]
-    lines += [f"  {name}" for name in group_options("method")]
+    lines += ["", "methods (generate method=...):", *methods]
     lines += ["", "models (model=..., or model.path=<hub id | diffusers dir | .safetensors>):"]
     lines += [f"  {name}" for name in group_options("model")]
-    lines += ["", "`stylevid TASK --help` shows every key of that task. Examples:",
-              '  stylevid generate method=stylet2v0 prompt="a horse galloping on a beach" style=vangogh.png model=sd15',
-              '  stylevid generate method=t2v_zero prompt="a panda surfing" frames=24 chunk_size=8']
+    lines += ["", "`stylevid TASK --help` shows every key of that task. Examples:", *examples]
     return "\n".join(lines)
 
 
@@ -68,6 +77,10 @@ def check_group_choices(overrides: list[str]) -> None:
         # `a`, a sweep `a,b`, or a list `[a,b]`: every name must be an option of the group
         names = [n.strip() for n in value.strip("[]").split(",") if n.strip()]
         options = group_options(key)
+        if key == "method":  # the registry: built-in methods and any a plugin registered
+            from stylevid.methods.base import registered_methods
+
+            options = sorted(set(options) | set(registered_methods()))
         for name in names:
             if name not in options:
                 fail(f"unknown {key} {name!r}; choose one of: {', '.join(options)}")
@@ -222,7 +235,10 @@ def main(argv: list[str] | None = None) -> None:
     check_group_choices(overrides)
     if task == "generate" and any(arg in ("--help", "-h", "--hydra-help") for arg in overrides):
         if not any(arg.startswith("method=") for arg in overrides):
-            overrides.append("method=stylet2v0")  # show a complete config: the method group is required
+            from stylevid.methods.base import methods_supporting
+
+            # show a complete config (the method group is required): one with a style image, the most keys
+            overrides.append(f"method={methods_supporting('style')[0]}")
     if not any(arg.startswith("-") for arg in overrides):
         check_composes(task, overrides)
 

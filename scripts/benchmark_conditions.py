@@ -65,7 +65,7 @@ def main() -> None:
     from stylevid.conditions.canny import canny_maps
     from stylevid.conditions.depth import DepthAnnotator, tiny_depth_annotator
     from stylevid.conditions.pose import VitPoseDetector, pose_maps, tiny_pose_detector
-    from stylevid.generate import default_step_counts
+    from stylevid.methods.t2v_zero import default_step_counts
     from stylevid.methods import stylet2v0
     from stylevid.methods.t2v_zero import Control, ZeroShotSettings, ZeroShotVideo
     from stylevid.models.controlnet import load_controlnet

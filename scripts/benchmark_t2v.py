@@ -63,7 +63,7 @@ def timed(fn, device: str) -> float:
 def speed(args) -> dict:
     from diffusers import TextToVideoZeroPipeline
 
-    from stylevid.generate import default_step_counts
+    from stylevid.methods.t2v_zero import default_step_counts
     from stylevid.methods import stylet2v0
     from stylevid.methods.t2v_zero import ZeroShotSettings, ZeroShotVideo
 
@@ -103,7 +103,7 @@ import json, os, resource, sys, torch
 sys.path.insert(0, {root!r})
 os.environ["HF_HUB_OFFLINE"] = "1"
 from scripts.benchmark_t2v import load
-from stylevid.generate import default_step_counts
+from stylevid.methods.t2v_zero import default_step_counts
 from stylevid.methods.t2v_zero import ZeroShotSettings, ZeroShotVideo
 import psutil
 device = {device!r}

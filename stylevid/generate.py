@@ -24,68 +24,16 @@ from .io.run_dir import (
     versions,
     write_json_atomic,
 )
-from .conditions.control import ConditionMaps, build_control, cache_condition_maps, prepare_condition_maps
+from .conditions.control import ConditionMaps, cache_condition_maps, condition_scales, prepare_condition_maps
 from .distributed import Rank, broadcast_from_main, current_rank, gather_to_main, rank_device, shard
 from .io.video import save_frames, write_video
-from .io.images import decode_image
 from .io.preview import write_preview
 from .io.video_input import source_frame_rate
-from .methods import animatediff, stylet2v0
-from .methods.common import check_steps_fit, common_settings
-from .methods.t2v_zero import ZeroShotSettings, ZeroShotVideo
-from .models.loading import load_pipeline, resolve_device, resolve_dtype
+from .methods.base import FEATURES, VideoMethod, VideoSettings, get_method, methods_supporting
+from .models.loading import resolve_device, resolve_dtype
 from .progress import StageReporter
 
 log = logging.getLogger(__name__)
-METHODS = ("t2v_zero", "stylet2v0", "animatediff")
-
-
-def default_step_counts(steps: int) -> tuple[int, int]:
-    """Text2Video-Zero's t0=44, t1=47 at 50 steps, scaled to `steps`.
-
-    At 50 steps frame 1 alone gets 2 DDIM steps to t1 and 3 more to t0; keep those fractions of the schedule
-    (at least one step each) so that `steps=20` works without also setting t0 and t1.
-    """
-    to_t1 = max(1, round(2 * steps / 50))
-    to_t0 = max(1, round(3 * steps / 50))
-    t1 = steps - 1 - to_t1
-    return t1 - to_t0, t1
-
-
-def zero_shot_settings(cfg: DictConfig) -> ZeroShotSettings:
-    method = cfg.method
-    common = common_settings(cfg)
-    t0, t1 = method.get("t0"), method.get("t1")
-    if t0 is None or t1 is None:
-        if common["steps"] < 3:
-            raise UserInputError(
-                f"steps must be at least 3 for method={method.name} (frame 1 is denoised alone for some steps before "
-                f"the motion is applied, then all frames together), got {common['steps']}"
-            )
-        default_t0, default_t1 = default_step_counts(common["steps"])
-        t0 = default_t0 if t0 is None else t0
-        t1 = default_t1 if t1 is None else t1
-    return ZeroShotSettings(
-        **common,
-        t0=values.integer(t0, "method.t0", 0),
-        t1=values.integer(t1, "method.t1", 0),
-        motion_field_strength_x=values.number(method.motion_field_strength_x, "method.motion_field_strength_x"),
-        motion_field_strength_y=values.number(method.motion_field_strength_y, "method.motion_field_strength_y"),
-        chunk_size=values.integer(cfg.chunk_size, "chunk_size", 0),
-        smooth_background=bool(method.smooth_background),
-        smoothing_alpha=values.number(method.smoothing_alpha, "method.smoothing_alpha", 0, 1),
-        smoothing_threshold=values.number(method.smoothing_threshold, "method.smoothing_threshold", 0),
-        frames_per_decode=1 if cfg.get("vae_slicing") else 0,
-    )
-
-
-def style_settings(cfg: DictConfig) -> stylet2v0.StyleSettings:
-    return stylet2v0.StyleSettings.from_config(cfg)  # the sharing preset and the keys that override it
-
-
-def check_style_file(path: str) -> None:
-    if not Path(path).is_file():
-        raise UserInputError(f"style image not found: {path}")
 
 
 @dataclass
@@ -93,28 +41,23 @@ class GenerateJob:
     """One video to make: everything checked, nothing loaded or written yet."""
 
     cfg: DictConfig
-    settings: ZeroShotSettings | animatediff.AnimateDiffSettings
-    style: stylet2v0.StyleSettings | None
+    method: VideoMethod
+    settings: VideoSettings  # the method's own settings dataclass
     fps: float  # the output's frame rate (and the rate condition.video is read at)
 
 
-# Keys of generate.yaml that only some methods read: set for any other method they would be ignored without a
-# word, so they are refused instead (key -> the methods that read it).
-ONLY_FOR = {
-    "style": ("stylet2v0",),
-    "style_prompt": ("stylet2v0",),
-}
-
-
-def check_keys_used(cfg: DictConfig, method: str, in_sweep: bool = False) -> None:
-    """Refuse a key the method would ignore. In a sweep over methods (`-m method=t2v_zero,stylet2v0 style=...`,
-    the paper's comparison) a shared key cannot be set per method, so there it is only a warning."""
-    for key, methods in ONLY_FOR.items():
-        if cfg.get(key) not in (None, "") and method not in methods:
-            message = f"method={method} does not use {key}= (only {', '.join(methods)} does)"
-            if not in_sweep:
-                raise UserInputError(f"{message}; remove it")
-            log.warning("%s; ignored in this sweep job", message)
+def check_features(cfg: DictConfig, method: VideoMethod, in_sweep: bool = False) -> None:
+    """Refuse a feature the method does not declare (`VideoMethod.supports`): it would be ignored without a word.
+    In a sweep over methods (`-m method=a,b style=...`, comparing a method with and without style) a shared key
+    cannot be set per method, so there it is only a warning."""
+    for feature, spec in FEATURES.items():
+        if feature in method.supports or not spec.requested(cfg):
+            continue
+        able = methods_supporting(feature)
+        message = f"method={method.name} does not support {spec.keys}" + (f" (methods that do: {', '.join(able)})" if able else "")
+        if not in_sweep:
+            raise UserInputError(f"{message}; remove it or choose another method")
+        log.warning("%s; ignored in this sweep job", message)
 
 
 def output_fps(cfg: DictConfig) -> float:
@@ -132,40 +75,21 @@ def output_fps(cfg: DictConfig) -> float:
 
 def plan_job(cfg: DictConfig, in_sweep: bool = False) -> GenerateJob:
     """Check everything a user can get wrong in one video's config, before anything is created."""
-    method = cfg.method.name
-    if method not in METHODS:
-        raise UserInputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    method = get_method(str(cfg.method.name))
     if not cfg.get("prompt"):
         raise UserInputError('no prompt: pass prompt="..." (or prompts=FILE for one video per row)')
-    check_keys_used(cfg, method, in_sweep)
-    if method == "animatediff":
-        if cfg.condition.controls:
-            raise UserInputError("structure conditions are not supported with method=animatediff yet")
-        if cfg.get("cpu_offload"):
-            raise UserInputError("cpu_offload is not supported with method=animatediff yet (it inflates its own UNet)")
-        settings = animatediff.settings_from_config(cfg)
-        settings.validate()
-        return GenerateJob(cfg=cfg, settings=settings, style=None, fps=output_fps(cfg))
-    settings = zero_shot_settings(cfg)
-    settings.validate()
-    style = style_settings(cfg) if method == "stylet2v0" else None
-    if style is not None:
-        style.validate()
-        check_style_file(style.image)
-        stylet2v0.load_style_image(style.image, settings.height, settings.width)  # fail early on an unreadable file
-    return GenerateJob(cfg=cfg, settings=settings, style=style, fps=output_fps(cfg))
+    check_features(cfg, method, in_sweep)
+    return GenerateJob(cfg=cfg, method=method, settings=method.settings(cfg), fps=output_fps(cfg))
 
 
 @dataclass
 class Loaded:
-    """What every video of a run shares: the pipeline, the ControlNet guidance and its maps."""
+    """What every video of a run shares: the method's models and the condition maps."""
 
-    pipe: object
+    models: object  # what `VideoMethod.load` returned
     device: torch.device
     dtype: torch.dtype
     conditions: ConditionMaps | None
-    control: object | None
-    motion_adapter: object | None = None  # animatediff
 
 
 def load_for(job: GenerateJob, reporter: StageReporter, rank: Rank = Rank()) -> Loaded:
@@ -175,19 +99,8 @@ def load_for(job: GenerateJob, reporter: StageReporter, rank: Rank = Rank()) -> 
     with reporter.stage("conditions"):  # the depth and pose annotators run on the generation's device
         conditions = prepare_condition_maps(cfg, settings.frames, settings.height, settings.width, job.fps, device, dtype)
     with reporter.stage("loading model"):
-        pipe = load_pipeline(cfg.model, dtype)
-        check_steps_fit(settings.steps, pipe.scheduler)
-        if cfg.method.name == "animatediff":  # a personalized model: image LoRA, then the motion module
-            animatediff.apply_image_lora(pipe, cfg)
-            adapter = animatediff.load_motion(cfg, dtype, unet=pipe.unet)  # refuses a module for another base
-            settings.validate(max_seq_length=adapter.config.motion_max_seq_length)
-            return Loaded(pipe=pipe.to(device), device=device, dtype=dtype, conditions=None, control=None, motion_adapter=adapter)
-        if cfg.get("cpu_offload") and device.type == "cuda":
-            pipe.enable_model_cpu_offload(device=device)
-        else:
-            pipe.to(device)
-        control = build_control(cfg, conditions, pipe.unet, dtype, device, pipe.vae_scale_factor) if conditions else None
-    return Loaded(pipe=pipe, device=device, dtype=dtype, conditions=conditions, control=control)
+        models = job.method.load(cfg, settings, device, dtype, conditions)
+    return Loaded(models=models, device=device, dtype=dtype, conditions=conditions)
 
 
 # The stages of `load_for`, shared by all videos of a run.
@@ -201,18 +114,9 @@ def model_record(model_cfg: DictConfig) -> dict:
     return record
 
 
-def preview_inputs(job: GenerateJob, loaded: Loaded) -> list:
-    """What the video was made from, shown beside its frames in preview.png: the style image, then the
-    first frame of each condition map."""
-    inputs = [decode_image(job.style.image, "style image")] if job.style is not None else []
-    if loaded.conditions is not None:
-        inputs += [loaded.conditions.maps[kind][0] for kind in loaded.conditions.kinds]
-    return inputs
-
-
 def execute_job(job: GenerateJob, loaded: Loaded, run_dir: Path, reporter: StageReporter) -> Path:
     """Generate the video into `run_dir` and write its files, `result.json` last."""
-    cfg, settings, style, device = job.cfg, job.settings, job.style, loaded.device
+    cfg, settings, device = job.cfg, job.settings, loaded.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     # Each video times its own stages afresh; the loading stages, done once for all videos, stay in every record.
@@ -220,17 +124,14 @@ def execute_job(job: GenerateJob, loaded: Loaded, run_dir: Path, reporter: Stage
     with run_directory(run_dir):
         started = time.perf_counter()
         cached_maps = cache_condition_maps(loaded.conditions, run_dir) if loaded.conditions else {}
-        if loaded.motion_adapter is not None:
-            output = animatediff.generate(loaded.pipe, loaded.motion_adapter, settings, reporter)
-        elif style is not None:
-            output = stylet2v0.generate(loaded.pipe, settings, style, reporter, control=loaded.control)
-        else:
-            output = ZeroShotVideo(loaded.pipe, reporter)(settings, control=loaded.control)
+        output = job.method.generate(loaded.models, settings, reporter)
         with reporter.stage("writing"):
             write_video(run_dir / "video.mp4", output.frames, fps=job.fps)
             if cfg.get("save_frames"):
                 save_frames(run_dir / "frames", output.frames)
-            write_preview(run_dir / "preview.png", output.frames, preview_inputs(job, loaded))
+            # beside the frames: what the video was made from (the style image, the first frame of each map)
+            shown = output.inputs + ([loaded.conditions.maps[kind][0] for kind in loaded.conditions.kinds] if loaded.conditions else [])
+            write_preview(run_dir / "preview.png", output.frames, shown)
             (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         result = {
             "task": "generate",
@@ -242,18 +143,16 @@ def execute_job(job: GenerateJob, loaded: Loaded, run_dir: Path, reporter: Stage
             "width": settings.width,
             "fps": job.fps,
             "steps": settings.steps,
-            "t0": getattr(settings, "t0", None),
-            "t1": getattr(settings, "t1", None),
+            "guidance_scale": settings.guidance_scale,
+            "negative_prompt": settings.negative_prompt,
             "model": model_record(cfg.model),
-            "motion": OmegaConf.to_container(cfg.motion) if "motion" in cfg else None,
-            "lora": OmegaConf.to_container(cfg.lora) if "lora" in cfg else None,
-            "style": style.image if style else None,
             "conditions": {
                 "kinds": loaded.conditions.kinds if loaded.conditions else [],
                 "video": cfg.condition.get("video"),
                 "maps": cached_maps,
-                "scales": loaded.control.scales if loaded.control else [],
+                "scales": condition_scales(cfg, loaded.conditions.kinds) if loaded.conditions else [],
             },
+            **job.method.record(cfg, settings),  # the method's own fields (its settings, its models)
             "device": str(device),
             "dtype": str(loaded.dtype).replace("torch.", ""),
             "timings_s": {**reporter.timings, "total_generate": time.perf_counter() - started},

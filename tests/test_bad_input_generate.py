@@ -51,9 +51,9 @@ BAD_INPUTS = [
     (["method=t2v_zero", "prompt=x", "output_dir=/sys/stylevid-out"], "cannot write in /sys"),
     (["method=t2v_zero", "prompt=x", "output_dir=/etc/hostname/run"], "is a file, not a directory"),
     (["method=t2v_zero", "prompt=x", "outputs_root=/sys/stylevid-out"], "outputs_root /sys/stylevid-out: cannot write"),
-    (["method=t2v_zero", "prompt=x", STYLE], "method=t2v_zero does not use style="),
-    (["method=animatediff", "prompt=x", STYLE], "method=animatediff does not use style="),
-    (["method=animatediff", "prompt=x", "style_prompt=a painting"], "method=animatediff does not use style_prompt="),
+    (["method=t2v_zero", "prompt=x", STYLE], "method=t2v_zero does not support style= (methods that do: animatediff, stylet2v0)"),
+    (["method=t2v_zero", "prompt=x", "style_prompt=a painting"], "method=t2v_zero does not support style_prompt="),
+    (["method=animatediff", "prompt=x", "style=/no/such.png"], "style image not found: /no/such.png"),
     (["method=animatediff", "prompt=x", "method.context_length=0"], "method.context_length must be at least 1"),
     (["method=animatediff", "prompt=x", "method.free_init_iters=x"], "method.free_init_iters must be an integer"),
     (["method=t2v_zero", "prompt=x", "cpu_offload=maybe"], "cpu_offload must be true or false"),
@@ -69,7 +69,11 @@ BAD_INPUTS = [
     (["method=animatediff", "prompt=x", "lora.path=/no/lora.safetensors"], "LoRA file not found"),
     (["method=animatediff", "prompt=x", "method.beta_schedule=cosine"], "method.beta_schedule must be one of"),
     (["method=animatediff", "prompt=x", "method.free_noise=true", "method.context_stride=0"], "method.context_stride must be at least 1"),
-    (["method=animatediff", "prompt=x", "condition=canny"], "not supported with method=animatediff"),
+    (["method=animatediff", "prompt=x", "condition=canny"], "condition=canny needs an input: condition.video="),
+    (["method=animatediff", "prompt=x", "condition=canny", "condition.motion_field=true"],
+     "method=animatediff does not support condition.motion_field=true (methods that do: stylet2v0, t2v_zero)"),
+    (["method=animatediff", "prompt=x", "condition=canny", "condition.shared_noise=false"],
+     "method=animatediff does not support condition.shared_noise=false"),
     (["method=stylet2v0", "prompt=x", "style=/no/such.png"], "style image not found"),
     (["method=t2v_zero", "prompt=x", "prompts=/no/such.txt"], "prompts file not found"),
 ]
@@ -120,7 +124,7 @@ def test_a_key_a_method_ignores_is_only_a_warning_in_a_sweep_over_methods(tmp_pa
     code, _, err = run_stylevid(["generate", "-m", "method=t2v_zero,stylet2v0", *TINY, "frames=1", "prompt=x", STYLE,
                                  f"hydra.sweep.dir={tmp_path / 'sweep'}"], capsys)
     assert code == 0, err
-    assert "warning: method=t2v_zero does not use style= (only stylet2v0 does); ignored in this sweep job" in err
+    assert "warning: method=t2v_zero does not support style= (methods that do: animatediff, stylet2v0); ignored in this sweep job" in err
     assert sorted(json.loads(p.read_text())["method"] for p in (tmp_path / "sweep").glob("*/result.json")) == ["stylet2v0", "t2v_zero"]
 
 
@@ -167,7 +171,7 @@ def test_the_model_scheduler_bounds_steps_once_loaded():
     from diffusers import DDIMScheduler
 
     from stylevid.errors import UserInputError
-    from stylevid.methods.common import check_steps_fit
+    from stylevid.methods.base import check_steps_fit
 
     scheduler = DDIMScheduler(num_train_timesteps=100)
     check_steps_fit(100, scheduler)

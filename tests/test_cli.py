@@ -45,11 +45,13 @@ def test_generate_writes_a_complete_run_directory(tmp_path, capsys, style_image_
     frames = sorted((run_dir / "frames").glob("*.png"))
     assert [f.name for f in frames] == ["0000.png", "0001.png", "0002.png"]
     assert np.asarray(Image.open(frames[0])).shape == (64, 64, 3)
-    # preview.png: the 96x72 style image scaled to the frames' height (85 px wide), a double gap, then the frames
+    assert result["style"] == str(style_image_path) and result["style_sharing"]["sharing"] == "aligned"
+    assert (result["t0"], result["t1"]) == (3, 4)  # Text2Video-Zero's 44/47 of 50 steps, scaled to steps=6
+    # preview.png: the 96x72 style image as the model saw it (cropped to the 64x64 frame), a double gap, the frames
     preview = np.asarray(Image.open(run_dir / "preview.png"))
-    assert preview.shape == (64, 85 + 8 + 3 * 64 + 2 * 4, 3) and result["files"]["preview"] == "preview.png"
+    assert preview.shape == (64, 64 + 8 + 3 * 64 + 2 * 4, 3) and result["files"]["preview"] == "preview.png"
     for index, frame in enumerate(frames):
-        left = 85 + 8 + index * (64 + 4)
+        left = 64 + 8 + index * (64 + 4)
         assert np.array_equal(preview[:, left : left + 64], np.asarray(Image.open(frame)))
     assert f"preview: {run_dir / 'preview.png'}" in err.replace("\n", "")
     import imageio.v3 as iio

@@ -57,7 +57,9 @@ def test_layers_given_as_one_string_are_one_selector(style_image_path):
     """`method.layers=up_blocks` on the command line is a string: it must not become its letters."""
     from hydra import compose, initialize_config_module
 
-    from stylevid.generate import style_settings
+    from stylevid.conditions.style import StyleSettings
+
+    style_settings = StyleSettings.from_config
 
     assert stylet2v0.StyleSettings(style_image_path, layers="all").layers == ["all"]
     with initialize_config_module("stylevid.conf", version_base="1.3"):
@@ -166,7 +168,9 @@ def test_style_image_is_read_as_stylevid_invert_reads_an_image(style_image_path,
 def compose_style(style_image_path, *overrides):
     from hydra import compose, initialize_config_module
 
-    from stylevid.generate import style_settings
+    from stylevid.conditions.style import StyleSettings
+
+    style_settings = StyleSettings.from_config
 
     with initialize_config_module("stylevid.conf", version_base="1.3"):
         return style_settings(compose("generate", overrides=["method=stylet2v0", f"style={style_image_path}", *overrides]))
@@ -219,7 +223,7 @@ def test_the_yaml_default_sharing_is_the_python_default():
 
     from omegaconf import OmegaConf
 
-    yaml = OmegaConf.load(str(files("stylevid.conf") / "method" / "stylet2v0.yaml"))
+    yaml = OmegaConf.load(str(files("stylevid.conf") / "shared" / "style_sharing.yaml"))
     assert yaml.sharing == stylet2v0.DEFAULT_SHARING
     assert all(yaml[key] is None for key in stylet2v0.SHARING_KEYS)  # null: the preset decides unless overridden
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from stylevid.errors import UserInputError
-from stylevid.generate import default_step_counts
+from stylevid.methods.t2v_zero import default_step_counts
 from stylevid.methods.t2v_zero import ZeroShotSettings, ZeroShotVideo, frame_chunks
 from stylevid.sampling.motion import warp_latents
 

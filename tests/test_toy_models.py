@@ -164,7 +164,10 @@ TOY_SLICES = {
 
 @pytest.mark.parametrize("run", sorted(TOY_SLICES))
 def test_toy_pipeline_expected_slice(toy_pipe, run):
-    from stylevid.generate import style_settings, zero_shot_settings
+    from stylevid.conditions.style import StyleSettings
+    from stylevid.methods.t2v_zero import zero_shot_settings
+
+    style_settings = StyleSettings.from_config
     from stylevid.methods import stylet2v0
     from stylevid.methods.t2v_zero import ZeroShotVideo
 

@@ -268,3 +268,29 @@ def style_reference(
         finally:
             hook.remove()
             handle.release()
+
+
+class _OneFrameImageModel:
+    """A `UNetMotionModel` called as the image model it inflates: (N, C, h, w) latents in, temporal layers off."""
+
+    def __init__(self, video_unet: torch.nn.Module):
+        self.video_unet = video_unet
+
+    def __call__(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor):
+        clips = sample.unsqueeze(2)  # (N, C, 1, h, w): every image a one-frame clip
+        noise = self.video_unet(clips, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+        return _Prediction(noise[:, :, 0])
+
+
+class _Prediction(NamedTuple):
+    sample: torch.Tensor
+
+
+@contextmanager
+def image_layers_only(video_unet: torch.nn.Module) -> Iterator[_OneFrameImageModel]:
+    """The video UNet as its image model (UNet2DConditionModel's call: `unet(latents, t, encoder_hidden_states=...)
+    .sample`), for DDIM-inverting the style image with the same weights, device and offload hooks as the video
+    instead of keeping a second copy of the image UNet."""
+    motion_modules = [module for module in video_unet.modules() if isinstance(module, AnimateDiffTransformer3D)]
+    with _temporal_layers_off(motion_modules):
+        yield _OneFrameImageModel(video_unet)

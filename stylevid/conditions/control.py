@@ -18,9 +18,29 @@ from omegaconf import OmegaConf
 
 from ..errors import UserInputError
 from ..io.video_input import read_frames
-from ..methods.t2v_zero import Control
 from ..models.controlnet import load_controlnet
 from .maps import CONDITION_KINDS, annotate, load_condition_maps, save_condition_maps
+
+
+@dataclass
+class Control:
+    """ControlNet guidance: one ControlNet (or diffusers' MultiControlNetModel) and its per-frame maps."""
+
+    controlnet: torch.nn.Module
+    images: list[torch.Tensor]  # per ControlNet: (frames, 3, H, W) in [0, 1]
+    scales: list[float]
+    guidance_start: float = 0.0  # fraction of the schedule where the control starts / ends
+    guidance_end: float = 1.0
+    shared_noise: bool = True  # Text2Video-Zero's conditional mode: one x_T for all frames
+    motion_field: bool = False  # instead: the motion-field procedure of the text-only mode
+
+    def nets(self) -> list[torch.nn.Module]:
+        """The ControlNet models (the members of a MultiControlNetModel), e.g. to install attention processors."""
+        return list(getattr(self.controlnet, "nets", [self.controlnet]))
+
+    def active_at(self, step: int, total: int) -> bool:
+        """Whether step `step` of `total` lies in [guidance_start, guidance_end], as in diffusers."""
+        return not (step / total < self.guidance_start or (step + 1) / total > self.guidance_end)
 
 
 @dataclass
@@ -171,6 +191,15 @@ def check_controlnet_fits(controlnet, unet, vae_scale_factor: int, controlnet_na
             )
 
 
+def condition_scales(cfg, kinds: list[str]) -> list[float]:
+    """Each kind's ControlNet conditioning scale: `condition.controls.<kind>.scale`, else `condition.scale`."""
+    scales = []
+    for kind in kinds:
+        scale = cfg.condition.controls[kind].get("scale")
+        scales.append(float(cfg.condition.scale if scale is None else scale))
+    return scales
+
+
 def build_control(cfg, prepared: ConditionMaps, unet, dtype: torch.dtype, device: torch.device,
                   vae_scale_factor: int = 8) -> Control:
     """One ControlNet per kind (diffusers' MultiControlNetModel for several) with the maps as tensors."""
@@ -178,7 +207,7 @@ def build_control(cfg, prepared: ConditionMaps, unet, dtype: torch.dtype, device
 
     condition = cfg.condition
     allow_pickle = bool(cfg.get("controlnet", {}).get("allow_pickle", False))
-    nets, images, scales = [], [], []
+    nets, images = [], []
     for kind in prepared.kinds:
         path = _per_kind(cfg, kind, "controlnet", "controlnet.path")
         net = load_controlnet(path, kind, unet, dtype, allow_pickle=allow_pickle)
@@ -186,12 +215,10 @@ def build_control(cfg, prepared: ConditionMaps, unet, dtype: torch.dtype, device
         check_controlnet_fits(net, unet, vae_scale_factor, f"{path or 'default'} ({kind})", str(model_name))
         nets.append(net.to(device))
         images.append(torch.from_numpy(prepared.maps[kind]).permute(0, 3, 1, 2).float() / 255.0)
-        scale = condition.controls[kind].get("scale")
-        scales.append(float(condition.scale if scale is None else scale))
     return Control(
         controlnet=nets[0] if len(nets) == 1 else MultiControlNetModel(nets),
         images=images,
-        scales=scales,
+        scales=condition_scales(cfg, prepared.kinds),
         guidance_start=float(condition.guidance_start),
         guidance_end=float(condition.guidance_end),
         shared_noise=bool(condition.shared_noise),

@@ -13,39 +13,48 @@
    (`method.free_init`). The pipeline's own denoising loop is used so that these options stay exactly
    diffusers' implementations; stylevid adds the loading, the progress and the run record.
 4. Latents are decoded frame by frame (in chunks) to uint8 frames.
+
+Features that compose with it, as with the zero-shot methods:
+- ControlNet structure conditions (`condition=depth`, `condition=[pose,canny]`, `condition.video`/`maps`, per-kind
+  scales, guidance start/end): sampling is then diffusers' `AnimateDiffControlNetPipeline` on the same components;
+- a style image (`style=`, the `method.sharing` presets and keys of stylet2v0): its latent goes through the
+  spatial self-attention layers in a reference pass of the same UNet with the temporal layers off, and every
+  frame's self-attention shares its statistics (`stylevid.attention.reference`);
+- `cpu_offload=true` (diffusers' model CPU offload on the video pipeline) and `vae_slicing=true`.
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
-from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter, UNetMotionModel
+from diffusers import AnimateDiffControlNetPipeline, AnimateDiffPipeline, DDIMScheduler, MotionAdapter, UNetMotionModel
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 
+from .. import values
+from ..conditions.control import Control, build_control
+from ..conditions.style import StyleSettings, check_layers, check_style_image, load_style_image
 from ..errors import UserInputError
 from ..models.lora import fuse_lora
 from ..models.motion_module import check_fits, inflate, load_motion_adapter, tiny_motion_adapter
+from ..attention import layer_selected
+from ..attention.reference import image_layers_only, style_reference
 from ..progress import StageReporter
-from ..sampling.vae import decode_to_uint8
-from .. import values
-from .common import common_settings
-from .t2v_zero import VideoOutput
+from ..sampling.inversion import ddim_invert, latents_at_timestep
+from ..sampling.vae import decode_to_uint8, encode_images
+from .base import VideoMethod, VideoOutput, VideoSettings, common_settings, load_image_pipeline, place, register
 
 log = logging.getLogger(__name__)
 BETA_SCHEDULES = ("linear", "scaled_linear")
 
 
 @dataclass
-class AnimateDiffSettings:
-    prompt: str
-    negative_prompt: str = ""
+class AnimateDiffSettings(VideoSettings):
     frames: int = 16
-    height: int = 512
-    width: int = 512
     steps: int = 25
-    guidance_scale: float = 7.5
-    seed: int = 0
     # DDIM's beta schedule for sampling: "linear" 0.00085-0.012 as the motion module was trained (Schedule B);
     # None keeps the personalized model's own scheduler config.
     beta_schedule: str | None = "linear"
@@ -55,6 +64,7 @@ class AnimateDiffSettings:
     free_init: bool = False
     free_init_iters: int = 3
     frames_per_decode: int = 16
+    style: StyleSettings | None = None  # style=: the style image and how attention shares it
 
     def validate(self, max_seq_length: int | None = None) -> None:
         if self.frames < 1 or self.steps < 1:
@@ -75,7 +85,11 @@ class AnimateDiffSettings:
 
 def settings_from_config(cfg) -> AnimateDiffSettings:
     method = cfg.method
-    return AnimateDiffSettings(
+    style = None
+    if cfg.get("style"):
+        style = StyleSettings.from_config(cfg)
+        style.validate()
+    settings = AnimateDiffSettings(
         **common_settings(cfg),
         beta_schedule=method.get("beta_schedule"),
         free_noise=bool(method.get("free_noise", False)),
@@ -85,7 +99,12 @@ def settings_from_config(cfg) -> AnimateDiffSettings:
         free_init_iters=values.integer(method.get("free_init_iters", 3), "method.free_init_iters", 1),
         frames_per_decode=1 if cfg.get("vae_slicing") else values.integer(
             method.get("frames_per_decode", 16), "method.frames_per_decode", 1),
+        style=style,
     )
+    settings.validate()
+    if style is not None:
+        check_style_image(style.image, settings.height, settings.width)
+    return settings
 
 
 def load_motion(cfg, dtype: torch.dtype = torch.float32, unet=None) -> MotionAdapter:
@@ -128,23 +147,32 @@ def apply_image_lora(pipe, cfg) -> None:
         fuse_lora({"unet": pipe.unet, "text_encoder": pipe.text_encoder}, str(lora.path), float(lora.get("scale", 1.0)))
 
 
+def sampling_scheduler(pipe, beta_schedule: str | None = "linear") -> DDIMScheduler:
+    """AnimateDiff's inference scheduler: DDIM, linear betas 0.00085-0.012, no clipping, linspace steps (the
+    module's training schedule); beta_schedule=None keeps the personalized model's own scheduler."""
+    if beta_schedule is None:
+        return pipe.scheduler
+    return DDIMScheduler.from_config(
+        pipe.scheduler.config,
+        beta_schedule=beta_schedule,
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        timestep_spacing="linspace",
+        steps_offset=1,
+    )
+
+
 def animatediff_pipeline(
-    pipe, motion_adapter: MotionAdapter | None, beta_schedule: str | None = "linear", video_unet: UNetMotionModel | None = None
-) -> AnimateDiffPipeline:
-    """diffusers' AnimateDiffPipeline on `pipe`'s components; its UNet is the image UNet inflated with the module,
-    or `video_unet` as is (an already inflated UNet, e.g. the trainer's own, on its device)."""
-    scheduler = pipe.scheduler
-    if beta_schedule is not None:
-        # AnimateDiff's inference config: DDIM, linear betas 0.00085-0.012, no clipping, linspace steps.
-        scheduler = DDIMScheduler.from_config(
-            pipe.scheduler.config,
-            beta_schedule=beta_schedule,
-            beta_start=0.00085,
-            beta_end=0.012,
-            clip_sample=False,
-            timestep_spacing="linspace",
-            steps_offset=1,
-        )
+    pipe,
+    motion_adapter: MotionAdapter | None,
+    beta_schedule: str | None = "linear",
+    video_unet: UNetMotionModel | None = None,
+    controlnet: torch.nn.Module | None = None,
+) -> AnimateDiffPipeline | AnimateDiffControlNetPipeline:
+    """diffusers' AnimateDiffPipeline on `pipe`'s components (AnimateDiffControlNetPipeline with `controlnet`, a
+    ControlNetModel or MultiControlNetModel); its UNet is the image UNet inflated with the module, or
+    `video_unet` as is (an already inflated UNet, e.g. the trainer's own, on its device)."""
     if video_unet is None:
         motion_adapter = motion_adapter.to(device=pipe.unet.device, dtype=pipe.unet.dtype)
         # The same UNetMotionModel.from_unet2d the pipeline would call, but a module for another base model
@@ -152,48 +180,84 @@ def animatediff_pipeline(
         video_unet = inflate(pipe.unet, motion_adapter)
     else:
         motion_adapter = None  # already inside video_unet; registering it could move the pipeline's device
-    return AnimateDiffPipeline(
+    components = dict(
         vae=pipe.vae,
         text_encoder=pipe.text_encoder,
         tokenizer=pipe.tokenizer,
         unet=video_unet,  # a UNetMotionModel is used as is
         motion_adapter=motion_adapter,
-        scheduler=scheduler,
+        scheduler=sampling_scheduler(pipe, beta_schedule),
+    )
+    if controlnet is not None:
+        return AnimateDiffControlNetPipeline(**components, controlnet=controlnet)
+    return AnimateDiffPipeline(**components)
+
+
+def configure(video_pipe, settings: AnimateDiffSettings) -> None:
+    """Long-video options as diffusers implements them (they change the pipeline's motion modules in place)."""
+    video_pipe.set_progress_bar_config(disable=True)
+    if settings.free_noise:
+        video_pipe.enable_free_noise(context_length=settings.context_length, context_stride=settings.context_stride)
+    elif getattr(video_pipe, "free_noise_enabled", False):
+        video_pipe.disable_free_noise()
+    if settings.free_init:
+        video_pipe.enable_free_init(num_iters=settings.free_init_iters, use_fast_sampling=False)
+    elif getattr(video_pipe, "free_init_enabled", False):
+        video_pipe.disable_free_init()
+
+
+def control_inputs(control: Control) -> dict:
+    """The ControlNet arguments of AnimateDiffControlNetPipeline: the maps as PIL frames (the maps are uint8, so
+    this is exact), one list per ControlNet, their scales and the guidance window."""
+    videos = [[Image.fromarray(frame) for frame in (image * 255).round().byte().permute(0, 2, 3, 1).numpy()]
+              for image in control.images]
+    several = len(videos) > 1
+    return dict(
+        conditioning_frames=videos if several else videos[0],
+        controlnet_conditioning_scale=list(control.scales) if several else float(control.scales[0]),
+        control_guidance_start=control.guidance_start,
+        control_guidance_end=control.guidance_end,
     )
 
 
-def generate(
-    pipe,
-    motion_adapter: MotionAdapter | None,
-    settings: AnimateDiffSettings,
-    reporter: StageReporter | None = None,
-    video_unet: UNetMotionModel | None = None,
-) -> VideoOutput:
-    """One video: `pipe` is the (personalized, LoRA-fused) SD pipeline, `motion_adapter` the motion module.
+def style_reference_for(video_pipe, style: StyleSettings, image, settings: AnimateDiffSettings, reporter: StageReporter):
+    """The style image's reference pass for every UNet call of the pipeline (`stylevid.attention.reference`):
+    its latent, clean or DDIM-inverted with the sampling scheduler through the image layers alone (the
+    personalized image model the module was plugged into), under the style prompt."""
+    device = video_pipe._execution_device
+    embeds, _ = video_pipe.encode_prompt(style.prompt, device, 1, False)
+    clean = encode_images(video_pipe.vae, image[None], device).to(embeds.dtype)
+    trajectory = {}
+    if style.reference == "inverted":
+        with reporter.stage("style inversion", total=settings.steps), image_layers_only(video_pipe.unet) as image_unet:
+            trajectory = ddim_invert(image_unet, video_pipe.scheduler, clean, embeds, settings.steps,
+                                     on_step=lambda step: reporter.advance())
+    sharing_for = lambda layer: style.sharing_for(layer) if layer_selected(layer, style.layers) else None  # noqa: E731
+    return style_reference(video_pipe.unet, latents_at_timestep(trajectory, clean), embeds, sharing_for)
 
-    `video_unet`, when given, is an already inflated UNet used as is (and `motion_adapter` may be None): the
-    trainer's validation samples with its own UNet on its device instead of inflating `pipe.unet` again.
-    """
+
+def sample(video_pipe, settings: AnimateDiffSettings, reporter: StageReporter | None = None,
+           control: Control | None = None) -> VideoOutput:
+    """One video from an assembled AnimateDiff pipeline (`animatediff_pipeline`), as diffusers' own loop samples it."""
     reporter = reporter or StageReporter()
-    config = video_unet.config if video_unet is not None else motion_adapter.config
-    settings.validate(int(config.motion_max_seq_length))
-    with reporter.stage("inflating"):
-        video_pipe = animatediff_pipeline(pipe, motion_adapter, settings.beta_schedule, video_unet)
-        video_pipe.set_progress_bar_config(disable=True)
-        if settings.free_noise:
-            video_pipe.enable_free_noise(context_length=settings.context_length, context_stride=settings.context_stride)
-        if settings.free_init:
-            video_pipe.enable_free_init(num_iters=settings.free_init_iters, use_fast_sampling=False)
-
+    settings.validate(int(video_pipe.unet.config.motion_max_seq_length))
+    configure(video_pipe, settings)
     iterations = settings.free_init_iters if settings.free_init else 1
 
     def advance(pipeline, step, timestep, callback_kwargs):
         reporter.advance()
         return callback_kwargs
 
+    style_image = None
+    style = settings.style
+    sharing = nullcontext()
+    if style is not None:
+        style_image = load_style_image(style.image, settings.height, settings.width)
+        if style.strength != 0:  # strength 0 shares nothing: skip the reference pass, plain AnimateDiff exactly
+            sharing = style_reference_for(video_pipe, style, style_image, settings, reporter)
     # Noise from a CPU generator: the same video on any device (diffusers draws on the generator's device).
     generator = torch.Generator("cpu").manual_seed(settings.seed)
-    with reporter.stage("denoising", total=settings.steps * iterations):
+    with sharing, reporter.stage("denoising", total=settings.steps * iterations):
         latents = video_pipe(
             prompt=settings.prompt,
             negative_prompt=settings.negative_prompt or None,
@@ -205,8 +269,73 @@ def generate(
             generator=generator,
             output_type="latent",
             callback_on_step_end=advance,
+            **(control_inputs(control) if control is not None else {}),
         ).frames  # (1, C, F, h, w)
     latents = latents[0].permute(1, 0, 2, 3)  # (F, C, h, w)
     with reporter.stage("decoding"):
-        frames = decode_to_uint8(pipe.vae, latents, settings.frames_per_decode or None)
-    return VideoOutput(frames=frames, latents=latents.cpu(), timings=dict(reporter.timings))
+        frames = decode_to_uint8(video_pipe.vae, latents, settings.frames_per_decode or None, video_pipe._execution_device)
+    return VideoOutput(frames=frames, latents=latents.cpu(), timings=dict(reporter.timings),
+                       inputs=[style_image] if style_image is not None else [])
+
+
+def generate(
+    pipe,
+    motion_adapter: MotionAdapter | None,
+    settings: AnimateDiffSettings,
+    reporter: StageReporter | None = None,
+    video_unet: UNetMotionModel | None = None,
+    control: Control | None = None,
+) -> VideoOutput:
+    """One video: `pipe` is the (personalized, LoRA-fused) SD pipeline, `motion_adapter` the motion module.
+
+    `video_unet`, when given, is an already inflated UNet used as is (and `motion_adapter` may be None): the
+    trainer's validation samples with its own UNet on its device instead of inflating `pipe.unet` again.
+    """
+    reporter = reporter or StageReporter()
+    with reporter.stage("inflating"):
+        video_pipe = animatediff_pipeline(pipe, motion_adapter, settings.beta_schedule, video_unet,
+                                          control.controlnet if control is not None else None)
+    return sample(video_pipe, settings, reporter, control)
+
+
+@dataclass
+class AnimateDiffModels:
+    """What every video of an animatediff run shares: the assembled video pipeline and its ControlNet guidance."""
+
+    video_pipe: AnimateDiffPipeline | AnimateDiffControlNetPipeline
+    control: Control | None
+
+
+@register
+class AnimateDiff(VideoMethod):
+    name = "animatediff"
+    description = "AnimateDiff: a trained motion module plugged into a personalized SD 1.x model (motion.path=...)"
+    supports = frozenset({"style", "style_prompt", "condition", "cpu_offload", "vae_slicing"})
+    example = ('motion.path=guoyww/animatediff-motion-adapter-v1-5-2 condition=depth condition.video=room.mp4 '
+               'prompt="a cosy living room, oil painting"')
+
+    def settings(self, cfg: DictConfig) -> AnimateDiffSettings:
+        return settings_from_config(cfg)
+
+    def load(self, cfg, settings, device, dtype, conditions) -> AnimateDiffModels:
+        pipe = load_image_pipeline(cfg, settings, dtype)  # on the CPU until the video pipeline is placed
+        apply_image_lora(pipe, cfg)  # the personalized model: image LoRA first, then the motion module
+        adapter = load_motion(cfg, dtype, unet=pipe.unet)  # refuses a module for another base
+        settings.validate(max_seq_length=adapter.config.motion_max_seq_length)
+        if settings.style is not None:
+            check_layers(pipe.unet, settings.style.layers)
+        control = build_control(cfg, conditions, pipe.unet, dtype, torch.device("cpu"), pipe.vae_scale_factor) if conditions else None
+        video_pipe = animatediff_pipeline(pipe, adapter, settings.beta_schedule, controlnet=control.controlnet if control else None)
+        return AnimateDiffModels(video_pipe=place(video_pipe, cfg, device), control=control)
+
+    def generate(self, loaded: AnimateDiffModels, settings: AnimateDiffSettings, reporter: StageReporter) -> VideoOutput:
+        return sample(loaded.video_pipe, settings, reporter, loaded.control)
+
+    def record(self, cfg: DictConfig, settings: AnimateDiffSettings) -> dict:
+        style = settings.style
+        return {
+            "motion": OmegaConf.to_container(cfg.motion),
+            "lora": OmegaConf.to_container(cfg.lora),
+            "style": style.image if style else None,
+            "style_sharing": style.record() if style else None,
+        }

@@ -15,131 +15,33 @@ attention to the style image, the one that measurably transfers style on the toy
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-import torch
 from omegaconf import DictConfig
 
-from .. import values
-from ..attention import StyleSharedAttnProcessor, StyleSharing, layer_selected, self_attention_layers
-from ..errors import UserInputError
-from ..io.video_input import read_image
+from ..attention import StyleSharedAttnProcessor
+from ..conditions.control import Control
+from ..conditions.style import (  # noqa: F401  (the style settings are part of this method's interface)
+    DEFAULT_SHARING,
+    SHARING_KEYS,
+    SHARING_PRESETS,
+    StyleSettings,
+    check_layers,
+    check_style_image,
+    load_style_image,
+)
 from ..progress import StageReporter
-from ..sampling.inversion import ddim_invert
+from ..sampling.inversion import ddim_invert, latents_at_timestep
 from ..sampling.vae import encode_images
-from .t2v_zero import Control, ExtraRows, VideoOutput, ZeroShotSettings, ZeroShotVideo
-
-
-REFERENCES = ("inverted", "clean")
-SHARING_KEYS = ("layers", "adain_queries", "adain_keys", "adain_values", "attend_to_reference", "reference_score_shift", "reference")
-# `method.sharing`: each preset sets every sharing key; a key given explicitly (not None) overrides its preset.
-SHARING_PRESETS = {
-    # Eqs. 7-9 as written: Q̂_i = AdaIN(Q_i, Q_r), K = AdaIN(K_1, K_r), V = V_1 in every self-attention layer, with
-    # the style image's DDIM inversion as the reference row. On the toy world this leaves the colours where they
-    # were (README, "The toy world"): the values carry colour, and eq. 8 keeps V_1's.
-    "paper": dict(layers=("all",), adain_queries=True, adain_keys=True, adain_values=False, attend_to_reference=False,
-                  reference_score_shift=0.0, reference="inverted"),
-    # Figure 2's reading ("keys and values are also adapted using AdaIN": V = AdaIN(V_1, V_r)) plus StyleAligned's
-    # attention to the style image's own keys and values (log-space weight 2), in the decoder (up) blocks only,
-    # with the clean style latent as the reference row. Each choice was measured on the toy world (README).
-    "aligned": dict(layers=("up_blocks",), adain_queries=True, adain_keys=True, adain_values=True, attend_to_reference=True,
-                    reference_score_shift=2.0, reference="clean"),
-}
-DEFAULT_SHARING = "aligned"  # conf/method/stylet2v0.yaml's `sharing:` (a test checks that they agree)
+from .base import VideoMethod, VideoOutput, register
+from .t2v_zero import ExtraRows, ZeroShotModels, ZeroShotSettings, ZeroShotVideo, load_zero_shot, zero_shot_settings
 
 
 @dataclass
-class StyleSettings:
-    """How the style image steers generation: a `sharing` preset (SHARING_PRESETS), any of whose keys a
-    non-None argument overrides. See conf/method/stylet2v0.yaml and the README for why the default is `aligned`."""
+class StyleT2V0Settings(ZeroShotSettings):
+    """Text2Video-Zero's settings and the style image's (`StyleSettings`: image, sharing preset and overrides)."""
 
-    image: str
-    sharing: str = DEFAULT_SHARING
-    strength: float = 1.0
-    layers: Sequence[str] | None = None
-    adain_queries: bool | None = None
-    adain_keys: bool | None = None
-    adain_values: bool | None = None
-    attend_to_reference: bool | None = None
-    reference_score_shift: float | None = None
-    # The style row's latent: "inverted" (the paper's reading: its DDIM-inversion latent at each timestep, as
-    # StyleAligned does for a real reference) or "clean" (the encoded image itself at every timestep, as
-    # reference-attention methods do; no inversion, so N fewer UNet passes).
-    reference: str | None = None
-    prompt: str = ""  # text used to invert the style image (e.g. "a painting"); empty = unconditional
-
-    def __post_init__(self) -> None:
-        # The one place a preset and its overrides become settings (the CLI goes through `from_config`).
-        if self.sharing not in SHARING_PRESETS:
-            raise UserInputError(f"method.sharing must be {' or '.join(SHARING_PRESETS)}, got {self.sharing!r}")
-        for key, value in SHARING_PRESETS[self.sharing].items():
-            if getattr(self, key) is None:
-                setattr(self, key, value)
-        # `method.layers=up_blocks` on the command line is one string: a selector, not a list of letters.
-        self.layers = [self.layers] if isinstance(self.layers, str) else list(self.layers)
-
-    @classmethod
-    def from_config(cls, cfg: DictConfig) -> StyleSettings:
-        """The settings `stylevid generate` composes: `method.sharing` names the preset, and every sharing key the
-        user sets (`method.adain_values=false`, `method.layers=all`, ...; null in the yaml) overrides it."""
-        if not cfg.get("style"):
-            raise UserInputError("method=stylet2v0 needs a style image: pass style=path/to/image.png")
-        method = cfg.method
-        given = {key: method.get(key) for key in SHARING_KEYS if method.get(key) is not None}
-        for key in ("adain_queries", "adain_keys", "adain_values", "attend_to_reference"):
-            if key in given and not isinstance(given[key], bool):  # bool("no") would be True
-                raise UserInputError(f"method.{key} must be true or false, got {given[key]!r}")
-        if "layers" in given and not isinstance(given["layers"], str):
-            given["layers"] = [str(selector) for selector in given["layers"]]
-        if "reference_score_shift" in given:
-            given["reference_score_shift"] = values.number(given["reference_score_shift"], "method.reference_score_shift")
-        if "reference" in given:
-            given["reference"] = str(given["reference"])
-        return cls(
-            image=str(cfg.style),
-            sharing=str(method.sharing),
-            strength=values.number(method.strength, "method.strength (style strength)"),
-            prompt=str(cfg.get("style_prompt") or ""),
-            **given,
-        )
-
-    def record(self) -> dict:
-        """The resolved sharing, for a run's result.json: the preset's name and every value actually used."""
-        return {"sharing": self.sharing, "strength": self.strength, **{key: getattr(self, key) for key in SHARING_KEYS}}
-
-    def validate(self) -> None:
-        """The checks that need no model, so a bad value fails before anything is loaded or written."""
-        if not 0.0 <= self.strength <= 1.0:  # also refuses NaN
-            raise UserInputError(f"method.strength (style strength) must be in [0, 1], got {self.strength}")
-        if self.reference not in REFERENCES:
-            raise UserInputError(f"method.reference must be {' or '.join(REFERENCES)}, got {self.reference!r}")
-
-
-def check_layers(unet, layers: Sequence[str]) -> None:
-    """Every selector in `method.layers` must pick at least one self-attention layer of this UNet.
-
-    A typo (`up_block`) would otherwise select nothing and quietly turn style sharing off. An empty list is
-    allowed: it selects no layer on purpose (the style row is carried along but shared nowhere).
-    """
-    names = self_attention_layers(unet)
-    unmatched = [selector for selector in layers if not any(layer_selected(name, [selector]) for name in names)]
-    if unmatched:
-        levels = sorted({name.split(".attentions")[0] for name in names})  # down_blocks.0, mid_block, up_blocks.1...
-        raise UserInputError(
-            f"method.layers: {', '.join(repr(s) for s in unmatched)} matches no self-attention layer of this model; "
-            f"use all, down_blocks, mid_block, up_blocks, or one level: {', '.join(levels)}"
-        )
-
-
-def load_style_image(path: str, height: int, width: int) -> np.ndarray:
-    """The style image as uint8 (height, width, 3): scaled so it covers the frame, then centre-cropped.
-
-    Read by the same `read_image` as `stylevid invert input=<image>`, so that task reproduces the style
-    latents used here (same decoding, same resize).
-    """
-    return read_image(path, height, width, fit="crop", label="style image")
+    style: StyleSettings | None = None
 
 
 def generate(
@@ -153,7 +55,9 @@ def generate(
     if style.strength == 0:
         # No style to share: skip the inversion and the extra row, which would only cost time. The result is
         # Text2Video-Zero's, bit for bit.
-        return ZeroShotVideo(pipe, reporter)(settings, control=control)
+        output = ZeroShotVideo(pipe, reporter)(settings, control=control)
+        output.inputs = [image]
+        return output
     device = pipe._execution_device
 
     # 1. The style image's latent at every timestep: by DDIM inversion with the style prompt, or the clean latent.
@@ -163,29 +67,41 @@ def generate(
     if style.reference == "inverted":
         with reporter.stage("style inversion", total=settings.steps):
             trajectory = ddim_invert(pipe.unet, pipe.scheduler, clean, style_embeds, settings.steps, on_step=lambda i: reporter.advance())
-    known = torch.tensor(sorted(trajectory))
-
-    def style_latents_at(timestep: int) -> torch.Tensor:
-        if not trajectory:  # reference="clean"
-            return clean
-        if timestep in trajectory:
-            return trajectory[timestep]
-        # A schedule whose timesteps differ from the inverse scheduler's: use the nearest inverted level.
-        return trajectory[int(known[(known - timestep).abs().argmin()])]
+    style_latents_at = latents_at_timestep(trajectory, clean)
 
     # One style row serves both guidance branches, under the style prompt (the one it was inverted with).
     extra = ExtraRows(latents_at=style_latents_at, embeds=style_embeds)
 
     # 2. Shared AdaIN attention in the selected self-attention layers; plain cross-frame attention elsewhere.
     def processor_for(layer: str, groups: int) -> StyleSharedAttnProcessor:
-        sharing = StyleSharing(
-            strength=style.strength if layer_selected(layer, style.layers) else 0.0,
-            adain_queries=style.adain_queries,
-            adain_keys=style.adain_keys,
-            adain_values=style.adain_values,
-            attend_to_reference=style.attend_to_reference,
-            reference_score_shift=style.reference_score_shift,
-        )
-        return StyleSharedAttnProcessor(sharing, num_groups=groups)
+        return StyleSharedAttnProcessor(style.sharing_for(layer), num_groups=groups)
 
-    return ZeroShotVideo(pipe, reporter)(settings, extra_rows=extra, processor_for=processor_for, control=control)
+    output = ZeroShotVideo(pipe, reporter)(settings, extra_rows=extra, processor_for=processor_for, control=control)
+    output.inputs = [image]
+    return output
+
+
+@register
+class StyleT2V0(VideoMethod):
+    name = "stylet2v0"
+    description = "StyleT2V0: Text2Video-Zero guided by a style image through AdaIN shared attention (style=...)"
+    supports = frozenset({"style", "style_prompt", "condition", "condition_motion_field", "condition_noise_per_frame", "cpu_offload", "vae_slicing"})
+    example = 'prompt="a horse galloping on a beach" style=vangogh.png condition=pose condition.video=horse.mp4'
+
+    def settings(self, cfg: DictConfig) -> StyleT2V0Settings:
+        video = zero_shot_settings(cfg)
+        style = StyleSettings.from_config(cfg)
+        style.validate()
+        check_style_image(style.image, video.height, video.width)
+        return StyleT2V0Settings(**vars(video), style=style)
+
+    def load(self, cfg, settings, device, dtype, conditions) -> ZeroShotModels:
+        models = load_zero_shot(cfg, settings, device, dtype, conditions)
+        check_layers(models.pipe.unet, settings.style.layers)  # a selector must match a layer of this model
+        return models
+
+    def generate(self, loaded: ZeroShotModels, settings: StyleT2V0Settings, reporter: StageReporter) -> VideoOutput:
+        return generate(loaded.pipe, settings, settings.style, reporter, control=loaded.control)
+
+    def record(self, cfg, settings: StyleT2V0Settings) -> dict:
+        return {"t0": settings.t0, "t1": settings.t1, "style": settings.style.image, "style_sharing": settings.style.record()}

@@ -23,30 +23,27 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from diffusers import DDIMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
+from omegaconf import DictConfig
+
+from .. import values
 from ..attention import CrossFrameAttnProcessor, installed_processors
+from ..conditions.control import Control, build_control
 from ..errors import UserInputError
 from ..progress import StageReporter
 from ..sampling.motion import warp_latents
 from ..sampling.vae import decode_to_uint8
+from .base import VideoMethod, VideoOutput, VideoSettings, common_settings, load_image_pipeline, place, register
 
 
 @dataclass
-class ZeroShotSettings:
-    prompt: str
-    negative_prompt: str = ""
-    frames: int = 8
-    height: int = 512
-    width: int = 512
-    steps: int = 50
-    guidance_scale: float = 7.5
-    seed: int = 0
+class ZeroShotSettings(VideoSettings):
     t0: int = 44
     t1: int = 47
     motion_field_strength_x: float = 12.0
@@ -90,30 +87,6 @@ class ExtraRows:
     embeds: torch.Tensor  # (rows, tokens, dim)
 
 
-@dataclass
-class Control:
-    """ControlNet guidance: one ControlNet (or diffusers' MultiControlNetModel) and its per-frame maps."""
-
-    controlnet: torch.nn.Module
-    images: list[torch.Tensor]  # per ControlNet: (frames, 3, H, W) in [0, 1]
-    scales: list[float]
-    guidance_start: float = 0.0  # fraction of the schedule where the control starts / ends
-    guidance_end: float = 1.0
-    shared_noise: bool = True  # Text2Video-Zero's conditional mode: one x_T for all frames
-    motion_field: bool = False  # instead: the motion-field procedure of the text-only mode
-
-    def active_at(self, step: int, total: int) -> bool:
-        """Whether step `step` of `total` lies in [guidance_start, guidance_end], as in diffusers."""
-        return not (step / total < self.guidance_start or (step + 1) / total > self.guidance_end)
-
-
-@dataclass
-class VideoOutput:
-    frames: np.ndarray  # (F, H, W, 3) uint8
-    latents: torch.Tensor  # (F, C, h, w) final latents
-    timings: dict[str, float] = field(default_factory=dict)
-
-
 def frame_chunks(frames: int, chunk_size: int) -> list[list[int]]:
     """Frame indices per UNet batch; every chunk after the first is led by frame 0, the anchor."""
     if chunk_size <= 0 or frames <= chunk_size:
@@ -122,13 +95,6 @@ def frame_chunks(frames: int, chunk_size: int) -> list[list[int]]:
     for start in range(chunk_size, frames, chunk_size - 1):
         chunks.append([0, *range(start, min(start + chunk_size - 1, frames))])
     return chunks
-
-
-def controlnets(control: Control | None) -> list[torch.nn.Module]:
-    """The ControlNet models in `control` (the members of a MultiControlNetModel), for processor installation."""
-    if control is None:
-        return []
-    return list(getattr(control.controlnet, "nets", [control.controlnet]))
 
 
 class ZeroShotVideo:
@@ -170,7 +136,7 @@ class ZeroShotVideo:
         self._timesteps = timesteps
         latent_shape = (1, pipe.unet.config.in_channels, s.height // pipe.vae_scale_factor, s.width // pipe.vae_scale_factor)
         with ExitStack() as installed:
-            for model in [pipe.unet, *controlnets(control)]:
+            for model in [pipe.unet, *(control.nets() if control else [])]:
                 installed.enter_context(installed_processors(model, lambda name: processor_for(name, groups)))
 
             if control is not None and not control.motion_field:
@@ -298,3 +264,79 @@ class ZeroShotVideo:
         anchor_x0 = warp_latents(predicted_x0[:1].repeat(len(ids), 1, 1, 1), ids, s.motion_field_strength_x, s.motion_field_strength_y)
         difference = (predicted_x0[1:] - anchor_x0).abs().mean(dim=1, keepdim=True)
         return (difference > s.smoothing_threshold * difference.std().clamp_min(1e-6)).float()
+
+
+def default_step_counts(steps: int) -> tuple[int, int]:
+    """Text2Video-Zero's t0=44, t1=47 at 50 steps, scaled to `steps`.
+
+    At 50 steps frame 1 alone gets 2 DDIM steps to t1 and 3 more to t0; keep those fractions of the schedule
+    (at least one step each) so that `steps=20` works without also setting t0 and t1.
+    """
+    to_t1 = max(1, round(2 * steps / 50))
+    to_t0 = max(1, round(3 * steps / 50))
+    t1 = steps - 1 - to_t1
+    return t1 - to_t0, t1
+
+
+def zero_shot_settings(cfg: DictConfig) -> ZeroShotSettings:
+    """The settings `stylevid generate method=t2v_zero|stylet2v0` composes, checked."""
+    method = cfg.method
+    common = common_settings(cfg)
+    t0, t1 = method.get("t0"), method.get("t1")
+    if t0 is None or t1 is None:
+        if common["steps"] < 3:
+            raise UserInputError(
+                f"steps must be at least 3 for method={method.name} (frame 1 is denoised alone for some steps before "
+                f"the motion is applied, then all frames together), got {common['steps']}"
+            )
+        default_t0, default_t1 = default_step_counts(common["steps"])
+        t0 = default_t0 if t0 is None else t0
+        t1 = default_t1 if t1 is None else t1
+    settings = ZeroShotSettings(
+        **common,
+        t0=values.integer(t0, "method.t0", 0),
+        t1=values.integer(t1, "method.t1", 0),
+        motion_field_strength_x=values.number(method.motion_field_strength_x, "method.motion_field_strength_x"),
+        motion_field_strength_y=values.number(method.motion_field_strength_y, "method.motion_field_strength_y"),
+        chunk_size=values.integer(cfg.chunk_size, "chunk_size", 0),
+        smooth_background=bool(method.smooth_background),
+        smoothing_alpha=values.number(method.smoothing_alpha, "method.smoothing_alpha", 0, 1),
+        smoothing_threshold=values.number(method.smoothing_threshold, "method.smoothing_threshold", 0),
+        frames_per_decode=1 if cfg.get("vae_slicing") else 0,
+    )
+    settings.validate()
+    return settings
+
+
+@dataclass
+class ZeroShotModels:
+    """What every video of a zero-shot run shares: the image pipeline and the ControlNet guidance, if any."""
+
+    pipe: object
+    control: Control | None
+
+
+def load_zero_shot(cfg: DictConfig, settings: ZeroShotSettings, device, dtype, conditions) -> ZeroShotModels:
+    pipe = place(load_image_pipeline(cfg, settings, dtype), cfg, device)
+    control = build_control(cfg, conditions, pipe.unet, dtype, device, pipe.vae_scale_factor) if conditions else None
+    return ZeroShotModels(pipe=pipe, control=control)
+
+
+@register
+class TextToVideoZero(VideoMethod):
+    name = "t2v_zero"
+    description = "Text2Video-Zero: zero-shot video from a text-to-image model (motion field, cross-frame attention)"
+    supports = frozenset({"condition", "condition_motion_field", "condition_noise_per_frame", "cpu_offload", "vae_slicing"})
+    example = 'prompt="a panda surfing" frames=24 chunk_size=8'
+
+    def settings(self, cfg: DictConfig) -> ZeroShotSettings:
+        return zero_shot_settings(cfg)
+
+    def load(self, cfg, settings, device, dtype, conditions) -> ZeroShotModels:
+        return load_zero_shot(cfg, settings, device, dtype, conditions)
+
+    def generate(self, loaded: ZeroShotModels, settings: ZeroShotSettings, reporter: StageReporter) -> VideoOutput:
+        return ZeroShotVideo(loaded.pipe, reporter)(settings, control=loaded.control)
+
+    def record(self, cfg, settings: ZeroShotSettings) -> dict:
+        return {"t0": settings.t0, "t1": settings.t1}

@@ -29,7 +29,13 @@ def ddim_invert(
     predicted at t_i (the usual approximation of DDIM inversion). Guidance 1 (the default) inverts with the
     prompt alone, which reconstructs best; `negative_embeds` is needed only for guidance > 1.
     """
-    inverse = DDIMInverseScheduler.from_config(scheduler.config)
+    config = dict(scheduler.config)
+    if config.get("timestep_spacing") not in ("leading", "trailing"):
+        # DDIMInverseScheduler has no "linspace" spacing (AnimateDiff's sampling schedule): invert on the trailing
+        # grid, which like linspace reaches the last training timestep, so the first (noisiest) sampling step finds
+        # a fully inverted latent; `latents_at_timestep` gives every other step the nearest inverted level.
+        config["timestep_spacing"] = "trailing"
+    inverse = DDIMInverseScheduler.from_config(config)
     inverse.set_timesteps(num_steps, device=clean_latents.device)
     use_guidance = guidance_scale > 1.0 and negative_embeds is not None
     rows = clean_latents.shape[0]  # one image, or the frames of a video inverted together
@@ -49,3 +55,21 @@ def ddim_invert(
         if on_step is not None:
             on_step(i)
     return trajectory
+
+
+def latents_at_timestep(trajectory: dict[int, torch.Tensor], clean: torch.Tensor) -> Callable[[int], torch.Tensor]:
+    """A lookup `timestep -> latent` into an inversion trajectory, for a reference image denoised alongside a video.
+
+    An empty trajectory means the clean latent at every step (a "clean" reference). A timestep the inversion did
+    not visit (a sampling schedule other than the inverse scheduler's) gets the nearest inverted level.
+    """
+    known = torch.tensor(sorted(trajectory))
+
+    def latents_at(timestep: int) -> torch.Tensor:
+        if not trajectory:
+            return clean
+        if timestep in trajectory:
+            return trajectory[timestep]
+        return trajectory[int(known[(known - timestep).abs().argmin()])]
+
+    return latents_at

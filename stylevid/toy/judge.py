@@ -185,7 +185,7 @@ def cli_configs(method: str, runs: list[list[str]], *overrides: str):
     """The configs `stylevid generate method=<method> model=toy <overrides> <run>` composes, one per run.
 
     Every measurement takes its settings from these, through the same functions the CLI uses
-    (`stylevid.generate.zero_shot_settings`, `style_settings`, `animatediff.settings_from_config`), so a figure is
+    (each method's `settings(cfg)`: `t2v_zero.zero_shot_settings`, `StyleSettings.from_config`, `animatediff.settings_from_config`), so a figure is
     what a user typing those overrides gets (t0/t1, motion-field strength and style sharing included).
     """
     from hydra import compose, initialize_config_module
@@ -199,8 +199,7 @@ def prompt_overrides(prompt: Prompt, frames: int, steps: int) -> list[str]:
 
 
 def _t2v_zero(pipe, cfg, cross_frame: bool = True) -> np.ndarray:
-    from ..generate import zero_shot_settings
-    from ..methods.t2v_zero import ZeroShotVideo
+    from ..methods.t2v_zero import ZeroShotVideo, zero_shot_settings
 
     if cross_frame:
         return ZeroShotVideo(pipe)(zero_shot_settings(cfg)).frames
@@ -210,10 +209,10 @@ def _t2v_zero(pipe, cfg, cross_frame: bool = True) -> np.ndarray:
 
 
 def _stylet2v0(pipe, cfg) -> np.ndarray:
-    from ..generate import style_settings, zero_shot_settings
     from ..methods import stylet2v0
 
-    return stylet2v0.generate(pipe, zero_shot_settings(cfg), style_settings(cfg)).frames
+    settings = stylet2v0.StyleT2V0().settings(cfg)
+    return stylet2v0.generate(pipe, settings, settings.style).frames
 
 
 def measure_cross_frame(pipe, embedder: ClipEmbedder, count: int = 12, frames: int = 8, steps: int = 20) -> dict:
@@ -250,8 +249,7 @@ def measure_style(pipe, embedder: ClipEmbedder, style_images: dict[str, Path], c
     30.6 % on the first 12 of 36 that give 27.9 %; 30.4 and 23.7 % on two sets of 24; 31.1 and 33.1 % on two
     other sets of 36), too much to read a 30 % target from 12 or even 36.
     """
-    from ..generate import style_settings
-    from ..methods.stylet2v0 import load_style_image
+    from ..conditions.style import StyleSettings, load_style_image
 
     names = sorted(style_images)
     chosen = prompts(count, seed=prompt_seed)
@@ -271,7 +269,7 @@ def measure_style(pipe, embedder: ClipEmbedder, style_images: dict[str, Path], c
         "distance_without_style": float(np.mean(plain)),
         "distance_drop": float(1 - np.mean(styled) / np.mean(plain)),
         "colour_adherence_with_style": float(np.mean(adherent)),
-        "sharing": style_settings(styled_runs[0]).record(),  # what was measured, preset resolved
+        "sharing": StyleSettings.from_config(styled_runs[0]).record(),  # what was measured, preset resolved
         "count": count,
     }
 
