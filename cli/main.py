@@ -235,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     check_group_choices(overrides)
     if task == "generate" and any(arg in ("--help", "-h", "--hydra-help") for arg in overrides):
         if not any(arg.startswith("method=") for arg in overrides):
+            quiet_libraries()
             from stylevid.methods.base import methods_supporting
 
             # show a complete config (the method group is required): one with a style image, the most keys

@@ -8,6 +8,7 @@ Each `measure_*` function runs one method of stylevid on held-out toy prompts an
     definition) with cross-frame attention against the same runs with plain self-attention;
   * `measure_style`: stylet2v0's distance of colour statistics to the style image against t2v_zero's on the
     same prompt and seed, and its prompt adherence;
+  * `measure_animatediff_style`: the same figures for animatediff with a style image against without one;
   * `measure_motion`: the share of animatediff videos whose object moves the way the prompt says, from the
     displacement of the foreground centroid between the first and last frame;
   * `motion_losses`, `word_readability`: why (not): the motion module's own loss under changed captions, and a
@@ -249,28 +250,58 @@ def measure_style(pipe, embedder: ClipEmbedder, style_images: dict[str, Path], c
     30.6 % on the first 12 of 36 that give 27.9 %; 30.4 and 23.7 % on two sets of 24; 31.1 and 33.1 % on two
     other sets of 36), too much to read a 30 % target from 12 or even 36.
     """
-    from ..conditions.style import StyleSettings, load_style_image
+    chosen, paths, runs = _style_runs(style_images, count, frames, steps, prompt_seed)
+    styled_runs = cli_configs("stylet2v0", [run + [f"style={path}"] for run, path in zip(runs, paths)], *overrides)
+    plain_runs = cli_configs("t2v_zero", runs)
+    return _style_figures(embedder, chosen, paths, styled_runs, plain_runs,
+                          with_style=lambda cfg: _stylet2v0(pipe, cfg), without=lambda cfg: _t2v_zero(pipe, cfg))
 
+
+def measure_animatediff_style(pipe, motion_adapter, embedder: ClipEmbedder, style_images: dict[str, Path], count: int = 36,
+                              frames: int = 8, steps: int = 20, prompt_seed: int = 3, overrides: tuple[str, ...] = ()) -> dict:
+    """animatediff with a style image against animatediff without one, same prompt and seed: `measure_style`'s figures.
+
+    Both run as `stylevid generate method=animatediff model=toy frames=8 steps=20 prompt=... seed=... [style=...]`
+    would (the toy motion module), with `overrides` (e.g. `method.sharing=paper`) added to the styled run only: no
+    overrides measure the CLI's default sharing for animatediff.
+    """
+    from ..methods.animatediff import generate, settings_from_config
+
+    chosen, paths, runs = _style_runs(style_images, count, frames, steps, prompt_seed)
+    styled_runs = cli_configs("animatediff", [run + [f"style={path}"] for run, path in zip(runs, paths)], *overrides)
+    plain_runs = cli_configs("animatediff", runs)
+    video = lambda cfg: generate(pipe, motion_adapter, settings_from_config(cfg)).frames  # noqa: E731
+    return _style_figures(embedder, chosen, paths, styled_runs, plain_runs, with_style=video, without=video)
+
+
+def _style_runs(style_images: dict[str, Path], count: int, frames: int, steps: int, prompt_seed: int):
+    """The held-out prompts, the style image of each (cycling through the styles) and their typed overrides."""
     names = sorted(style_images)
     chosen = prompts(count, seed=prompt_seed)
     paths = [style_images[names[index % len(names)]] for index in range(count)]
-    runs = [prompt_overrides(prompt, frames, steps) for prompt in chosen]
-    styled_runs = cli_configs("stylet2v0", [run + [f"style={path}"] for run, path in zip(runs, paths)], *overrides)
-    plain_runs = cli_configs("t2v_zero", runs)
+    return chosen, paths, [prompt_overrides(prompt, frames, steps) for prompt in chosen]
+
+
+def _style_figures(embedder: ClipEmbedder, chosen: list[Prompt], paths: list[Path], styled_runs, plain_runs,
+                   with_style, without) -> dict:
+    """Distance of colour statistics to the style image with (`with_style(cfg)`) and without (`without(cfg)`) it,
+    and the share of styled videos whose first frame the judge still gives the prompt's colour."""
+    from ..conditions.style import StyleSettings, load_style_image
+
     styled, plain, adherent = [], [], []
     for prompt, path, styled_cfg, plain_cfg in zip(chosen, paths, styled_runs, plain_runs):
         reference = load_style_image(str(path), toy_world.SIZE, toy_world.SIZE)
-        with_style, without = _stylet2v0(pipe, styled_cfg), _t2v_zero(pipe, plain_cfg)
-        styled.append(style_distance(with_style, reference))
-        plain.append(style_distance(without, reference))
-        adherent.append(classify(embedder, with_style[:1], "colour")[0] == prompt.colour)
+        styled_frames, plain_frames = with_style(styled_cfg), without(plain_cfg)
+        styled.append(style_distance(styled_frames, reference))
+        plain.append(style_distance(plain_frames, reference))
+        adherent.append(classify(embedder, styled_frames[:1], "colour")[0] == prompt.colour)
     return {
         "distance_with_style": float(np.mean(styled)),
         "distance_without_style": float(np.mean(plain)),
         "distance_drop": float(1 - np.mean(styled) / np.mean(plain)),
         "colour_adherence_with_style": float(np.mean(adherent)),
         "sharing": StyleSettings.from_config(styled_runs[0]).record(),  # what was measured, preset resolved
-        "count": count,
+        "count": len(chosen),
     }
 
 
