@@ -42,3 +42,33 @@ def warp_latents(latents: torch.Tensor, frame_ids: Sequence[int], strength_x: fl
         grid = translation_grid(frame_id, strength_x, strength_y, height, width, latents.dtype, latents.device)
         warped[row] = F.grid_sample(latents[row : row + 1], grid, mode="nearest", padding_mode="reflection", align_corners=False)[0]
     return warped
+
+
+def warp_by_flow(latents: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear", padding_mode: str = "border") -> torch.Tensor:
+    """Backward warping by a dense flow: out[n, :, y, x] = latents[n, :, y + flow[n, 1, y, x], x + flow[n, 0, y, x]].
+
+    `flow` is (N, 2, h, w) in latent pixels, x displacement first, as optical-flow networks give it once resized to
+    the latent grid (VideoGen's flow-based temporal super-resolution, Gen-1's temporal guidance). Bilinear sampling
+    by default; with a constant flow and mode="nearest", padding_mode="reflection" it is Text2Video-Zero's
+    translation W_k (`warp_latents`, tested).
+    """
+    if flow.ndim != 4 or flow.shape[1] != 2 or flow.shape[-2:] != latents.shape[-2:] or flow.shape[0] != latents.shape[0]:
+        raise ValueError(f"flow must be (N, 2, h, w) matching latents {tuple(latents.shape)}, got {tuple(flow.shape)}")
+    _, _, height, width = latents.shape
+    rows = torch.arange(height, device=latents.device, dtype=latents.dtype)
+    cols = torch.arange(width, device=latents.device, dtype=latents.dtype)
+    grid_y, grid_x = torch.meshgrid(rows, cols, indexing="ij")
+    x = grid_x + flow[:, 0].to(latents.dtype)
+    y = grid_y + flow[:, 1].to(latents.dtype)
+    # pixel index -> grid_sample's [-1, 1] with align_corners=False (pixel centres at (2i + 1) / size - 1)
+    grid = torch.stack([(2 * x + 1) / width - 1, (2 * y + 1) / height - 1], dim=-1)
+    return F.grid_sample(latents, grid, mode=mode, padding_mode=padding_mode, align_corners=False)
+
+
+def translation_flow(frame_id: int, strength_x: float, strength_y: float, height: int, width: int) -> torch.Tensor:
+    """Text2Video-Zero's W_k as a constant flow in latent pixels, (1, 2, height, width): k * strength in 512-px
+    units, less the half 512-px pixel its construction samples at (see `translation_grid`)."""
+    flow = torch.empty(1, 2, height, width)
+    flow[:, 0] = (strength_x * frame_id - 0.5) * width / REFERENCE_SIZE
+    flow[:, 1] = (strength_y * frame_id - 0.5) * height / REFERENCE_SIZE
+    return flow
