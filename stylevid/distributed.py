@@ -1,4 +1,5 @@
-"""torchrun support: who am I, the shared run directory, and gathering results on rank 0.
+"""torchrun support for every task: who am I, the shared run directory, gathering results on rank 0, and the
+means the trainer logs.
 
 Outside torchrun everything here is a no-op with rank 0 of 1, so single-process code needs no branches.
 """
@@ -22,15 +23,22 @@ class Rank:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
 
-def current_rank() -> Rank:
-    """Read torchrun's environment; initialise the process group (gloo on CPU, nccl on GPU) once."""
+
+def current_rank(device: torch.device | None = None) -> Rank:
+    """Read torchrun's environment; initialise the process group once: NCCL when the task runs on CUDA (`device`,
+    or any GPU being there when the task has not resolved its device yet), gloo otherwise (`device=cpu` on a GPU
+    machine included: its collectives then stay on the CPU)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return Rank()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        if torch.cuda.is_available():
+        on_cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
+        if on_cuda:
             # NCCL binds each rank's communicator to the current CUDA device, and object collectives
             # (broadcast_object_list, gather_object) stage through it: unset, every rank would use cuda:0.
             torch.cuda.set_device(local_rank)
@@ -64,6 +72,21 @@ def gather_to_main(value, rank: Rank) -> list | None:
     gathered = [None] * rank.world_size if rank.is_main else None
     dist.gather_object(value, gathered, dst=0)
     return gathered
+
+
+def mean_over_ranks(value: float, rank: Rank) -> float:
+    """The mean of every rank's `value` (e.g. the loss the trainer logs), on every rank."""
+    if not rank.enabled:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        tensor = tensor.cuda()
+    dist.all_reduce(tensor)
+    return float(tensor.item()) / rank.world_size
+
+
+def sum_over_ranks(value: int, rank: Rank) -> int:
+    return int(round(mean_over_ranks(float(value), rank) * rank.world_size)) if rank.enabled else value
 
 
 def shard(items: list, rank: Rank) -> list:

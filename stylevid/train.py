@@ -16,7 +16,7 @@ from .errors import UserInputError
 from .io.run_dir import RESULT_FILE, check_output_dir, default_run_dir, peak_memory, versions, write_json_atomic
 from .models.loading import resolve_device
 from .progress import StageReporter
-from .training.distributed import broadcast_object, init_from_env
+from .distributed import broadcast_from_main, current_rank, rank_device
 
 log = logging.getLogger(__name__)
 TARGETS = ("motion_module",)
@@ -37,12 +37,8 @@ def run_train(cfg: DictConfig, reporter: StageReporter | None = None, hydra_job_
     if checkpoint:
         check_resume_step(resume, checkpoint[1], int(cfg.trainer.max_steps))
     device = resolve_device(str(cfg.device))
-    ctx = init_from_env(device)
-    if device.type == "cuda" and ctx.enabled:
-        import torch
-
-        device = torch.device("cuda", ctx.local_rank)
-        torch.cuda.set_device(device)
+    ctx = current_rank(device)
+    device = rank_device(device, ctx)  # cuda:LOCAL_RANK under torchrun (current_rank made it the current device)
 
     run_dir = None
     if ctx.is_main:
@@ -52,7 +48,7 @@ def run_train(cfg: DictConfig, reporter: StageReporter | None = None, hydra_job_
             run_dir = check_output_dir(hydra_job_dir)
         else:
             run_dir = default_run_dir(cfg.get("outputs_root", "outputs"), "train", str(cfg.target))
-    run_dir = Path(broadcast_object(str(run_dir) if run_dir else None, ctx))
+    run_dir = Path(broadcast_from_main(str(run_dir) if run_dir else None, ctx))
 
     from .training.motion import MotionTrainer
 

@@ -105,11 +105,11 @@ def test_training_changes_only_motion_weights_and_resume_repeats_the_losses(toy_
 
 def test_frozen_image_weights_and_gradient_accumulation(toy_videos, tmp_path):
     """The trainer's inflated UNet: image weights unchanged after steps, motion weights changed."""
-    from stylevid.training.distributed import Dist
+    from stylevid.distributed import Rank
     from stylevid.training.motion import MotionTrainer
 
     cfg = train_cfg(TINY_TRAIN + [f"data.video_folder={toy_videos}", "trainer.max_steps=1"])
-    trainer = MotionTrainer(cfg, None, Dist(), torch.device("cpu"))
+    trainer = MotionTrainer(cfg, None, Rank(), torch.device("cpu"))
     before = {k: v.clone() for k, v in trainer.unet.state_dict().items()}
     trainer.train()
     after = trainer.unet.state_dict()
@@ -133,12 +133,12 @@ def test_bad_training_input_is_a_user_error(toy_videos):
 def test_non_finite_weights_are_never_checkpointed(toy_videos, tmp_path):
     """Weights gone NaN after a step whose loss was still finite: the run stops before that step's checkpoint, and
     the previous one stays `last`."""
-    from stylevid.training.distributed import Dist
+    from stylevid.distributed import Rank
     from stylevid.training.motion import MotionTrainer, TrainingDiverged
 
     cfg = train_cfg(TINY_TRAIN + [f"data.video_folder={toy_videos}", "trainer.max_steps=3", "trainer.checkpoint_every=1",
                                   "trainer.tensorboard=false"])
-    trainer = MotionTrainer(cfg, tmp_path, Dist(), torch.device("cpu"))
+    trainer = MotionTrainer(cfg, tmp_path, Rank(), torch.device("cpu"))
     step = trainer.optimizer_step
 
     def step_then_break_the_weights_at_step_2(batches):
@@ -156,7 +156,7 @@ def test_non_finite_weights_are_never_checkpointed(toy_videos, tmp_path):
 
 
 def test_timestep_bias_draws_the_favoured_timesteps_that_much_more_often(toy_videos):
-    from stylevid.training.distributed import Dist
+    from stylevid.distributed import Rank
     from stylevid.training.motion import MotionTrainer, step_generator, timestep_weights
 
     later = timestep_weights("later", portion=0.5, multiplier=4.0)
@@ -170,12 +170,12 @@ def test_timestep_bias_draws_the_favoured_timesteps_that_much_more_often(toy_vid
 
     biased = MotionTrainer(train_cfg(TINY_TRAIN + [f"data.video_folder={toy_videos}", "trainer.timestep_bias=later",
                                                    "trainer.timestep_bias_portion=0.5", "trainer.timestep_bias_multiplier=4"]),
-                           None, Dist(), torch.device("cpu"))
+                           None, Rank(), torch.device("cpu"))
     draws = torch.cat([biased.draw_timesteps(64, step_generator(0, step, 0, 0)) for step in range(50)])
     assert draws.min() >= 0 and draws.max() < 1000
     assert (draws >= 500).float().mean() == pytest.approx(0.8, abs=0.03)  # 3,200 draws: 3 standard errors is 0.021
     # No bias keeps the uniform draws of earlier runs, so their resumes and seeds give the same timesteps.
-    uniform = MotionTrainer(train_cfg(TINY_TRAIN + [f"data.video_folder={toy_videos}"]), None, Dist(), torch.device("cpu"))
+    uniform = MotionTrainer(train_cfg(TINY_TRAIN + [f"data.video_folder={toy_videos}"]), None, Rank(), torch.device("cpu"))
     expected = torch.randint(0, 1000, (8,), generator=step_generator(0, 3, 0, 0))
     assert torch.equal(uniform.draw_timesteps(8, step_generator(0, 3, 0, 0)), expected)
 
@@ -225,12 +225,12 @@ def test_v_weighting_makes_the_epsilon_loss_the_v_prediction_loss_and_min_snr_ca
 
 
 def test_the_trainers_loss_is_the_epsilon_loss_times_the_weight_of_its_timestep(toy_videos):
-    from stylevid.training.distributed import Dist
+    from stylevid.distributed import Rank
     from stylevid.training.motion import MotionTrainer, step_generator
 
     settings = TINY_TRAIN + [f"data.video_folder={toy_videos}", "trainer.batch_size=1"]
-    plain = MotionTrainer(train_cfg(settings), None, Dist(), torch.device("cpu"))
-    weighted = MotionTrainer(train_cfg(settings + ["trainer.loss_weighting=v"]), None, Dist(), torch.device("cpu"))
+    plain = MotionTrainer(train_cfg(settings), None, Rank(), torch.device("cpu"))
+    weighted = MotionTrainer(train_cfg(settings + ["trainer.loss_weighting=v"]), None, Rank(), torch.device("cpu"))
     drawn = []
     draw = plain.draw_timesteps
     plain.draw_timesteps = lambda size, generator: drawn.append(draw(size, generator)) or drawn[-1]
@@ -291,14 +291,14 @@ def test_validation_videos_use_the_trainers_unet_and_leave_training_unchanged(to
     from diffusers import UNetMotionModel
 
     from stylevid.methods import animatediff
-    from stylevid.training.distributed import Dist
+    from stylevid.distributed import Rank
     from stylevid.training.motion import MotionTrainer
 
     common = TINY_TRAIN + [f"data.video_folder={toy_videos}", "trainer.max_steps=2", "trainer.ema=true",
                            "trainer.ema_decay=0.5", "trainer.checkpoint_every=0", "trainer.tensorboard=false",
                            "validation.prompts=[red,blue]", "validation.steps=1", "validation.fps=4"]
     reporter = RecordingReporter()
-    trainer = MotionTrainer(train_cfg(common + ["validation.every=1"]), tmp_path / "with", Dist(), torch.device("cpu"), reporter)
+    trainer = MotionTrainer(train_cfg(common + ["validation.every=1"]), tmp_path / "with", Rank(), torch.device("cpu"), reporter)
     (tmp_path / "with").mkdir()
 
     def no_second_inflation(*args, **kwargs):
@@ -327,7 +327,7 @@ def test_validation_videos_use_the_trainers_unet_and_leave_training_unchanged(to
     assert all(torch.equal(last[k], ema[k]) for k in ema)
     assert any(not torch.equal(ema[k], live[k]) for k in ema)
 
-    plain = MotionTrainer(train_cfg(common + ["validation.every=0"]), None, Dist(), torch.device("cpu"))
+    plain = MotionTrainer(train_cfg(common + ["validation.every=0"]), None, Rank(), torch.device("cpu"))
     plain.train()
     assert trainer.losses == plain.losses
     assert all(torch.equal(p, q) for p, q in zip(trainer.trainable, plain.trainable))

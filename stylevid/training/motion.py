@@ -52,7 +52,7 @@ from .checkpoint import (
     motion_record,
     save_checkpoint,
 )
-from .distributed import Dist, mean_over_ranks, sum_over_ranks
+from ..distributed import Rank, mean_over_ranks, sum_over_ranks
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ class TrainingDiverged(UserInputError):
 
 
 class MotionTrainer:
-    def __init__(self, cfg, run_dir: Path | None, ctx: Dist, device: torch.device, reporter: StageReporter | None = None):
+    def __init__(self, cfg, run_dir: Path | None, ctx: Rank, device: torch.device, reporter: StageReporter | None = None):
         from .settings import check_train_config
 
         check_train_config(cfg)  # every key, before anything loads
