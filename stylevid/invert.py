@@ -43,6 +43,7 @@ from .io.video_input import FRAME_SUFFIXES, _plan, fit_frame, read_image, select
 from .models.loading import load_pipeline, resolve_device, resolve_dtype
 from .progress import StageReporter
 from .values import integer, number, seed
+from .sampling.guidance import classifier_free
 from .sampling.inversion import ddim_invert
 from .sampling.vae import decode_to_uint8, encode_images
 
@@ -171,8 +172,7 @@ def reconstruct(
         model_input = sampler.scale_model_input(model_input, t)
         noise = unet(model_input, t, encoder_hidden_states=embeds).sample
         if use_guidance:
-            uncond, cond = noise.chunk(2)
-            noise = uncond + guidance_scale * (cond - uncond)
+            noise = classifier_free(noise, guidance_scale)
         latents = sampler.step(noise, t, latents, eta=0.0).prev_sample
         if on_step is not None:
             on_step(i)

@@ -37,6 +37,7 @@ from ..attention import CrossFrameAttnProcessor, installed_processors
 from ..conditions.control import Control, build_control
 from ..errors import UserInputError
 from ..progress import StageReporter
+from ..sampling.guidance import classifier_free
 from ..sampling.motion import warp_latents
 from ..sampling.vae import decode_to_uint8
 from .base import VideoMethod, VideoOutput, VideoSettings, common_settings, load_image_pipeline, place, register
@@ -208,8 +209,7 @@ class ZeroShotVideo:
             model_input = scheduler.scale_model_input(model_input, t)
             noise = self.predict_noise(model_input, t, embeds, frame_ids, extra_rows)[extra_rows:]  # drop extra rows
             if self._use_guidance:
-                noise_uncond, noise_cond = noise.chunk(2)
-                noise = noise_uncond + s.guidance_scale * (noise_cond - noise_uncond)
+                noise = classifier_free(noise, s.guidance_scale)
             step = scheduler.step(noise, t, latents)
             latents = step.prev_sample
             if s.smooth_background and rows > 1 and frame_ids[0] == 0:

@@ -11,6 +11,8 @@ from collections.abc import Callable
 import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler
 
+from .guidance import classifier_free
+
 
 @torch.no_grad()
 def ddim_invert(
@@ -48,8 +50,7 @@ def ddim_invert(
         model_input = torch.cat([latents] * 2) if use_guidance else latents
         noise = unet(model_input, t, encoder_hidden_states=embeds).sample
         if use_guidance:
-            uncond, cond = noise.chunk(2)
-            noise = uncond + guidance_scale * (cond - uncond)
+            noise = classifier_free(noise, guidance_scale)
         latents = inverse.step(noise, t, latents).prev_sample
         trajectory[int(t)] = latents
         if on_step is not None:
