@@ -39,6 +39,11 @@ TARGETS = {
               ("stylet2v0 sharing=paper: prompt adherence", "paper_colour_adherence", None),
               ("stylet2v0 default sharing (aligned): distance drop", "distance_drop", 0.30),
               ("stylet2v0 default sharing (aligned): prompt adherence", "colour_adherence_with_style", 0.70)],
+    "animatediff_style": [
+        ("animatediff style= sharing=paper (eqs. 7-9): colour-statistics distance drop", "paper_distance_drop", None),
+        ("animatediff style= sharing=paper: prompt adherence", "paper_colour_adherence", None),
+        ("animatediff style= default sharing (aligned): distance drop", "distance_drop", 0.30),
+        ("animatediff style= default sharing (aligned): prompt adherence", "colour_adherence_with_style", 0.70)],
     "motion": [("animatediff: direction of motion followed", "direction_followed", 0.70),
                ("animatediff: videos whose object moves >= 3 px (no target)", "moving", None),
                ("animatediff: path straightness (no target)", "straightness", None),
@@ -83,6 +88,14 @@ def main(argv=None) -> int:
             result["paper_distance_drop"] = paper["distance_drop"]
             result["paper_colour_adherence"] = paper["colour_adherence_with_style"]
             print(f"stylet2v0 sharing measured: paper {paper['sharing']}\n  default {result['sharing']}")
+        elif part == "animatediff_style":
+            # The same comparison for animatediff (toy motion module): styled against plain animatediff, both presets.
+            adapter = load_motion_adapter(str(toy_path("motion_module")))
+            paper = judge.measure_animatediff_style(pipe, adapter, embedder, STYLES, overrides=("method.sharing=paper",))
+            result = judge.measure_animatediff_style(pipe, adapter, embedder, STYLES)
+            result["paper_distance_drop"] = paper["distance_drop"]
+            result["paper_colour_adherence"] = paper["colour_adherence_with_style"]
+            print(f"animatediff sharing measured: paper {paper['sharing']}\n  default {result['sharing']}")
         else:
             adapter = load_motion_adapter(str(toy_path("motion_module")))
             result = judge.measure_motion(pipe, adapter)

@@ -103,6 +103,23 @@ def test_stylet2v0_default_sharing_moves_colour_statistics_towards_the_style(toy
 
 
 @pytest.mark.slow
+def test_animatediff_style_moves_colour_statistics_towards_the_style(toy_pipe, embedder):
+    """animatediff style= against plain animatediff, both as the CLI composes them (`method=animatediff model=toy
+    frames=8 steps=20 prompt=... seed=... [style=...]`, the toy motion module), on both presets."""
+    adapter = load_motion_adapter(str(toy_path("motion_module")))
+    paper = judge.measure_animatediff_style(toy_pipe, adapter, embedder, STYLES, count=12, overrides=("method.sharing=paper",))
+    default = judge.measure_animatediff_style(toy_pipe, adapter, embedder, STYLES, count=72)  # the report's 72 prompts
+    # Measured through the CLI's config (frames 8, steps 20): the default (aligned) drops the distance by 35.4 % on the
+    # 72 prompts (35.1 % on the first 12) with the prompt's colour kept in all 72; paper (eqs. 7-9 as written) by
+    # -5.9 % on 12 (-3.9 % on 72, adherence 83 % / 96 %): as for stylet2v0, it does not move the colours.
+    # Other prompt sets of 36 (prompt_seed 5 and 6): 37.0 % and 38.9 %, adherence 100 % in both.
+    assert default["sharing"]["sharing"] == "aligned"
+    assert default["distance_drop"] >= 0.30, default
+    assert default["distance_drop"] > paper["distance_drop"] + 0.2, (paper, default)
+    assert default["colour_adherence_with_style"] >= 0.70, default
+
+
+@pytest.mark.slow
 def test_toy_motion_module_moves_objects_coherently(toy_pipe):
     """A motion module that has learned motion moves the object along a path; frames that are independent pictures
     (an untrained or broken module) or a clip in the wrong order make the object jump about."""

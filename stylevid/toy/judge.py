@@ -257,13 +257,18 @@ def measure_style(pipe, embedder: ClipEmbedder, style_images: dict[str, Path], c
                           with_style=lambda cfg: _stylet2v0(pipe, cfg), without=lambda cfg: _t2v_zero(pipe, cfg))
 
 
-def measure_animatediff_style(pipe, motion_adapter, embedder: ClipEmbedder, style_images: dict[str, Path], count: int = 36,
+def measure_animatediff_style(pipe, motion_adapter, embedder: ClipEmbedder, style_images: dict[str, Path], count: int = 72,
                               frames: int = 8, steps: int = 20, prompt_seed: int = 3, overrides: tuple[str, ...] = ()) -> dict:
     """animatediff with a style image against animatediff without one, same prompt and seed: `measure_style`'s figures.
 
     Both run as `stylevid generate method=animatediff model=toy frames=8 steps=20 prompt=... seed=... [style=...]`
     would (the toy motion module), with `overrides` (e.g. `method.sharing=paper`) added to the styled run only: no
     overrides measure the CLI's default sharing for animatediff.
+
+    Measured (frames 8, steps 20, prompt_seed 3): the default (aligned) drops the distance by 35.4 % on 72 prompts with
+    adherence 100 % (35.1 % on the first 12; 37.0 and 38.9 % on two other sets of 36, prompt_seed 5 and 6); paper
+    by -3.9 % on 72 (adherence 96 %). 72 prompts by default, as for `measure_style`: about 8 min on one CPU thread
+    shared with another run (12: about 50 s).
     """
     from ..methods.animatediff import generate, settings_from_config
 
