@@ -354,3 +354,14 @@ def test_the_training_bar_shows_loss_and_throughput_on_rank_0_only(monkeypatch):
     assert "loss 0.1234  steps/s 2.5  clips/s 10" in terminal.export_text()
     monkeypatch.setenv("RANK", "1")
     assert isinstance(stage_reporter(terminal), SilentStageReporter)
+
+
+def test_motion_module_loss_sequence_is_pinned(tmp_path):
+    """The first four logged losses of a fixed tiny run, recorded before the trainer moves onto one loop for every
+    target (issue 18): a refactor of the loop, the objective or the data order must reproduce them."""
+    write_toy_videos(tmp_path / "videos", count=8, frames=10, size=32)
+    run = run_train(train_cfg(TINY_TRAIN + [f"data.video_folder={tmp_path / 'videos'}", "trainer.max_steps=4",
+                                            f"output_dir={tmp_path / 'run'}"]))
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    expected = [1.1631096601486206, 1.0460492968559265, 1.1527925729751587, 1.063682734966278]
+    np.testing.assert_allclose(losses, expected, rtol=1e-5)
