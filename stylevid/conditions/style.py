@@ -93,17 +93,24 @@ class StyleSettings:
             **given,
         )
 
-    def sharing_for(self, layer: str) -> StyleSharing:
-        """How self-attention layer `layer` shares style: the settings in full where `layers` selects it,
-        strength 0 (no sharing) elsewhere."""
+    def attention_sharing(self) -> StyleSharing:
+        """How a selected self-attention layer shares style (the settings in full)."""
         return StyleSharing(
-            strength=self.strength if layer_selected(layer, self.layers) else 0.0,
+            strength=self.strength,
             adain_queries=self.adain_queries,
             adain_keys=self.adain_keys,
             adain_values=self.adain_values,
             attend_to_reference=self.attend_to_reference,
             reference_score_shift=self.reference_score_shift,
         )
+
+    def sharing_for(self, layer: str) -> StyleSharing:
+        """How self-attention layer `layer` shares style: `attention_sharing()` where `layers` selects it, strength 0 (no
+        sharing) elsewhere."""
+        sharing = self.attention_sharing()
+        if not layer_selected(layer, self.layers):
+            sharing.strength = 0.0
+        return sharing
 
     def record(self) -> dict:
         """The resolved sharing, for a run's result.json: the preset's name and every value actually used."""

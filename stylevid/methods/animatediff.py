@@ -40,8 +40,7 @@ from ..conditions.style import StyleSettings, check_layers, check_style_image, l
 from ..errors import UserInputError
 from ..models.lora import fuse_lora
 from ..models.motion_module import check_fits, inflate, load_motion_adapter, tiny_motion_adapter
-from ..attention import layer_selected
-from ..attention.reference import image_layers_only, style_reference
+from ..attention.reference import image_layers_only, sharing_in_layers, style_reference
 from ..progress import StageReporter
 from ..sampling.inversion import ddim_invert, latents_at_timestep
 from ..sampling.vae import decode_to_uint8, encode_images
@@ -232,8 +231,8 @@ def style_reference_for(video_pipe, style: StyleSettings, image, settings: Anima
         with reporter.stage("style inversion", total=settings.steps), image_layers_only(video_pipe.unet) as image_unet:
             trajectory = ddim_invert(image_unet, video_pipe.scheduler, clean, embeds, settings.steps,
                                      on_step=lambda step: reporter.advance())
-    sharing_for = lambda layer: style.sharing_for(layer) if layer_selected(layer, style.layers) else None  # noqa: E731
-    return style_reference(video_pipe.unet, latents_at_timestep(trajectory, clean), embeds, sharing_for)
+    return style_reference(video_pipe.unet, latents_at_timestep(trajectory, clean), embeds,
+                           sharing_in_layers(style.layers, style.attention_sharing()))
 
 
 def sample(video_pipe, settings: AnimateDiffSettings, reporter: StageReporter | None = None,
