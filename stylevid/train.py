@@ -1,4 +1,4 @@
-"""`run_train(cfg)`: the train task (`stylevid train motion_module ...`), also under torchrun.
+"""`run_train(cfg)`: the train task (`stylevid train <target> ...`), also under torchrun or `accelerate launch`.
 
 Under torchrun (WORLD_SIZE > 1) every rank trains its shard; rank 0 alone chooses the run directory
 (broadcast to the others) and writes logs, checkpoints, validation videos and the final module.
@@ -12,21 +12,20 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import UserInputError
 from .io.run_dir import RESULT_FILE, check_output_dir, default_run_dir, peak_memory, versions, write_json_atomic
 from .models.loading import resolve_device
 from .progress import StageReporter
 from .distributed import broadcast_from_main, current_rank, rank_device
 
 log = logging.getLogger(__name__)
-TARGETS = ("motion_module",)
 
 
 def run_train(cfg: DictConfig, reporter: StageReporter | None = None, hydra_job_dir: str | None = None) -> Path:
-    """Train `cfg.target` and return the run directory (on every rank)."""
+    """Train `cfg.target.name` and return the run directory (on every rank)."""
     reporter = reporter or StageReporter()
-    if cfg.target not in TARGETS:
-        raise UserInputError(f"unknown training target {cfg.target!r}; choose one of {', '.join(TARGETS)}")
+    from .training.targets import get_target
+
+    target_cls = get_target(str(cfg.target.name))
     from .training.checkpoint import check_resume_step, load_checkpoint
     from .training.settings import check_train_config
 
@@ -47,13 +46,13 @@ def run_train(cfg: DictConfig, reporter: StageReporter | None = None, hydra_job_
         elif hydra_job_dir is not None:
             run_dir = check_output_dir(hydra_job_dir)
         else:
-            run_dir = default_run_dir(cfg.get("outputs_root", "outputs"), "train", str(cfg.target))
+            run_dir = default_run_dir(cfg.get("outputs_root", "outputs"), "train", target_cls.name)
     run_dir = Path(broadcast_from_main(str(run_dir) if run_dir else None, ctx))
 
-    from .training.motion import MotionTrainer
+    from .training.loop import Trainer
 
     with reporter.stage("loading model"):
-        trainer = MotionTrainer(cfg, run_dir if ctx.is_main else None, ctx, device, reporter)
+        trainer = Trainer(cfg, target_cls, run_dir if ctx.is_main else None, ctx, device, reporter)
         if checkpoint:
             trainer.resume(resume, checkpoint)
     if ctx.is_main:
@@ -61,17 +60,19 @@ def run_train(cfg: DictConfig, reporter: StageReporter | None = None, hydra_job_
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     started = time.perf_counter()
     summary = trainer.train()
+    with reporter.stage("writing"):
+        files = trainer.export()  # every rank: the weights are gathered from all of them under FSDP
     if ctx.is_main:
-        with reporter.stage("writing"):
-            files = trainer.save_final()
+        model = cfg.get("model")
         result = {
             "task": "train",
-            "target": str(cfg.target),
+            "target": target_cls.name,
             "seed": int(cfg.seed),
-            "model": {"name": cfg.model.get("name"), "path": cfg.model.get("path")},
-            "data": {"name": cfg.data.name, "videos": len(trainer.dataset), "frames": int(cfg.data.frames),
-                     "stride": int(cfg.data.stride), "size": int(cfg.data.size)},
-            "schedule": str(cfg.schedule),
+            "model": {"name": model.get("name"), "path": model.get("path")} if model is not None else None,
+            **trainer.target.summary(),
+            "diffusion": OmegaConf.to_container(cfg.diffusion) if cfg.get("diffusion") is not None else None,
+            "trainer": {"strategy": str(cfg.trainer.strategy), "mixed_precision": trainer.precision,
+                        "batch_size": trainer.batch_size, "grad_accum": trainer.grad_accum},
             "world_size": ctx.world_size,
             "resumed_from": resume,
             **summary,

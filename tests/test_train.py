@@ -17,11 +17,7 @@ from stylevid.models.motion_module import load_motion_adapter, tiny_motion_adapt
 from stylevid.progress import StageReporter
 from stylevid.train import run_train
 
-TINY_TRAIN = [
-    "model=tiny", "data=folder", "data.frames=4", "data.stride=2", "data.size=32", "data.num_workers=0",
-    "trainer.batch_size=2", "trainer.grad_accum=2", "trainer.lr=1e-3", "trainer.log_every=1",
-    "trainer.mixed_precision=no", "trainer.gradient_checkpointing=false", "motion.num_attention_heads=2", "device=cpu",
-]
+TINY_TRAIN = ["target=motion_module", "experiment=tiny_motion"]
 
 
 @pytest.fixture(scope="module")

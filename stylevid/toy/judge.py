@@ -349,7 +349,7 @@ def motion_losses(pipe, motion_adapter, count: int = 16, timesteps=(300, 600, 90
     """
     from ..models.motion_module import inflate
     from ..sampling.vae import encode_images
-    from ..training.motion import noise_schedule
+    from ..training.diffusion import noise_schedule
 
     unet = inflate(pipe.unet, motion_adapter).eval()
     scheduler = noise_schedule("B")

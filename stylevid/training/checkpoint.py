@@ -15,16 +15,19 @@ import torch
 from ..errors import UserInputError
 
 STATE_FILE = "training_state.pt"
-MOTION_DIR = "motion_module"
+WEIGHTS_DIR = "weights"  # the target's weights, in its ecosystem format (a MotionAdapter directory, a LoRA file...)
+LEGACY_WEIGHTS_DIRS = ("motion_module",)  # checkpoints of the motion trainer before the one loop
 
 
-def save_checkpoint(checkpoints: Path, step: int, motion_adapter, state: dict, keep: int = 2) -> Path:
+def save_checkpoint(checkpoints: Path, step: int, write_weights, state: dict, keep: int = 2) -> Path:
+    """`write_weights(directory)` writes the target's weights; `state` (optimizer, schedule, step...) goes beside."""
     checkpoints.mkdir(parents=True, exist_ok=True)
     final = checkpoints / f"step_{step:07d}"
     temporary = checkpoints / f".tmp_step_{step:07d}"
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir()
-    motion_adapter.save_pretrained(str(temporary / MOTION_DIR), safe_serialization=True)
+    (temporary / WEIGHTS_DIR).mkdir()
+    write_weights(temporary / WEIGHTS_DIR)
     torch.save(state, temporary / STATE_FILE)
     for file in temporary.rglob("*"):
         if file.is_file():
@@ -43,28 +46,15 @@ def save_checkpoint(checkpoints: Path, step: int, motion_adapter, state: dict, k
     return final
 
 
-# What a motion checkpoint depends on, recorded in its training state and compared on resume: the base UNet's
-# geometry (another base cannot take these motion weights: diffusers' 47-line size-mismatch error) and the motion
-# settings (heads and window change what the same-shaped weights compute).
+# What weights trained on a base model depend on, recorded in a checkpoint and compared on resume: the base UNet's
+# geometry (another base cannot take them: diffusers' 47-line size-mismatch error) and which model it was.
 UNET_ESSENTIALS = ("in_channels", "block_out_channels", "layers_per_block", "cross_attention_dim", "attention_head_dim",
                    "norm_num_groups", "down_block_types", "up_block_types", "transformer_layers_per_block")
-# MotionAdapter config key -> the train key that sets it
-MOTION_ESSENTIALS = {
-    "motion_num_attention_heads": "motion.num_attention_heads",
-    "motion_max_seq_length": "motion.max_seq_length",
-    "motion_transformer_layers_per_block": "motion.transformer_layers_per_block",
-    "motion_transformer_layers_per_mid_block": "motion.transformer_layers_per_block",
-    "motion_layers_per_block": "the base model's layers_per_block",
-    "motion_norm_num_groups": "the base model's norm_num_groups",
-    "block_out_channels": "the base model's block_out_channels",
-    "use_motion_mid_block": "the motion module's mid block",
-}
-STATE_KEYS = ("global_step", "optimizer", "lr_scheduler", "scaler", "world_size", "batch_size", "grad_accum")
 
 
-def _plain(value):
+def plain(value):
     """Config values as lists and scalars (tuples and lists compare equal; torch.load(weights_only) reads them)."""
-    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+    return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def base_model_record(model_cfg, unet) -> dict:
@@ -73,14 +63,10 @@ def base_model_record(model_cfg, unet) -> dict:
     if path and Path(str(path)).expanduser().exists():
         path = str(Path(str(path)).expanduser().resolve())
     record = {"name": model_cfg.get("name"), "path": str(path) if path else None,
-              "unet": {key: _plain(unet.config.get(key)) for key in UNET_ESSENTIALS}}
+              "unet": {key: plain(unet.config.get(key)) for key in UNET_ESSENTIALS}}
     if model_cfg.get("name") == "tiny" and not path:
         record["seed"] = int(model_cfg.get("seed", 0))
     return record
-
-
-def motion_record(adapter_config) -> dict:
-    return {key: _plain(adapter_config.get(key)) for key in MOTION_ESSENTIALS}
 
 
 def describe_model(record: dict) -> str:
@@ -88,23 +74,43 @@ def describe_model(record: dict) -> str:
     return f"{name} (seed {record['seed']})" if record.get("seed") is not None else str(name)
 
 
+def check_same_base(path, recorded: dict | None, here: dict, start_anew: str) -> None:
+    """A resume continues the same run: a checkpoint trained on another base model (another geometry cannot take the
+    weights; another model of the same geometry would not continue the run) is refused, naming `start_anew`, the
+    key that starts a new run from the checkpoint's weights."""
+    if recorded is None:
+        return
+    differs = [key for key in UNET_ESSENTIALS if recorded["unet"].get(key) != here["unet"].get(key)]
+    if differs or describe_model(recorded) != describe_model(here):
+        detail = (f" ({differs[0]}={recorded['unet'].get(differs[0])} there, {here['unet'].get(differs[0])} here)"
+                  if differs else "")
+        raise UserInputError(
+            f"trainer.resume={path} was trained on base model {describe_model(recorded)}, this run's model is "
+            f"{describe_model(here)}{detail}; resume with that model, or start a new run from its weights with {start_anew}"
+        )
+
+
+STATE_KEYS = ("global_step", "optimizer", "lr_scheduler", "scaler", "world_size", "batch_size", "grad_accum")
+
+
 def load_checkpoint(path: str | Path) -> tuple[Path, dict]:
-    """(motion module directory, training state) of a checkpoint directory or its `last` link; anything else is one
-    line naming what is wrong. The state loads with `weights_only=True`: no code from the file runs."""
+    """(weights directory, training state) of a checkpoint directory or its `last` link; anything else is one line
+    naming what is wrong. The state loads with `weights_only=True`: no code from the file runs."""
     from ..models.weight_files import load_pickle_weights
 
     path = Path(str(path)).expanduser()
     if not path.exists():
         raise UserInputError(f"trainer.resume={path} does not exist")
-    if not (path / STATE_FILE).is_file() or not (path / MOTION_DIR).is_dir():
+    weights = next((path / name for name in (WEIGHTS_DIR, *LEGACY_WEIGHTS_DIRS) if (path / name).is_dir()), None)
+    if not (path / STATE_FILE).is_file() or weights is None:
         hint = f"; did you mean trainer.resume={path / 'checkpoints' / 'last'}?" if (path / "checkpoints" / "last").exists() else ""
-        raise UserInputError(f"trainer.resume={path} is not a checkpoint (no {STATE_FILE} and {MOTION_DIR}/){hint}")
+        raise UserInputError(f"trainer.resume={path} is not a checkpoint (no {STATE_FILE} and {WEIGHTS_DIR}/){hint}")
     state = load_pickle_weights(path / STATE_FILE, "trainer.resume")
     missing = [key for key in STATE_KEYS if key not in state]
     if missing or not isinstance(state["global_step"], int) or state["global_step"] < 0:
         raise UserInputError(f"trainer.resume: {path / STATE_FILE} is not a stylevid training state "
                              f"({'no ' + ', '.join(missing) if missing else 'no step count'})")
-    return path.resolve() / MOTION_DIR, state
+    return weights.resolve(), state
 
 
 def check_resume_step(path, state: dict, max_steps: int) -> None:

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from .. import values
 from ..errors import UserInputError
 
+# Each rule applies when the composed config has the key (a target without videos has no data.frames).
 # key: (minimum, maximum) of an integer
 INTEGERS = {
     "trainer.batch_size": (1, None),
@@ -21,6 +22,7 @@ INTEGERS = {
     "trainer.log_every": (1, None),
     "trainer.checkpoint_every": (0, None),  # 0: no checkpoints
     "trainer.keep_checkpoints": (0, None),  # 0: keep all
+    "trainer.cycles": (1, None),
     "data.frames": (1, None),
     "data.stride": (1, None),
     "data.size": (8, 4096),  # a frame is decoded at this size before any check could see it is too large
@@ -40,32 +42,40 @@ NUMBERS = {
     "trainer.adam_beta2": {"minimum": 0, "maximum": 0.999999},
     "trainer.adam_epsilon": {"above": 0},  # 0 divides 0 by 0 for a parameter whose gradient is still zero
     "trainer.max_grad_norm": {"minimum": 0},  # 0: no clipping
-    "trainer.timestep_bias_portion": {"above": 0, "maximum": 1},
-    "trainer.timestep_bias_multiplier": {"above": 0},
-    "trainer.snr_gamma": {"above": 0},
+    "diffusion.timestep_bias_portion": {"above": 0, "maximum": 1},
+    "diffusion.timestep_bias_multiplier": {"above": 0},
+    "diffusion.snr_gamma": {"above": 0},
+    "diffusion.caption_dropout": {"minimum": 0, "maximum": 1},
     "trainer.ema_decay": {"minimum": 0, "maximum": 1},
-    "text_dropout": {"minimum": 0, "maximum": 1},
     "validation.guidance_scale": {"minimum": 0},
     "validation.fps": {"above": 0},
 }
 FLAGS = ("trainer.gradient_checkpointing", "trainer.ema", "trainer.tensorboard", "data.flip", "motion.allow_pickle")
 CHOICES = {
-    "trainer.timestep_bias": ("none", "later", "earlier"),
-    "trainer.loss_weighting": ("epsilon", "v", "min_snr"),
+    "diffusion.timestep_bias": ("none", "later", "earlier"),
+    "diffusion.loss_weighting": ("epsilon", "v", "min_snr"),
+    "diffusion.prediction": ("epsilon", "v_prediction"),
     "trainer.mixed_precision": ("auto", "no", "bf16", "fp16"),
+    "trainer.strategy": ("ddp", "fsdp"),
 }
 
 
 def check_train_config(cfg) -> None:
-    """Refuse, in one line naming the key, any value of `cfg` (the composed train config) outside its rule."""
+    """Refuse, in one line naming the key, any value of `cfg` (the composed train config) outside its rule; then
+    the target's own rules (`TrainingTarget.check_config`)."""
     from diffusers.optimization import SchedulerType
 
-    from .motion import SCHEDULES
+    from .diffusion import SCHEDULES
+    from .targets import get_target
 
+    target = get_target(str(cfg.target.name))
+    present = lambda key: OmegaConf.select(cfg, key, default=None) is not None  # noqa: E731
     for key, (minimum, maximum) in INTEGERS.items():
-        values.integer(OmegaConf.select(cfg, key), key, minimum, maximum)
+        if present(key):
+            values.integer(OmegaConf.select(cfg, key), key, minimum, maximum)
     for key, bounds in NUMBERS.items():
-        values.number(OmegaConf.select(cfg, key), key, **bounds)
+        if present(key):
+            values.number(OmegaConf.select(cfg, key), key, **bounds)
     values.seed(cfg.get("seed"), "seed")
     if OmegaConf.select(cfg, "model.seed") is not None:
         values.seed(cfg.model.seed, "model.seed")
@@ -74,20 +84,20 @@ def check_train_config(cfg) -> None:
         if not isinstance(value, bool):
             raise UserInputError(f"{key} must be true or false, got {value!r}")
     # piecewise_constant needs step rules, which train.yaml does not offer
-    schedulers = tuple(s.value for s in SchedulerType if s.value != "piecewise_constant")
-    choices = {**CHOICES, "schedule": tuple(SCHEDULES), "trainer.lr_scheduler": schedulers}
+    schedulers = (*(s.value for s in SchedulerType if s.value != "piecewise_constant"), "warmup_cosine")
+    choices = {**CHOICES, "diffusion.schedule": tuple(SCHEDULES), "trainer.lr_scheduler": schedulers}
     for key, options in choices.items():
+        if not present(key):
+            continue
         value = OmegaConf.select(cfg, key)
         if value not in options:
             raise UserInputError(f"{key} must be one of {', '.join(options)}; got {value!r}")
-
-    data = cfg.data
-    if int(data.size) % 8:
-        raise UserInputError(f"data.size must be a multiple of 8 (the VAE downsamples 8x), got {data.size}")
-    if not cfg.motion.get("init_path") and int(data.frames) > int(cfg.motion.max_seq_length):
-        raise UserInputError(f"data.frames={data.frames} exceeds motion.max_seq_length={cfg.motion.max_seq_length}")
-    prompts = OmegaConf.select(cfg, "validation.prompts")
-    if not OmegaConf.is_list(prompts) or not all(isinstance(p, str) and p for p in prompts):
-        raise UserInputError(f"validation.prompts must be a list of prompts, e.g. validation.prompts='[a dog,a cat]'; got {prompts!r}")
-    if int(cfg.validation.every) > 0 and not prompts:
-        raise UserInputError("validation.every > 0 needs at least one of validation.prompts")
+    if present("data.size") and int(cfg.data.size) % 8:
+        raise UserInputError(f"data.size must be a multiple of 8 (the VAE downsamples 8x), got {cfg.data.size}")
+    if present("validation"):
+        prompts = OmegaConf.select(cfg, "validation.prompts")
+        if not OmegaConf.is_list(prompts) or not all(isinstance(p, str) and p for p in prompts):
+            raise UserInputError(f"validation.prompts must be a list of prompts, e.g. validation.prompts='[a dog,a cat]'; got {prompts!r}")
+        if int(cfg.validation.every) > 0 and not prompts:
+            raise UserInputError("validation.every > 0 needs at least one of validation.prompts")
+    target.check_config(cfg)
