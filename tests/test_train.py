@@ -17,7 +17,7 @@ from stylevid.models.motion_module import load_motion_adapter, tiny_motion_adapt
 from stylevid.progress import StageReporter
 from stylevid.train import run_train
 
-TINY_TRAIN = ["target=motion_module", "experiment=tiny_motion"]
+TINY_TRAIN = ["experiment=tiny_motion"]  # conf/experiment/tiny_motion.yaml: the tiny model, 32 px, 4 frames, CPU
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,16 @@ def toy_videos(tmp_path_factory):
 
 def train_cfg(overrides):
     with initialize_config_module("stylevid.conf", version_base="1.3"):
-        return compose("train", overrides=overrides)
+        return compose("train", overrides=["target=motion_module", *overrides])
+
+
+def motion_trainer(cfg, run_dir=None, reporter=None):
+    """The one loop on the motion_module target, as `stylevid train motion_module` builds it."""
+    from stylevid.distributed import Rank
+    from stylevid.training.loop import Trainer
+    from stylevid.training.targets import get_target
+
+    return Trainer(cfg, get_target("motion_module"), run_dir, Rank(), torch.device("cpu"), reporter)
 
 
 def test_dataset_is_deterministic_and_skips_bad_clips(toy_videos):
@@ -71,7 +80,7 @@ def test_training_changes_only_motion_weights_and_resume_repeats_the_losses(toy_
     losses = [json.loads(line)["loss"] for line in (full / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 4 and all(np.isfinite(losses))
     result = json.loads((full / "result.json").read_text())
-    assert result["skipped_clips"] >= 1  # the broken and the short video are skipped and counted
+    assert result["skipped_items"] >= 1  # the broken and the short video are skipped and counted
 
     # only motion weights changed; the exported module loads in both formats
     trained = MotionAdapter.from_pretrained(str(full / "motion_module"))
@@ -83,9 +92,9 @@ def test_training_changes_only_motion_weights_and_resume_repeats_the_losses(toy_
 
     # the checkpoint records what its weights are for (what a resume compares)
     state = torch.load(full / "checkpoints" / "step_0000002" / "training_state.pt", weights_only=True)
-    assert state["base_model"]["name"] == "tiny" and state["base_model"]["seed"] == 0
-    assert state["base_model"]["unet"]["block_out_channels"] == [32, 64] and state["base_model"]["unet"]["cross_attention_dim"] == 32
-    assert state["motion"]["motion_num_attention_heads"] == 2 and state["motion"]["motion_max_seq_length"] == 32
+    assert state["record"]["base_model"]["name"] == "tiny" and state["record"]["base_model"]["seed"] == 0
+    assert state["record"]["base_model"]["unet"]["block_out_channels"] == [32, 64] and state["record"]["base_model"]["unet"]["cross_attention_dim"] == 32
+    assert state["record"]["motion"]["motion_num_attention_heads"] == 2 and state["record"]["motion"]["motion_max_seq_length"] == 32
 
     # interrupted after step 2, resumed: the same losses for steps 3 and 4, and the same weights
     last = full / "checkpoints" / "last"
@@ -101,17 +110,15 @@ def test_training_changes_only_motion_weights_and_resume_repeats_the_losses(toy_
 
 def test_frozen_image_weights_and_gradient_accumulation(toy_videos, tmp_path):
     """The trainer's inflated UNet: image weights unchanged after steps, motion weights changed."""
-    from stylevid.distributed import Rank
-    from stylevid.training.motion import MotionTrainer
-
     cfg = train_cfg(TINY_TRAIN + [f"data.video_folder={toy_videos}", "trainer.max_steps=1"])
-    trainer = MotionTrainer(cfg, None, Rank(), torch.device("cpu"))
-    before = {k: v.clone() for k, v in trainer.unet.state_dict().items()}
+    trainer = motion_trainer(cfg)
+    unet = trainer.target.unet
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
     trainer.train()
-    after = trainer.unet.state_dict()
+    after = unet.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(".motion_modules." in f".{k}" for k in changed)
-    assert {k for k, p in trainer.unet.named_parameters() if p.requires_grad} == {
+    assert {k for k, p in unet.named_parameters() if p.requires_grad} == {
         k for k in before if ".motion_modules." in f".{k}" and not k.endswith("pos_embed.pe")
     }
 
@@ -121,7 +128,7 @@ def test_bad_training_input_is_a_user_error(toy_videos):
         run_train(train_cfg(TINY_TRAIN + [f"data.video_folder={toy_videos}", "trainer.batch_size=64",
                                           "output_dir=/tmp/never"]))
     with pytest.raises(UserInputError, match="schedule"):
-        from stylevid.training.motion import noise_schedule
+        from stylevid.training.diffusion import noise_schedule
 
         noise_schedule("D")
 
@@ -129,12 +136,11 @@ def test_bad_training_input_is_a_user_error(toy_videos):
 def test_non_finite_weights_are_never_checkpointed(toy_videos, tmp_path):
     """Weights gone NaN after a step whose loss was still finite: the run stops before that step's checkpoint, and
     the previous one stays `last`."""
-    from stylevid.distributed import Rank
-    from stylevid.training.motion import MotionTrainer, TrainingDiverged
+    from stylevid.training.loop import TrainingDiverged
 
     cfg = train_cfg(TINY_TRAIN + [f"data.video_folder={toy_videos}", "trainer.max_steps=3", "trainer.checkpoint_every=1",
                                   "trainer.tensorboard=false"])
-    trainer = MotionTrainer(cfg, tmp_path, Rank(), torch.device("cpu"))
+    trainer = motion_trainer(cfg, tmp_path)
     step = trainer.optimizer_step
 
     def step_then_break_the_weights_at_step_2(batches):
@@ -152,8 +158,8 @@ def test_non_finite_weights_are_never_checkpointed(toy_videos, tmp_path):
 
 
 def test_timestep_bias_draws_the_favoured_timesteps_that_much_more_often(toy_videos):
-    from stylevid.distributed import Rank
-    from stylevid.training.motion import MotionTrainer, step_generator, timestep_weights
+    from stylevid.training.diffusion import timestep_weights
+    from stylevid.training.loop import step_generator
 
     later = timestep_weights("later", portion=0.5, multiplier=4.0)
     assert later[500:].sum() == pytest.approx(0.8) and later[:500].sum() == pytest.approx(0.2)  # 4 x 500 : 1 x 500
@@ -164,16 +170,15 @@ def test_timestep_bias_draws_the_favoured_timesteps_that_much_more_often(toy_vid
     with pytest.raises(UserInputError, match="portion"):
         timestep_weights("later", 0.0, 2.0)
 
-    biased = MotionTrainer(train_cfg(TINY_TRAIN + [f"data.video_folder={toy_videos}", "trainer.timestep_bias=later",
-                                                   "trainer.timestep_bias_portion=0.5", "trainer.timestep_bias_multiplier=4"]),
-                           None, Rank(), torch.device("cpu"))
-    draws = torch.cat([biased.draw_timesteps(64, step_generator(0, step, 0, 0)) for step in range(50)])
+    biased = motion_trainer(train_cfg(TINY_TRAIN + [f"data.video_folder={toy_videos}", "diffusion.timestep_bias=later",
+                                                    "diffusion.timestep_bias_portion=0.5", "diffusion.timestep_bias_multiplier=4"]))
+    draws = torch.cat([biased.target.objective.timesteps(64, step_generator(0, step, 0, 0)) for step in range(50)])
     assert draws.min() >= 0 and draws.max() < 1000
     assert (draws >= 500).float().mean() == pytest.approx(0.8, abs=0.03)  # 3,200 draws: 3 standard errors is 0.021
     # No bias keeps the uniform draws of earlier runs, so their resumes and seeds give the same timesteps.
-    uniform = MotionTrainer(train_cfg(TINY_TRAIN + [f"data.video_folder={toy_videos}"]), None, Rank(), torch.device("cpu"))
+    uniform = motion_trainer(train_cfg(TINY_TRAIN + [f"data.video_folder={toy_videos}"]))
     expected = torch.randint(0, 1000, (8,), generator=step_generator(0, 3, 0, 0))
-    assert torch.equal(uniform.draw_timesteps(8, step_generator(0, 3, 0, 0)), expected)
+    assert torch.equal(uniform.target.objective.timesteps(8, step_generator(0, 3, 0, 0)), expected)
 
 
 def run_cli(args, capsys):
@@ -194,7 +199,7 @@ def test_init_path_from_another_base_is_one_line_exit_2_before_a_run_directory(t
 
 
 def test_v_weighting_makes_the_epsilon_loss_the_v_prediction_loss_and_min_snr_caps_the_clean_steps():
-    from stylevid.training.motion import loss_weights, noise_schedule
+    from stylevid.training.diffusion import loss_weights, noise_schedule
 
     scheduler = noise_schedule("B")
     generator = torch.Generator().manual_seed(0)
@@ -221,28 +226,30 @@ def test_v_weighting_makes_the_epsilon_loss_the_v_prediction_loss_and_min_snr_ca
 
 
 def test_the_trainers_loss_is_the_epsilon_loss_times_the_weight_of_its_timestep(toy_videos):
-    from stylevid.distributed import Rank
-    from stylevid.training.motion import MotionTrainer, step_generator
+    from stylevid.training.loop import step_generator
+    from stylevid.training.targets import Step
 
     settings = TINY_TRAIN + [f"data.video_folder={toy_videos}", "trainer.batch_size=1"]
-    plain = MotionTrainer(train_cfg(settings), None, Rank(), torch.device("cpu"))
-    weighted = MotionTrainer(train_cfg(settings + ["trainer.loss_weighting=v"]), None, Rank(), torch.device("cpu"))
+    plain = motion_trainer(train_cfg(settings))
+    weighted = motion_trainer(train_cfg(settings + ["diffusion.loss_weighting=v"]))
     drawn = []
-    draw = plain.draw_timesteps
-    plain.draw_timesteps = lambda size, generator: drawn.append(draw(size, generator)) or drawn[-1]
+    objective = plain.target.objective
+    draw = objective.timesteps
+    objective.timesteps = lambda size, generator: drawn.append(draw(size, generator)) or drawn[-1]
     batch = next(iter(plain.batches()))
+    at = lambda step: Step(step, 0, 0, 1, step_generator(0, step, 0, 0))  # noqa: E731
     for step in range(3):  # same draws (posterior, noise, timestep, dropout) from the same generator state
         with torch.no_grad():
-            epsilon_loss = float(plain.loss(batch, step_generator(0, step, 0, 0)))
-            v_loss = float(weighted.loss(batch, step_generator(0, step, 0, 0)))
-        alpha = float(plain.noise_scheduler.alphas_cumprod[int(drawn[-1])])
+            epsilon_loss = float(plain.target.loss(plain.model, batch, at(step)))
+            v_loss = float(weighted.target.loss(weighted.model, batch, at(step)))
+        alpha = float(objective.scheduler.alphas_cumprod[int(drawn[-1])])
         assert v_loss == pytest.approx(epsilon_loss / alpha, rel=1e-4)
     assert len({int(t) for t in drawn}) == 3
 
 
-@pytest.mark.parametrize("setting, key", [("trainer.timestep_bias=noisy", "timestep_bias"),
-                                          ("trainer.loss_weighting=x0", "loss_weighting"),
-                                          ("trainer.loss_weighting=min_snr trainer.snr_gamma=0", "snr_gamma")])
+@pytest.mark.parametrize("setting, key", [("diffusion.timestep_bias=noisy", "timestep_bias"),
+                                          ("diffusion.loss_weighting=x0", "loss_weighting"),
+                                          ("diffusion.loss_weighting=min_snr diffusion.snr_gamma=0", "snr_gamma")])
 def test_a_bad_timestep_bias_or_loss_weighting_is_one_line_exit_2_before_a_run_directory(toy_videos, tmp_path, capsys,
                                                                                           setting, key):
     run_dir = tmp_path / "run"
@@ -287,14 +294,11 @@ def test_validation_videos_use_the_trainers_unet_and_leave_training_unchanged(to
     from diffusers import UNetMotionModel
 
     from stylevid.methods import animatediff
-    from stylevid.distributed import Rank
-    from stylevid.training.motion import MotionTrainer
-
     common = TINY_TRAIN + [f"data.video_folder={toy_videos}", "trainer.max_steps=2", "trainer.ema=true",
                            "trainer.ema_decay=0.5", "trainer.checkpoint_every=0", "trainer.tensorboard=false",
                            "validation.prompts=[red,blue]", "validation.steps=1", "validation.fps=4"]
     reporter = RecordingReporter()
-    trainer = MotionTrainer(train_cfg(common + ["validation.every=1"]), tmp_path / "with", Rank(), torch.device("cpu"), reporter)
+    trainer = motion_trainer(train_cfg(common + ["validation.every=1"]), tmp_path / "with", reporter)
     (tmp_path / "with").mkdir()
 
     def no_second_inflation(*args, **kwargs):
@@ -304,7 +308,7 @@ def test_validation_videos_use_the_trainers_unet_and_leave_training_unchanged(to
     generate = animatediff.generate
 
     def recording_generate(pipe, adapter, settings, reporter=None, video_unet=None):
-        assert video_unet is trainer.unet
+        assert video_unet is trainer.target.unet
         seen.append({k: v.clone() for k, v in video_unet.state_dict().items() if "motion_modules." in k})
         return generate(pipe, adapter, settings, reporter, video_unet=video_unet)
 
@@ -317,20 +321,22 @@ def test_validation_videos_use_the_trainers_unet_and_leave_training_unchanged(to
     video = iio.imread(tmp_path / "with" / "validation" / videos[-1], plugin="FFMPEG")
     assert video.shape == (4, 32, 32, 3)
     # the last videos were sampled with the final EMA weights, which differ from the live ones
-    ema, live = trainer.current_adapter(use_ema=True).state_dict(), trainer.current_adapter().state_dict()
+    with trainer.ema_weights():
+        ema = trainer.target.adapter(trainer.weights()).state_dict()
+    live = trainer.target.adapter(trainer.weights()).state_dict()
     last = seen[-1]  # UNetMotionModel and MotionAdapter name motion weights alike
     assert len(seen) == 4 and set(last) == set(ema)
     assert all(torch.equal(last[k], ema[k]) for k in ema)
     assert any(not torch.equal(ema[k], live[k]) for k in ema)
 
-    plain = MotionTrainer(train_cfg(common + ["validation.every=0"]), None, Rank(), torch.device("cpu"))
+    plain = motion_trainer(train_cfg(common + ["validation.every=0"]))
     plain.train()
     assert trainer.losses == plain.losses
     assert all(torch.equal(p, q) for p, q in zip(trainer.trainable, plain.trainable))
 
     # the progress bar's numbers: the step's loss (as logged) and its throughput, once per step
     assert reporter.advances == 2 and [s["loss"] for s in reporter.statuses] == trainer.losses
-    assert all(s["steps/s"] > 0 and s["clips/s"] == pytest.approx(s["steps/s"] * 2 * 2) for s in reporter.statuses)
+    assert all(s["steps/s"] > 0 and s["items/s"] == pytest.approx(s["steps/s"] * 2 * 2) for s in reporter.statuses)
 
 
 def test_the_training_bar_shows_loss_and_throughput_on_rank_0_only(monkeypatch):
