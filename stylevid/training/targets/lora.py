@@ -124,8 +124,11 @@ class Lora(TrainingTarget):
         self.unet.add_adapter(LoraConfig(r=s["rank"], lora_alpha=s["alpha"], init_lora_weights="gaussian",
                                          target_modules=s["target_modules"]))
         if s["train_text_encoder"]:
-            self.text_encoder.add_adapter(LoraConfig(r=s["rank"], lora_alpha=s["alpha"], init_lora_weights="gaussian",
-                                                     target_modules=s["text_encoder_target_modules"]))
+            # peft itself, not transformers' `add_adapter` (which wants a newer peft than diffusers does)
+            from peft import inject_adapter_in_model
+
+            inject_adapter_in_model(LoraConfig(r=s["rank"], lora_alpha=s["alpha"], init_lora_weights="gaussian",
+                                               target_modules=s["text_encoder_target_modules"]), self.text_encoder)
         self.lora_model = LoraModel(self.unet, self.text_encoder if s["train_text_encoder"] else None)
         for parameter in self.lora_model.parameters():  # frozen base weights at the low precision, LoRA in fp32
             parameter.data = parameter.data.to(torch.float32 if parameter.requires_grad else weight_dtype)
