@@ -65,7 +65,7 @@ def files(tmp_path_factory, videos):
     from stylevid.train import run_train
 
     with initialize_config_module("stylevid.conf", version_base="1.3"):
-        cfg = compose("train", overrides=[*TINY_TRAIN, f"data.video_folder={videos}", "trainer.checkpoint_every=2",
+        cfg = compose("train", overrides=["target=motion_module", *TINY_TRAIN, f"data.video_folder={videos}", "trainer.checkpoint_every=2",
                                           f"output_dir={root / 'trained'}"])
     run_train(cfg)
     checkpoint = root / "trained" / "checkpoints" / "step_0000002"
@@ -92,9 +92,9 @@ TRAIN_ROWS = [
     ("seed=-1", "seed"),
     ("seed=abc", "seed"),
     ("seed=99999999999999999999", "seed"),
-    ("schedule=D", "schedule"),
-    ("text_dropout=1.5", "text_dropout"),
-    ("text_dropout=nan", "text_dropout"),
+    ("diffusion.schedule=D", "diffusion.schedule"),
+    ("diffusion.caption_dropout=1.5", "diffusion.caption_dropout"),
+    ("diffusion.caption_dropout=nan", "diffusion.caption_dropout"),
     ("device=gpu9", "device"),
     ("model.seed=-3", "model.seed"),
     ("trainer.batch_size=0", "trainer.batch_size"),
@@ -116,12 +116,16 @@ TRAIN_ROWS = [
     ("trainer.adam_epsilon=0", "trainer.adam_epsilon"),
     ("trainer.max_grad_norm=-1", "trainer.max_grad_norm"),
     ("trainer.max_grad_norm=inf", "trainer.max_grad_norm"),
-    ("trainer.timestep_bias=noisy", "trainer.timestep_bias"),
-    ("trainer.timestep_bias_portion=0", "trainer.timestep_bias_portion"),
-    ("trainer.timestep_bias_multiplier=nan", "trainer.timestep_bias_multiplier"),
-    ("trainer.loss_weighting=x0", "trainer.loss_weighting"),
-    ("trainer.snr_gamma=-1", "trainer.snr_gamma"),
+    ("diffusion.timestep_bias=noisy", "diffusion.timestep_bias"),
+    ("diffusion.timestep_bias_portion=0", "diffusion.timestep_bias_portion"),
+    ("diffusion.timestep_bias_multiplier=nan", "diffusion.timestep_bias_multiplier"),
+    ("diffusion.loss_weighting=x0", "diffusion.loss_weighting"),
+    ("diffusion.snr_gamma=-1", "diffusion.snr_gamma"),
     ("trainer.mixed_precision=fp8", "trainer.mixed_precision"),
+    ("trainer.strategy=zero3", "trainer.strategy"),
+    ("trainer.strategy=fsdp", "trainer.strategy"),  # shards over GPUs; these tests run on the CPU
+    ("trainer.cycles=0", "trainer.cycles"),
+    ("diffusion.prediction=x0", "diffusion.prediction"),
     ("trainer.mixed_precision=bf16", "trainer.mixed_precision"),  # needs CUDA; these tests run on the CPU
     ("trainer.gradient_checkpointing=maybe", "trainer.gradient_checkpointing"),
     ("trainer.ema=yes", "trainer.ema"),
@@ -228,6 +232,6 @@ def test_a_diverging_run_stops_on_one_line_naming_the_step_and_keeps_the_last_go
     assert sorted(p.name for p in checkpoints.iterdir()) == ["last", "step_0000001"]
     from safetensors.torch import load_file
 
-    weights = load_file(str(checkpoints / "last" / "motion_module" / "diffusion_pytorch_model.safetensors"))
+    weights = load_file(str(checkpoints / "last" / "weights" / "diffusion_pytorch_model.safetensors"))
     assert all(torch.isfinite(v).all() for v in weights.values())
     assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1]

@@ -10,6 +10,7 @@ import torch.multiprocessing as mp
 from stylevid.data.toy import write_toy_videos
 
 OVERRIDES = [
+    "target=motion_module",
     "model=tiny", "data=folder", "data.frames=4", "data.stride=2", "data.size=32", "data.num_workers=0",
     "trainer.batch_size=1", "trainer.grad_accum=2", "trainer.lr=1e-3", "trainer.log_every=1", "trainer.max_steps=2",
     "trainer.mixed_precision=no", "trainer.gradient_checkpointing=false", "trainer.checkpoint_every=0",
@@ -36,18 +37,18 @@ def worker(rank: int, world_size: int, port: int, overrides: list[str], out: str
     with initialize_config_module("stylevid.conf", version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     # run_train joins the process group from the environment, trains, and (rank 0) writes the run.
-    import stylevid.training.motion as motion
+    import stylevid.training.loop as loop
 
     trainers = []
-    original_init = motion.MotionTrainer.__init__
+    original_init = loop.Trainer.__init__
 
     def remember(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
         trainers.append(self)
 
-    motion.MotionTrainer.__init__ = remember
+    loop.Trainer.__init__ = remember
     run_dir = run_train(cfg)
-    trainer = trainers[0]
+    trainer = trainers[0].target
     image_unet = tiny_unet(0).state_dict()
     frozen_same = all(
         torch.equal(value, image_unet[key])
@@ -55,7 +56,7 @@ def worker(rank: int, world_size: int, port: int, overrides: list[str], out: str
         if ".motion_modules." not in f".{key}" and key in image_unet
     )
     torch.save({"run_dir": str(run_dir), "motion": {k: v for k, v in trainer.unet.state_dict().items() if "motion_modules" in k},
-                "frozen_same": frozen_same, "losses": trainer.losses}, os.path.join(out, f"rank{rank}.pt"))
+                "frozen_same": frozen_same, "losses": trainers[0].losses}, os.path.join(out, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
 
