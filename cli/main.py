@@ -17,12 +17,12 @@ from rich.console import Console
 
 TASKS = {
     "generate": "a video from text, with a style image and pose/edge/depth conditions where the method takes them",
-    "train": "train a motion module (stylevid train motion_module data=webvid ...), on CPU, a GPU or torchrun",
+    "train": "train a target (stylevid train TARGET ...), on CPU, a GPU, torchrun or accelerate launch",
     "invert": "DDIM-invert an image or video: latents per step, a reconstruction and its PSNR",
     "evaluate": "CLIPSIM, consistency, style fidelity, warp error, FVD, IS over runs, sweeps or video folders",
 }
 AVAILABLE = {"generate", "train", "invert", "evaluate"}
-GROUPS_CHECKED = ("method", "model", "condition", "metrics", "data", "trainer")  # checked before Hydra, for a one-line error
+GROUPS_CHECKED = ("method", "model", "condition", "metrics", "data", "trainer", "target", "diffusion", "experiment")  # checked before Hydra, for a one-line error
 
 console = Console(stderr=True)
 
@@ -46,14 +46,26 @@ def method_lines() -> tuple[list[str], list[str]]:
     return lines, examples
 
 
+def target_lines() -> tuple[list[str], list[str]]:
+    """One line per registered training target (`stylevid.training.targets`), and each target's example."""
+    from stylevid.training.targets import registered_targets
+
+    targets = list(registered_targets().values())
+    lines = [f"  {target.name:<13} {target.description}" for target in targets]
+    examples = [f"  stylevid train {target.name} {target.example}" for target in targets if target.example]
+    return lines, examples
+
+
 def usage() -> str:
     methods, examples = method_lines()
+    targets, train_examples = target_lines()
     lines = ["usage: stylevid TASK [key=value ...] [--help] [--cfg job] [-m]", "", "tasks:"]
     lines += [f"  {task:<9} {text}" for task, text in TASKS.items()]
     lines += ["", "methods (generate method=...):", *methods]
+    lines += ["", "targets (train TARGET):", *targets]
     lines += ["", "models (model=..., or model.path=<hub id | diffusers dir | .safetensors>):"]
     lines += [f"  {name}" for name in group_options("model")]
-    lines += ["", "`stylevid TASK --help` shows every key of that task. Examples:", *examples]
+    lines += ["", "`stylevid TASK --help` shows every key of that task. Examples:", *examples, *train_examples]
     return "\n".join(lines)
 
 
@@ -231,6 +243,12 @@ def main(argv: list[str] | None = None) -> None:
         # `stylevid train motion_module ...`: the target is a word before the overrides
         if overrides and "=" not in overrides[0] and not overrides[0].startswith("-"):
             overrides = [f"target={overrides[0]}", *overrides[1:]]
+        if any(arg in ("--help", "-h") for arg in overrides) and not any(o.startswith("target=") for o in overrides):
+            quiet_libraries()
+            targets, examples = target_lines()
+            print("\n".join(["usage: stylevid train TARGET [key=value ...] [--help]", "", "targets:", *targets,
+                             "", "`stylevid train TARGET --help` shows every key. Examples:", *examples]))
+            sys.exit(0)
     overrides = quote_unparsable(flags_first(overrides))
     check_group_choices(overrides)
     if task == "generate" and any(arg in ("--help", "-h", "--hydra-help") for arg in overrides):

@@ -367,3 +367,14 @@ def test_motion_module_loss_sequence_is_pinned(tmp_path):
     losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     expected = [1.1631096601486206, 1.0460492968559265, 1.1527925729751587, 1.063682734966278]
     np.testing.assert_allclose(losses, expected, rtol=1e-5)
+
+
+def test_train_help_lists_every_registered_target_with_its_line(capsys):
+    from stylevid.training.targets import registered_targets
+
+    code, out, _ = run_stylevid(["train", "--help"], capsys)
+    assert code == 0
+    targets = registered_targets()
+    assert {"motion_module", "lora"} <= set(targets)
+    for name, target in targets.items():
+        assert f"  {name:<13} {target.description}" in out
