@@ -9,14 +9,15 @@ Each trainer is a short loop with the standard loss of its model family:
     frozen CLIP text tower's last hidden states, captions dropped to "" 10% of the time (classifier-free guidance).
 Training data are fresh frames from `stylevid.data.toy_world` (a new seeded batch per step, so no epochs).
 The models are tiny on purpose: the whole family trains in minutes on 2 CPU cores.
+
+This module holds the pieces (tokenizer, model factories, data, losses, export helpers); the training itself is
+the one loop's (`stylevid train toy_vae | toy_clip | toy_t2i`, targets in `training.targets.toy_*`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -142,9 +143,19 @@ def toy_scheduler():
 # --- data -----------------------------------------------------------------------------------------------------
 
 
-def frame_batch(batch_size: int, seed: int, step: int) -> tuple[torch.Tensor, list[str], list[toy_world.Scene]]:
+def batch_key(seed: int, step: int, micro: int = 0, rank: int = 0, stream: int = 0) -> list[int]:
+    """The numpy seed of one micro-batch's draws. Rank 0's first micro-batch keeps the key the toy world's weights
+    were trained with ([seed, step], [seed, step, stream] for a second stream); every other (micro, rank) gets its
+    own key, so that each rank and micro-batch draws a different shard."""
+    if micro == 0 and rank == 0:
+        return [seed, step, stream] if stream else [seed, step]
+    return [seed, step, 1000 + stream, micro, rank]
+
+
+def frame_batch(batch_size: int, seed: int, step: int, micro: int = 0, rank: int = 0
+                ) -> tuple[torch.Tensor, list[str], list[toy_world.Scene]]:
     """Fresh frames for one step: pixels in [-1, 1] (B, 3, 64, 64), random captions, scenes."""
-    rng = np.random.default_rng([seed, step])
+    rng = np.random.default_rng(batch_key(seed, step, micro, rank))
     scenes = [toy_world.random_scene(rng) for _ in range(batch_size)]
     images = np.stack([toy_world.render_frame(s, int(rng.integers(toy_world.FRAMES))).image for s in scenes])
     captions = [s.random_caption(rng) for s in scenes]
@@ -162,72 +173,88 @@ def tokenize(tokenizer, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor
     return tokens.input_ids, tokens.attention_mask
 
 
-# --- the loops ------------------------------------------------------------------------------------------------
+# --- losses (the toy targets in `training.targets.toy_*`) --------------------------------------------------
 
 
-def train_loop(
-    name: str,
-    parameters,
-    loss_at: Callable[[int], torch.Tensor],
-    steps: int,
-    lr: float,
-    log_every: int = 50,
-    warmup: int = 100,
-) -> dict:
-    """AdamW with linear warm-up then cosine decay; returns {steps, wall_s, final_loss}."""
-    parameters = [p for p in parameters if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=1e-2)
-    schedule = lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps))  # noqa: E731
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    started, recent = time.perf_counter(), []
-    for step in range(steps):
-        loss = loss_at(step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-        scheduler.step()
-        recent = (recent + [float(loss.detach())])[-log_every:]
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            log.info("%s step %d/%d loss %.5f (%.1fs)", name, step + 1, steps, np.mean(recent), time.perf_counter() - started)
-    return {"steps": steps, "wall_s": round(time.perf_counter() - started, 1), "final_loss": float(np.mean(recent))}
+class VaeObjective(torch.nn.Module):
+    """Pixel MSE + `kl_weight` x KL(posterior || N(0, I)) of an `AutoencoderKL`, as one module's forward (so that
+    DDP sees the forward it synchronises). The latent sample draws from `generator` (None: torch's global RNG)."""
+
+    def __init__(self, vae, kl_weight: float):
+        super().__init__()
+        self.vae, self.kl_weight = vae, kl_weight
+
+    def forward(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        posterior = self.vae.encode(pixels).latent_dist
+        reconstruction = self.vae.decode(posterior.sample(generator)).sample
+        return F.mse_loss(reconstruction, pixels) + self.kl_weight * posterior.kl().mean()
 
 
-def train_cycles(name: str, parameters, loss_at: Callable[[int], torch.Tensor], steps: int, lr: float, cycles: int,
-                 **options) -> dict:
-    """`cycles` runs of `train_loop`, each a fresh AdamW with warm-up and cosine decay (SGDR-style warm restarts).
-
-    `loss_at` gets the step counted across cycles, so every cycle draws batches the earlier ones never saw.
-    """
-    parameters = list(parameters)
-    summary = {"steps": 0, "wall_s": 0.0}
-    for cycle in range(cycles):
-        offset = cycle * steps
-        run = train_loop(f"{name} cycle {cycle + 1}/{cycles}", parameters, lambda step: loss_at(offset + step), steps, lr, **options)
-        summary = {"steps": summary["steps"] + run["steps"], "wall_s": round(summary["wall_s"] + run["wall_s"], 1),
-                   "final_loss": run["final_loss"], "cycles": cycles}
-    return summary
-
-
-def train_vae(steps: int = 2000, batch_size: int = 16, lr: float = 1e-3, kl_weight: float = 1e-6, seed: int = 0):
-    """2,000 steps: the training loss was 0.0085 at 1,000 and still falling, 0.0061 at 2,000 (reconstruction MSE 0.0056)."""
-    vae = toy_vae().train()
-
-    def loss_at(step):
-        pixels, _, _ = frame_batch(batch_size, seed, step)
-        posterior = vae.encode(pixels).latent_dist
-        reconstruction = vae.decode(posterior.sample()).sample
-        return F.mse_loss(reconstruction, pixels) + kl_weight * posterior.kl().mean()
-
-    summary = train_loop("vae", vae.parameters(), loss_at, steps, lr)
+@torch.no_grad()
+def calibrate_vae(vae, frames: int = 256, seed: int = 1) -> dict:
+    """Set `scaling_factor` to 1/std of the latent means of `frames` fresh frames (as SD's 0.18215 was); returns
+    {reconstruction_mse, scaling_factor} on those frames."""
     vae.eval()
-    with torch.no_grad():  # scale latents to unit variance, as SD's scaling_factor does
-        pixels, _, _ = frame_batch(256, seed + 1, 0)
-        latents = vae.encode(pixels).latent_dist.mean
-        vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
-        summary["reconstruction_mse"] = float(F.mse_loss(vae.decode(latents).sample, pixels))
-    summary["scaling_factor"] = vae.config.scaling_factor
-    return vae, summary
+    pixels, _, _ = frame_batch(frames, seed, 0)
+    latents = vae.encode(pixels).latent_dist.mean
+    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    return {"reconstruction_mse": float(F.mse_loss(vae.decode(latents).sample, pixels)),
+            "scaling_factor": vae.config.scaling_factor}
+
+
+def short_captions() -> list[str]:
+    """The shortest captions, "a red circle", "an orange star": every colour-shape pair, added to every CLIP batch
+    so that each image is also contrasted against all 30 of them (CLIP's zero-shot prompts as extra texts)."""
+    return [toy_world.phrase("a", c, s) for c in toy_world.COLOURS for s in toy_world.SHAPES]
+
+
+def clip_texts(captions: list[str], scenes: list[toy_world.Scene], rng: np.random.Generator) -> tuple[list[str], torch.Tensor]:
+    """The batch's texts and its positives (B, 3B + 30).
+
+    Hard negatives (as NegCLIP): each caption again with another shape, and again with another motion. Without the
+    shape ones and the short captions, the loss is dominated by colour and shape stayed near 50 % zero-shot
+    accuracy; without the motion ones, the text tower mapped "left" and "right" to nearly the same features (the
+    motion words are a small part of a caption), so the T2I model built on it could not tell directions apart
+    however visible the motion trail. Positives: the image's own caption (and identical ones) and its short caption.
+    """
+    texts = captions + [swap_shape(c, rng) for c in captions] + [swap_motion(c, s.motion, rng) for c, s in zip(captions, scenes)]
+    texts += short_captions()
+    same = torch.tensor(
+        [[t == c or t == toy_world.phrase("a", s.colour, s.shape) for t in texts] for c, s in zip(captions, scenes)], dtype=torch.float32
+    )
+    return texts, same
+
+
+def clip_loss(logits_per_image: torch.Tensor, logits_per_text: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
+    """The symmetric InfoNCE loss with several positives per image (`same`, (B, T)) and texts beyond the B captions."""
+    batch_size = same.shape[0]
+    image_to_text = F.cross_entropy(logits_per_image, same / same.sum(1, keepdim=True))
+    real = same[:, :batch_size].T
+    text_to_image = F.cross_entropy(logits_per_text[:batch_size], real / real.sum(1, keepdim=True))
+    return 0.5 * (image_to_text + text_to_image)
+
+
+def save_state(directory: Path, state_dict: dict[str, torch.Tensor], config: dict | None = None) -> None:
+    """A checkpoint's trainable weights: `model.safetensors` (+ `config.json` when given)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, str(directory / "model.safetensors"))
+    if config is not None:
+        (directory / "config.json").write_text(json.dumps(config, indent=2, default=str))
+
+
+def load_state(module: torch.nn.Module, directory: Path) -> None:
+    from safetensors.torch import load_file
+
+    from ..errors import UserInputError
+
+    path = directory / "model.safetensors"
+    if not path.exists():
+        raise UserInputError(f"trainer.resume: {path} is missing")
+    module.load_state_dict(load_file(str(path)))
 
 
 def swap_shape(caption: str, rng: np.random.Generator) -> str:
@@ -253,45 +280,6 @@ def clip_probe(model, tokenizer, count: int = 200, seed: int = 99_999) -> dict:
     return {"colour": figures["colour_accuracy"], "shape": figures["shape_accuracy"], "direction": figures["direction_accuracy"]}
 
 
-def train_clip(steps: int = 1500, batch_size: int = 96, lr: float = 1e-3, seed: int = 1, cycles: int = 2):
-    """`cycles` warm-restarted runs of `steps` steps (`train_cycles`). With the motion-swapped negatives, one
-    cycle reached 52 % zero-shot shape and 35 % direction accuracy, two 80 % and 61 % on the faint trail, 81 % and
-    44 % on the comet tail (without them, shape reached 98 % but the text tower could not tell directions apart)."""
-    tokenizer = word_tokenizer()
-    model = toy_clip(tokenizer).train()
-    # The shortest captions, "a red circle", "an orange star": every colour-shape pair is in every batch, so each image is also
-    # contrasted against all 30 of them (CLIP's zero-shot prompts as extra texts).
-    short = [toy_world.phrase("a", c, s) for c in toy_world.COLOURS for s in toy_world.SHAPES]
-
-    def loss_at(step):
-        pixels, captions, scenes = frame_batch(batch_size, seed, step)
-        # Hard negatives (as NegCLIP): each caption again with another shape, and again with another motion.
-        # Without the shape ones and the short captions, the loss is dominated by colour and shape stayed near
-        # 50 % zero-shot accuracy; without the motion ones, the text tower mapped "left" and "right" to nearly
-        # the same features (the motion words are a small part of a caption), so the T2I model built on it
-        # could not tell directions apart however visible the motion trail.
-        rng = np.random.default_rng([seed, step, 1])
-        texts = captions + [swap_shape(c, rng) for c in captions] + [swap_motion(c, s.motion, rng) for c, s in zip(captions, scenes)]
-        texts += short
-        input_ids, attention_mask = tokenize(tokenizer, texts)
-        out = model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=clip_pixels(pixels))
-        # Positives: the image's own caption (and identical ones) and its short caption.
-        same = torch.tensor(
-            [[t == c or t == toy_world.phrase("a", s.colour, s.shape) for t in texts] for c, s in zip(captions, scenes)], dtype=torch.float32
-        )  # (B, 3B + 30)
-        image_to_text = F.cross_entropy(out.logits_per_image, same / same.sum(1, keepdim=True))
-        real = same[:, :batch_size].T
-        text_to_image = F.cross_entropy(out.logits_per_text[:batch_size], real / real.sum(1, keepdim=True))
-        if (step + 1) % 300 == 0:
-            model.eval()
-            log.info("clip step %d zero-shot %s", step + 1, clip_probe(model, tokenizer))
-            model.train()
-        return 0.5 * (image_to_text + text_to_image)
-
-    summary = train_cycles("clip", model.parameters(), loss_at, steps, lr, cycles)
-    return model.eval(), tokenizer, summary
-
-
 def text_encoder_from_clip(clip_model):
     """The CLIP text tower as a standalone `CLIPTextModel`, the T2I pipeline's text encoder."""
     from transformers import CLIPTextModel
@@ -301,36 +289,6 @@ def text_encoder_from_clip(clip_model):
     target = text_encoder if isinstance(clip_model.text_model, CLIPTextModel) else text_encoder.text_model
     target.load_state_dict(clip_model.text_model.state_dict())
     return text_encoder.eval()
-
-
-def train_unet(vae, text_encoder, tokenizer, steps: int = 2500, batch_size: int = 32, lr: float = 5e-4,
-               caption_dropout: float = 0.1, seed: int = 2, cycles: int = 2):
-    """`cycles` warm-restarted runs of `steps` steps (as `train_clip`): after one cycle, half of the samples had the
-    prompt's colour (orange came out red, yellow orange)."""
-    from diffusers import DDPMScheduler
-
-    unet = toy_unet().train()
-    noise_scheduler = DDPMScheduler(num_train_timesteps=1000, clip_sample=False, **BETAS)
-    vae.requires_grad_(False)
-    text_encoder.requires_grad_(False)
-    empty = tokenize(tokenizer, [""])[0]
-
-    def loss_at(step):
-        pixels, captions, _ = frame_batch(batch_size, seed, step)
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        with torch.no_grad():
-            latents = vae.encode(pixels).latent_dist.sample(generator) * vae.config.scaling_factor
-            input_ids = tokenize(tokenizer, captions)[0]
-            dropped = torch.rand(batch_size, generator=generator) < caption_dropout
-            input_ids[dropped] = empty
-            text = text_encoder(input_ids)[0]
-            noise = torch.randn(latents.shape, generator=generator)
-            timesteps = torch.randint(0, 1000, (batch_size,), generator=generator)
-            noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-        return F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=text).sample, noise)
-
-    summary = train_cycles("unet", unet.parameters(), loss_at, steps, lr, cycles, warmup=200)
-    return unet.eval(), summary
 
 
 def save_pipeline(directory: str | Path, vae, text_encoder, tokenizer, unet) -> Path:
