@@ -51,3 +51,37 @@ def test_the_old_toy_loops_losses_are_repeated(tmp_path, target):
     run_dir, result = train(tmp_path, target, *PINNED_RUNS[target], "trainer.checkpoint_every=0")
     assert losses(run_dir) == pytest.approx(PINNED[target], rel=1e-6)
     assert result["target"] == target
+
+
+def test_a_few_clip_steps_lower_the_loss_on_a_held_batch(tmp_path):
+    from transformers import CLIPModel
+
+    from stylevid.training.loop import step_generator
+    from stylevid.training.targets import Step
+    from stylevid.training.targets.toy_clip import ToyClip
+
+    cfg = config("toy_clip", "trainer.batch_size=8", "trainer.max_steps=6", "trainer.warmup_steps=1",
+                 "trainer.cycles=1", "trainer.checkpoint_every=0", f"output_dir={tmp_path / 'run'}")
+    target = ToyClip(cfg, torch.device("cpu"), torch.float32, None)
+    at = Step(1000, 0, 0, 1, step_generator(1, 1000, 0, 0))  # a step the run never draws
+    held = target.batch(at)
+    with torch.no_grad():
+        before = float(target.loss(target.clip.eval(), held, at))
+    run_dir = run_train(cfg)
+    with torch.no_grad():
+        after = float(target.loss(CLIPModel.from_pretrained(run_dir / "clip").eval(), held, at))
+    assert after < before - 0.05
+
+
+def test_resume_repeats_the_uninterrupted_losses_across_a_warm_restart(tmp_path):
+    """6 steps in 2 cycles of 3 (the pinned run): resumed after step 2 (mid-cycle, the next restart still ahead)
+    and after step 3 (the checkpoint that closed the first cycle), the remaining losses are the uninterrupted ones."""
+    pinned_run = [*PINNED_RUNS["toy_clip"], "trainer.checkpoint_every=1", "trainer.keep_checkpoints=0"]
+    run_dir, _ = train(tmp_path, "toy_clip", *pinned_run)
+    uninterrupted = losses(run_dir)
+    assert uninterrupted == pytest.approx(PINNED["toy_clip"], rel=1e-6)
+    for step in (2, 3):
+        checkpoint = run_dir / "checkpoints" / f"step_{step:07d}"
+        resumed, result = train(tmp_path, "toy_clip", *pinned_run, f"trainer.resume={checkpoint}", name=f"resumed_{step}")
+        assert losses(resumed) == pytest.approx(uninterrupted[step:], rel=1e-6)
+        assert result["steps"] == 6
