@@ -1,15 +1,17 @@
-"""Build the toy world's models from scratch with stylevid's own trainers, stage by stage.
+"""Build the toy world's models from scratch with `stylevid train`, stage by stage.
 
     python scripts/build_toy_world.py --stage all          # every stage not built yet (resumable)
     python scripts/build_toy_world.py --stage unet --force # rebuild one stage; the stages built on it become stale
     python scripts/build_toy_world.py --stage all          # ... and are rebuilt by the next full run
 
 Stages and what each writes under --out (default: the package's stylevid/toy/weights/):
-  vae     pipeline/vae            AutoencoderKL on toy frames (pixel MSE + small KL)
-  clip    clip/                   CLIPModel, contrastive on (frame, caption) pairs
-  unet    pipeline/               the text-to-image UNet on the frozen VAE + CLIP text tower; a full SD pipeline
-  motion  motion_module/          a MotionAdapter trained by `stylevid train motion_module` on toy videos
-Each stage records its steps, wall time, threads and final loss in manifest.json beside the weights.
+  vae     pipeline/vae            `stylevid train toy_vae`: AutoencoderKL on toy frames (pixel MSE + small KL)
+  clip    clip/                   `stylevid train toy_clip`: CLIPModel, contrastive on (frame, caption) pairs
+  unet    pipeline/               `stylevid train toy_t2i`: the text-to-image UNet on the frozen VAE + CLIP text
+                                  tower; a full SD pipeline
+  motion  motion_module/          `stylevid train motion_module experiment=toy_motion` on toy videos
+Each run goes to --work/<stage>_run; the stage records its steps, wall time, threads, final loss (the last step's)
+and the command in manifest.json beside the weights.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ sys.path.insert(0, str(ROOT))
 
 from stylevid.data import toy_world  # noqa: E402
 from stylevid.toy import WEIGHTS, judge  # noqa: E402
-from stylevid.training import toy  # noqa: E402
 
 STAGES = ("vae", "clip", "unet", "motion")
 # The stages trained on a stage's output (the UNet on the VAE and the CLIP text tower, the motion module on the
@@ -49,46 +50,65 @@ def save_manifest(out: Path, manifest: dict) -> None:
     path.with_suffix(".tmp").replace(path)
 
 
-def steps_override(args) -> dict:
-    """--steps N replaces a stage's default step count (tests build with a few steps); 0 keeps the default."""
-    return {"steps": args.steps} if args.steps else {}
+def train(target: str, run_dir: Path, overrides: list[str]) -> tuple[dict, str]:
+    """`stylevid train <target> <overrides>` into a fresh `run_dir`; returns (its result.json, the command)."""
+    from hydra import compose, initialize_config_module
+
+    from stylevid.train import run_train
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    overrides = [*overrides, "device=cpu", f"output_dir={run_dir}"]
+    with initialize_config_module("stylevid.conf", version_base="1.3"):
+        cfg = compose("train", overrides=[f"target={target}", *overrides])
+    run_train(cfg)
+    return json.loads((run_dir / "result.json").read_text()), f"stylevid train {target} " + " ".join(overrides)
+
+
+def steps_overrides(args, cycles: int = 1) -> list[str]:
+    """--steps N replaces a stage's default step count (tests build with a few steps; N per cycle, as the stage's
+    cycles split the run), and checkpoints once at the end; 0 keeps the target's defaults."""
+    if not args.steps:
+        return []
+    steps = args.steps * cycles
+    return [f"trainer.max_steps={steps}", f"trainer.checkpoint_every={steps}"]
+
+
+def stage_summary(result: dict, command: str, *fields: str) -> dict:
+    summary = {"steps": result["steps"], "wall_s": round(result["timings_s"]["total_train"], 1),
+               "final_loss": result["final_loss"]}
+    summary.update({field: result[field] for field in fields if field in result})
+    return {**summary, "command": command}
 
 
 def stage_vae(out: Path, work: Path, args) -> dict:
-    vae, summary = toy.train_vae(**steps_override(args))
-    vae.save_pretrained(out / "pipeline" / "vae", safe_serialization=True)
-    return summary
+    run_dir = work / "vae_run"
+    result, command = train("toy_vae", run_dir, steps_overrides(args))
+    replace_dir(run_dir / "vae", out / "pipeline" / "vae")
+    return stage_summary(result, command, "reconstruction_mse", "scaling_factor")
 
 
 def stage_clip(out: Path, work: Path, args) -> dict:
-    model, tokenizer, summary = toy.train_clip(**steps_override(args))
-    model.save_pretrained(out / "clip", safe_serialization=True)
-    toy.clip_processor(tokenizer).save_pretrained(out / "clip")
+    run_dir = work / "clip_run"
+    result, command = train("toy_clip", run_dir, steps_overrides(args, cycles=2))
+    replace_dir(run_dir / "clip", out / "clip")
+    summary = stage_summary(result, command)
+    summary["cycles"] = 2
     summary.update(judge.clip_zero_shot(judge.toy_clip_embedder(out / "clip"), count=400))
     return summary
 
 
 def stage_unet(out: Path, work: Path, args) -> dict:
-    from diffusers import AutoencoderKL
-    from transformers import CLIPModel, CLIPTokenizer
-
-    vae = AutoencoderKL.from_pretrained(out / "pipeline" / "vae")
-    clip = CLIPModel.from_pretrained(out / "clip")
-    tokenizer = CLIPTokenizer.from_pretrained(out / "clip")
-    text_encoder = toy.text_encoder_from_clip(clip)
-    unet, summary = toy.train_unet(vae, text_encoder, tokenizer, **steps_override(args))
-    staging = work / "pipeline"
-    toy.save_pipeline(staging, vae, text_encoder, tokenizer, unet)
-    replace_dir(staging, out / "pipeline")
+    run_dir = work / "unet_run"
+    inputs = [f"toy.vae={out / 'pipeline' / 'vae'}", f"toy.clip={out / 'clip'}"]
+    result, command = train("toy_t2i", run_dir, [*inputs, *steps_overrides(args, cycles=2)])
+    replace_dir(run_dir / "pipeline", out / "pipeline")
+    summary = stage_summary(result, command)
+    summary["cycles"] = 2
     return summary
 
 
 def stage_motion(out: Path, work: Path, args) -> dict:
-    """The motion module, trained by the project's own `stylevid train motion_module` on toy videos."""
-    from hydra import compose, initialize_config_module
-
-    from stylevid.train import run_train
-
+    """The motion module, trained by `stylevid train motion_module experiment=toy_motion` on toy videos."""
     videos = work / "videos"
     if not (videos / "done").exists():
         shutil.rmtree(videos, ignore_errors=True)
@@ -98,25 +118,11 @@ def stage_motion(out: Path, work: Path, args) -> dict:
         (videos / "done").write_text("")
         log.info("wrote %d toy videos in %.0fs", args.videos, time.perf_counter() - started)
     run_dir = work / "motion_run"
-    shutil.rmtree(run_dir, ignore_errors=True)
-    steps = args.steps or 2000
-    overrides = [
-        "model=toy", f"model.path={out / 'pipeline'}", "data=folder", f"data.video_folder={videos}",
-        f"data.frames={toy_world.FRAMES}", "data.stride=1", f"data.size={toy_world.SIZE}", "data.flip=false",
-        "data.num_workers=0", "trainer.batch_size=2", f"trainer.max_steps={steps}", "trainer.lr=5e-4",
-        "trainer.lr_scheduler=cosine", "trainer.warmup_steps=100", "trainer.mixed_precision=no",
-        "trainer.gradient_checkpointing=false", "trainer.tensorboard=false", "trainer.log_every=50",
-        f"trainer.checkpoint_every={steps}", "motion.num_attention_heads=4", "device=cpu", f"output_dir={run_dir}",
-    ]
-    with initialize_config_module("stylevid.conf", version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    started = time.perf_counter()
-    run_train(cfg)
-    wall = time.perf_counter() - started
-    losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    overrides = ["experiment=toy_motion", f"model.path={out / 'pipeline'}", f"data.video_folder={videos}",
+                 *steps_overrides(args)]
+    result, command = train("motion_module", run_dir, overrides)
     replace_dir(run_dir / "motion_module", out / "motion_module")
-    return {"steps": steps, "wall_s": round(wall, 1), "final_loss": losses[-1] if losses else None,
-            "videos": args.videos, "command": "stylevid train motion_module " + " ".join(overrides)}
+    return {**stage_summary(result, command), "videos": args.videos}
 
 
 def replace_dir(source: Path, target: Path) -> None:
