@@ -137,20 +137,3 @@ def test_a_single_frame_shows_the_direction_of_motion(motion):
     assert opacity.max() <= toy_world.TRAIL_OPACITY + 0.02 and opacity.min() > 0
     behind = -(np.argwhere(trail)[:, ::-1] @ np.array([dx, dy]))
     assert np.corrcoef(behind, opacity)[0, 1] < -0.5
-
-
-def test_warm_restart_cycles_continue_the_step_count_so_no_batch_repeats():
-    import torch
-
-    from stylevid.training.toy import train_cycles
-
-    weight = torch.nn.Parameter(torch.ones(()))
-    seen = []
-
-    def loss_at(step):
-        seen.append(step)
-        return weight.square()
-
-    summary = train_cycles("probe", [weight], loss_at, steps=5, lr=0.1, cycles=3, warmup=1)
-    assert seen == list(range(15))  # batches are seeded by step: each cycle draws ones the earlier never saw
-    assert summary["steps"] == 15 and summary["cycles"] == 3
