@@ -1,12 +1,18 @@
 """Peak training memory of the inflated UNet with and without gradient checkpointing, side by side.
 
-One optimizer-free training step (forward + backward through the motion module, image weights frozen) on
+Three settings: checkpointing off; diffusers' own (`UNetMotionModel.enable_gradient_checkpointing()`: resnets
+and the spatial transformers' blocks, not the motion modules); stylevid's
+(`stylevid.models.checkpointing.enable_gradient_checkpointing`: resnets, spatial and temporal transformers,
+samplers). One optimizer-free training step (forward + backward through the motion module, image weights frozen) on
 random latents, in a fresh process per setting so that peaks do not mix:
   * CUDA: torch.cuda.max_memory_allocated during the step;
   * CPU: growth of the process's peak resident set size during the step (ru_maxrss after - RSS before).
+    glibc keeps freed blocks under its mmap threshold (up to 32 MiB) in the heap, so that peak includes cached
+    free memory; `--live` lowers the threshold in the children so that it tracks live tensors instead.
 
     python scripts/benchmark_train.py --preset small --frames 16 --size 256 --batch 1
     python scripts/benchmark_train.py --preset sd15 --device cuda --dtype bf16   # SD 1.5 geometry, random weights
+    python scripts/benchmark_train.py --preset tiny --settings off stylevid      # a subset of the settings
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ PRESETS = {
     "small": ((64, 128, 256, 256), 2, 256, 8, 8),
     "sd15": ((320, 640, 1280, 1280), 2, 768, 8, 8),
 }
+SETTINGS = ("off", "diffusers", "stylevid")
 
 
 def build(preset: str):
@@ -57,8 +64,12 @@ def one_setting(args) -> dict:
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     model, cross = build(args.preset)
-    if args.checkpointing:
+    if args.checkpointing == "diffusers":
         model.enable_gradient_checkpointing()
+    elif args.checkpointing == "stylevid":
+        from stylevid.models.checkpointing import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(model)
     model.to(device)
     for parameter in model.parameters():
         if not parameter.requires_grad:
@@ -104,23 +115,45 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
-    parser.add_argument("--checkpointing", type=int, choices=(0, 1), default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS),
+                        help="checkpointing settings to measure, each in a fresh process (default: all three)")
+    parser.add_argument("--live", action="store_true",
+                        help="CPU: glibc MALLOC_MMAP_THRESHOLD_=128 KiB in the children, so that freed tensors leave the RSS "
+                             "and its peak tracks live tensors, not the heap glibc keeps cached (slower)")
+    parser.add_argument("--checkpointing", choices=SETTINGS, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.checkpointing is not None:  # child process: one setting
         print(json.dumps(one_setting(args)))
         return
+    rows = measure(sys.argv[1:], args.settings, live=args.live)
+    print(f"preset={args.preset} frames={args.frames} size={args.size} batch={args.batch} device={args.device} dtype={args.dtype}"
+          + (" malloc=live" if args.live else ""))
+    print(table(rows))
+
+
+def measure(argv: list[str], settings, live: bool = False) -> list[dict]:
+    """One child process per setting; `argv` is this script's arguments (without --checkpointing)."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)} if live else None
     rows = []
-    for checkpointing in (0, 1):
-        command = [sys.executable, __file__, *sys.argv[1:], "--checkpointing", str(checkpointing)]
-        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    for setting in settings:
+        command = [sys.executable, __file__, *argv, "--checkpointing", setting]
+        output = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout.strip().splitlines()[-1]
         rows.append(json.loads(output))
-    off, on = rows
-    print(f"preset={args.preset} frames={args.frames} size={args.size} batch={args.batch} device={args.device} dtype={args.dtype}")
-    print(f"{'gradient checkpointing':<24}{'peak step memory (MiB)':>24}{'step time (s)':>16}")
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """Peak and step time per setting; memory saved and time ratio against `off` when it was measured."""
+    off = next((row for row in rows if row["checkpointing"] == "off"), None)
+    lines = [f"{'gradient checkpointing':<24}{'peak step memory (MiB)':>24}{'saved vs off':>14}{'step time (s)':>16}{'time / off':>12}"]
     for row in rows:
-        print(f"{'on' if row['checkpointing'] else 'off':<24}{row['peak_step_mib']:>24.0f}{row['step_s']:>16.2f}")
-    print(f"memory ratio on/off: {on['peak_step_mib'] / off['peak_step_mib']:.3f}  "
-          f"(saves {1 - on['peak_step_mib'] / off['peak_step_mib']:.1%}); time ratio on/off: {on['step_s'] / off['step_s']:.2f}")
+        saved = f"{1 - row['peak_step_mib'] / off['peak_step_mib']:.1%}" if off else "-"
+        ratio = f"{row['step_s'] / off['step_s']:.2f}x" if off else "-"
+        lines.append(f"{row['checkpointing']:<24}{row['peak_step_mib']:>24.0f}{saved:>14}{row['step_s']:>16.2f}{ratio:>12}")
+    by = {row["checkpointing"]: row for row in rows}
+    if "diffusers" in by and "stylevid" in by:
+        lines.append(f"stylevid / diffusers peak: {by['stylevid']['peak_step_mib'] / by['diffusers']['peak_step_mib']:.3f}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
