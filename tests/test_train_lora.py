@@ -119,7 +119,7 @@ def sample(pipe, seed=0):
 def test_export_loads_in_diffusers_and_in_stylevid_generate(images, tmp_path, capsys):
     from stylevid.models.tiny import tiny_pipeline
 
-    cfg = train_cfg([f"data.folder={images}", f"data.caption={CAPTION}", "trainer.max_steps=2", "lora.alpha=8",
+    cfg = train_cfg([f"data.folder={images}", f"data.caption={CAPTION}", "trainer.max_steps=2", "lora.alpha=8", "trainer.lr=1e-2",
                      "lora.train_text_encoder=true", f"output_dir={tmp_path / 'run'}"])
     (tmp_path / "run").mkdir()
     trainer = lora_trainer(cfg, tmp_path / "run")
@@ -138,6 +138,18 @@ def test_export_loads_in_diffusers_and_in_stylevid_generate(images, tmp_path, ca
     print(f"diffusers vs trainer max |d| {np.abs(with_lora - own).max():.2e}; lora vs none {np.abs(with_lora - without).max():.3f}")
     assert np.abs(with_lora - without).max() > 1e-3
     assert np.abs(with_lora - own).max() <= 1e-4
+
+    # stylevid's own fusion (what generate's lora.path= does) gives diffusers' fused weights: the alpha / rank
+    # scale is folded into the file, which every reader applies alike
+    from stylevid.models.lora import fuse_lora
+
+    fused = tiny_pipeline(0)
+    fuse_lora({"unet": fused.unet, "text_encoder": fused.text_encoder}, file, 1.0)
+    plain_pipe.fuse_lora()
+    for name in ("unet", "text_encoder"):
+        ours, theirs = getattr(fused, name).state_dict(), getattr(plain_pipe, name).state_dict()
+        theirs = {k.replace(".base_layer", ""): v for k, v in theirs.items() if "lora_" not in k}
+        assert all(torch.allclose(v, theirs[k], atol=1e-6) for k, v in ours.items())
 
     # stylevid generate lora.path=: the fused LoRA changes the video
     frames = {}
