@@ -85,3 +85,17 @@ def test_resume_repeats_the_uninterrupted_losses_across_a_warm_restart(tmp_path)
         resumed, result = train(tmp_path, "toy_clip", *pinned_run, f"trainer.resume={checkpoint}", name=f"resumed_{step}")
         assert losses(resumed) == pytest.approx(uninterrupted[step:], rel=1e-6)
         assert result["steps"] == 6
+
+
+@pytest.mark.parametrize("target", ["toy_vae", "toy_t2i"])
+def test_resume_repeats_the_uninterrupted_losses(tmp_path, target):
+    """toy_vae keeps its latent generator's state in the checkpoint; toy_t2i draws by step: both resume exactly."""
+    run = ["trainer.batch_size=1", "trainer.max_steps=3", "trainer.checkpoint_every=1", "trainer.keep_checkpoints=0"]
+    if target == "toy_vae":
+        run.append("toy.calibration_frames=8")
+    run_dir, _ = train(tmp_path, target, *run)
+    uninterrupted = losses(run_dir)
+    resumed, result = train(tmp_path, target, *run, f"trainer.resume={run_dir / 'checkpoints' / 'step_0000001'}",
+                            name="resumed")
+    assert losses(resumed) == pytest.approx(uninterrupted[1:], rel=1e-6)
+    assert result["steps"] == 3
