@@ -48,7 +48,9 @@ class DepthAnnotator:
 
         options = dict(what="depth annotator", option="annotator.path", local_files_only=local_files_only)
         model = load_annotator_weights(AutoModelForDepthEstimation.from_pretrained, path, dtype=dtype, **options)
-        image_processor = load_annotator_weights(AutoImageProcessor.from_pretrained, path, **options)
+        image_processor = load_annotator_weights(
+            AutoImageProcessor.from_pretrained, path, required_file="preprocessor_config.json", **options
+        )
         return cls(model, image_processor, device=device, batch_size=batch_size)
 
     @torch.inference_mode()

@@ -169,7 +169,9 @@ class VitPoseDetector:
 
         options = dict(what="pose annotator", option="annotator.path", local_files_only=local_files_only)
         model = load_annotator_weights(VitPoseForPoseEstimation.from_pretrained, path, dtype=dtype, **options)
-        image_processor = load_annotator_weights(AutoImageProcessor.from_pretrained, path, **options)
+        image_processor = load_annotator_weights(
+            AutoImageProcessor.from_pretrained, path, required_file="preprocessor_config.json", **options
+        )
         return cls(model, image_processor, device=device, min_confidence=min_confidence)
 
     @torch.inference_mode()

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from stylevid.errors import UserInputError
-from stylevid.metrics.common import check_image, check_video, hub_offline, looks_like_local_path
+from stylevid.metrics.common import check_image, check_video
 
 logger = logging.getLogger(__name__)
 
@@ -102,20 +102,13 @@ def load_clip(model: str = "openai/clip-vit-base-patch32", device: str = "cpu", 
 def _load_clip_cached(model: str, device: str):
     from transformers import CLIPModel, CLIPProcessor
 
-    path = Path(model).expanduser()
-    if looks_like_local_path(model) and not path.exists():
-        raise UserInputError(f"CLIP model directory not found: {model}; pass {CLIP_MODEL_KEY}=<hub id or directory>")
-    local_only = path.exists() or hub_offline()
-    try:
-        clip_model = CLIPModel.from_pretrained(str(path) if path.exists() else model, local_files_only=local_only)
-        processor = CLIPProcessor.from_pretrained(str(path) if path.exists() else model, local_files_only=local_only)
-    except OSError as err:
-        where = "offline (HF_HUB_OFFLINE=1) and not in the local cache" if hub_offline() else "not loadable"
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        logger.debug("CLIP load failed: %s", first_line)
-        raise UserInputError(
-            f"CLIP model {model!r} is {where}; pass {CLIP_MODEL_KEY}=<local CLIP directory>"
-        ) from None
+    from stylevid.models.components import load_component
+
+    # The model first: its config.json decides whether a directory is a CLIP at all; the processor then loads
+    # from the same place (a failure there is still one line naming the key).
+    options = dict(key=CLIP_MODEL_KEY, what="a CLIP model", hint="<local CLIP directory>")
+    clip_model = load_component(model, pretrained=CLIPModel.from_pretrained, required_file="config.json", **options)
+    processor = load_component(model, pretrained=CLIPProcessor.from_pretrained, required_file=None, **options)
     return clip_model.to(device).eval(), processor
 
 

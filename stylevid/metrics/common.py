@@ -14,14 +14,10 @@ import numpy as np
 import torch
 
 from stylevid.errors import UserInputError
+from stylevid.models.components import download_hub_file, hub_offline  # noqa: F401 - hub_offline: kept importable here
 
 # "owner/repo:path/in/repo.pt" names one file of a hub repository (for TorchScript / safetensors weights).
 _HUB_FILE = re.compile(r"^[\w.-]+/[\w.-]+:.+$")
-
-
-def hub_offline() -> bool:
-    """HF_HUB_OFFLINE read at call time (huggingface_hub reads it once at import)."""
-    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def looks_like_local_path(value: str) -> bool:
@@ -43,15 +39,7 @@ def resolve_weights_file(value: str | os.PathLike | None, key: str, what: str) -
     if path.is_dir():
         raise UserInputError(f"{what}: {text} is a directory, not a weights file; pass {key}=<path to the file>")
     if _HUB_FILE.match(text) and not path.exists():
-        from huggingface_hub import hf_hub_download
-
-        repo_id, filename = text.split(":", 1)
-        try:
-            return Path(hf_hub_download(repo_id, filename, local_files_only=hub_offline()))
-        except Exception as err:  # noqa: BLE001 - any hub failure means the same thing to the user
-            raise UserInputError(
-                f"{what}: cannot get {text!r} from the hub ({type(err).__name__}); pass {key}=<local path>"
-            ) from None
+        return download_hub_file(text, key=key, hint="<local path>")  # the components' hub messages
     raise UserInputError(f"{what}: file not found: {text}; pass {key}=<path to the file>")
 
 

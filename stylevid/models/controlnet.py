@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import functools
 
 import torch
 from diffusers import ControlNetModel
 
-from ..errors import UserInputError
-from .loading import HUB_ID
-from .weight_files import check_single_file
+from .components import load_component
 
 # The ControlNet 1.0 models for SD 1.5 that Text2Video-Zero and StyleT2V0 use.
 CONTROLNET_PRESETS = {
@@ -46,21 +44,14 @@ def load_controlnet(path: str, kind: str, unet, dtype: torch.dtype, allow_pickle
         return tiny_controlnet(unet).to(dtype=dtype)
     if path in (None, "", "default"):
         path = CONTROLNET_PRESETS[kind]
-    local = Path(str(path)).expanduser()
-    try:
-        if local.is_dir():
-            return ControlNetModel.from_pretrained(str(local), torch_dtype=dtype, local_files_only=True)
-        if local.is_file():
-            check_single_file(local, "controlnet.path", allow_pickle)  # by content: a name can mislead
-            return ControlNetModel.from_single_file(str(local), torch_dtype=dtype)
-        if str(path).startswith((".", "/", "~")) or not HUB_ID.match(str(path)):
-            raise UserInputError(f"controlnet path {path} for {kind} does not exist")
-        return ControlNetModel.from_pretrained(str(path), torch_dtype=dtype)
-    except UserInputError:
-        raise
-    except (OSError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
-        raise UserInputError(
-            f"{kind} ControlNet {path} could not be loaded: {reason[:160]} — offline, pass "
-            f"condition.controls.{kind}.controlnet=<local directory> (or controlnet.path= with one condition)"
-        ) from None
+    return load_component(
+        str(path),
+        key="controlnet.path",
+        what="a diffusers ControlNet",
+        pretrained=ControlNetModel.from_pretrained,
+        single_file=functools.partial(ControlNetModel.from_single_file, torch_dtype=dtype),
+        allow_pickle=allow_pickle,
+        required_file="config.json",
+        hint=f"<local ControlNet directory or .safetensors file> (condition.controls.{kind}.controlnet= with several conditions)",
+        torch_dtype=dtype,
+    )

@@ -6,17 +6,14 @@ components (UNet, VAE, text encoder, tokenizer, scheduler) and for its memory he
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
+import functools
 
 import torch
 from diffusers import StableDiffusionPipeline
 
 from ..errors import UserInputError
+from .components import HUB_ID, load_component  # noqa: F401 - HUB_ID: kept importable from here
 from .tiny import tiny_pipeline
-from .weight_files import check_single_file
-
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -40,14 +37,14 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return choices[dtype]
 
 
-def _from_single_file(path: Path, model_cfg, dtype: torch.dtype) -> StableDiffusionPipeline:
-    check_single_file(path, "model.path", bool(model_cfg.get("allow_pickle", False)))  # by content: a name can mislead
+def _single_file_loader(model_cfg, dtype: torch.dtype):
+    """`from_single_file` with the pipeline's options; the file's content was checked by `load_component`."""
     kwargs = {"torch_dtype": dtype}
     if model_cfg.get("config"):
         # Single files carry weights only; diffusers takes the component configs from here (offline-safe
         # when it is a local diffusers directory).
         kwargs["config"] = str(model_cfg.config)
-    return StableDiffusionPipeline.from_single_file(str(path), **kwargs)
+    return functools.partial(StableDiffusionPipeline.from_single_file, **kwargs)
 
 
 def load_pipeline(model_cfg, dtype: torch.dtype) -> StableDiffusionPipeline:
@@ -63,28 +60,18 @@ def load_pipeline(model_cfg, dtype: torch.dtype) -> StableDiffusionPipeline:
         path = toy_path("pipeline")
     if not path:
         raise UserInputError(f"model={name} names no weights; pass model.path=<hub id, diffusers directory or .safetensors>")
-    path = str(path)
-    local = Path(path).expanduser()
-    common = {"safety_checker": None, "requires_safety_checker": False}
-    try:
-        if local.is_dir():
-            if not (local / "model_index.json").exists():
-                raise UserInputError(f"model.path {local} is a directory but not a diffusers pipeline (no model_index.json)")
-            return StableDiffusionPipeline.from_pretrained(str(local), torch_dtype=dtype, local_files_only=True, **common)
-        if local.is_file():
-            return _from_single_file(local, model_cfg, dtype)
-        if path.startswith((".", "/", "~")) or not HUB_ID.match(path):
-            raise UserInputError(f"model.path {path} does not exist")
-        return StableDiffusionPipeline.from_pretrained(
-            path, torch_dtype=dtype, revision=model_cfg.get("revision"), variant=model_cfg.get("variant"), **common
-        )
-    except UserInputError:
-        raise
-    except (OSError, ValueError, EnvironmentError) as error:
-        # huggingface_hub's offline / not-found errors are OSError subclasses; diffusers raises ValueError
-        # for files it cannot interpret. Either way the user has to point at other weights.
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
-        raise UserInputError(
-            f"model {name} ({path}) could not be loaded: {reason[:200]} — offline, pass model.path=<local diffusers "
-            "directory or .safetensors file>"
-        ) from None
+    options = {"torch_dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
+    if model_cfg.get("variant"):
+        options["variant"] = model_cfg.variant
+    return load_component(
+        str(path),
+        key="model.path",
+        what="a diffusers pipeline",
+        pretrained=StableDiffusionPipeline.from_pretrained,
+        single_file=_single_file_loader(model_cfg, dtype),
+        allow_pickle=bool(model_cfg.get("allow_pickle", False)),
+        required_file="model_index.json",
+        hint="<local diffusers directory or .safetensors file>",
+        revision=model_cfg.get("revision"),
+        **options,
+    )

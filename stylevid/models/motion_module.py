@@ -30,9 +30,7 @@ from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_t
 from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
 
 from ..errors import UserInputError
-from .weight_files import GGUF, SAFETENSORS, check_weight_file, load_pickle_weights
-
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+from .components import HUB_ID, load_component, read_weights  # noqa: F401 - HUB_ID: kept importable from here
 DDP_PREFIX = "module."
 
 
@@ -270,40 +268,23 @@ def load_motion_adapter(
 ) -> MotionAdapter:
     """A motion module from a hub id, a diffusers directory, or an original single file (.safetensors, or a pickle
     .ckpt only with `allow_pickle`, and then with `weights_only`). `key` is the setting named in errors."""
-    from safetensors import SafetensorError
 
-    local = Path(str(path)).expanduser()
-    try:
-        if local.is_dir():
-            if not (local / "config.json").exists():
-                raise UserInputError(f"{key} {local} is a directory without config.json (not a diffusers MotionAdapter)")
-            return MotionAdapter.from_pretrained(str(local), torch_dtype=dtype, local_files_only=True)
-        if local.is_file():
-            metadata = None
-            kind = check_weight_file(local, key, allow_pickle)  # by content: a name can mislead
-            if kind == GGUF:
-                raise UserInputError(f"{key}={local} is a GGUF file; motion modules load from .safetensors (or .ckpt)")
-            if kind == SAFETENSORS:
-                from safetensors import safe_open
-                from safetensors.torch import load_file
+    def original_file(file: str) -> MotionAdapter:
+        state_dict, metadata = read_weights(file, key, allow_pickle)
+        if metadata is None:  # a pickle: weights_only still admits plain Python values; only named tensors are weights
+            state_dict = state_dict.get("state_dict", state_dict)
+            state_dict = {k: v for k, v in state_dict.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+        return adapter_from_original(state_dict, num_attention_heads, metadata).to(dtype)
 
-                state_dict = load_file(str(local))
-                with safe_open(str(local), "pt") as file:
-                    metadata = file.metadata()
-            else:
-                state_dict = load_pickle_weights(local, key)
-                state_dict = state_dict.get("state_dict", state_dict)
-                # weights_only still admits plain Python values beside tensors; only named tensors are weights
-                state_dict = {k: v for k, v in state_dict.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-            return adapter_from_original(state_dict, num_attention_heads, metadata).to(dtype)
-        if str(path).startswith((".", "/", "~")) or not HUB_ID.match(str(path)):
-            raise UserInputError(f"{key} {path} does not exist")
-        return MotionAdapter.from_pretrained(str(path), torch_dtype=dtype)
-    except UserInputError:
-        raise
-    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise UserInputError(
-            f"motion module {key}={path} could not be loaded: {reason[:200]} — offline, pass {key}=<MotionAdapter "
-            "directory or original .safetensors>"
-        ) from None
+    return load_component(
+        str(path),
+        key=key,
+        what="a diffusers MotionAdapter",
+        pretrained=MotionAdapter.from_pretrained,
+        single_file=original_file,
+        suffix_picks_reader=False,  # read by content here, not by diffusers' from_single_file
+        allow_pickle=allow_pickle,
+        required_file="config.json",
+        hint="<MotionAdapter directory or original .safetensors>",
+        torch_dtype=dtype,
+    )

@@ -81,10 +81,10 @@ def test_depth_maps_uses_a_given_annotator():
 
 
 def test_missing_local_folder_names_the_setting_to_pass(tmp_path):
-    with pytest.raises(UserInputError, match=r"no such folder; pass annotator.path="):
+    with pytest.raises(UserInputError, match=r"annotator.path .*missing-model does not exist; pass annotator.path="):
         DepthAnnotator.from_pretrained(str(tmp_path / "missing-model"))
 
 
 def test_model_absent_offline_names_the_setting_to_pass():
-    with pytest.raises(UserInputError, match=r"depth annotator 'nobody/no-such-depth-model' could not be loaded .*annotator.path="):
+    with pytest.raises(UserInputError, match=r"annotator.path=nobody/no-such-depth-model is not in the local cache and the hub is offline .*; pass annotator.path="):
         DepthAnnotator.from_pretrained("nobody/no-such-depth-model", local_files_only=True)

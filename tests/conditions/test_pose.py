@@ -150,5 +150,5 @@ def test_vitpose_loads_from_a_local_folder(tmp_path):
 
 
 def test_missing_pose_model_names_the_setting_to_pass(tmp_path):
-    with pytest.raises(UserInputError, match="pose annotator .* annotator.path="):
+    with pytest.raises(UserInputError, match="annotator.path .*no-vitpose does not exist; pass annotator.path="):
         VitPoseDetector.from_pretrained(str(tmp_path / "no-vitpose"))

@@ -217,5 +217,5 @@ def test_is_user_errors(tmp_path):
 
 def test_uncached_hub_weights_offline_are_a_user_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(UserInputError, match=r"from the hub.*metrics\.fvd\.i3d_path="):
+    with pytest.raises(UserInputError, match=r"not in the local cache and the hub is offline \(HF_HUB_OFFLINE=1\); pass metrics\.fvd\.i3d_path="):
         fvd(_videos(0, 2), _videos(1, 2), FVDConfig(i3d_path="stylevid-test-nobody/none:i3d_torchscript.pt"))
