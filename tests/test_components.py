@@ -193,14 +193,7 @@ def test_clip_and_metric_networks_use_the_shared_offline_line(monkeypatch):
 # Our own wrappers, which go through the loader themselves.
 _WRAPPERS = {"DepthAnnotator", "VitPoseDetector", "cls"}
 _HUB_CALLS = {"from_pretrained", "from_single_file", "hf_hub_download", "snapshot_download"}
-# Known direct calls not yet moved onto the loader, each named exactly (a new one still fails the test): the toy
-# T2I training target reads its toy.vae= / toy.clip= directories itself (stylevid/training/ was being rewritten
-# when the loader landed; it checks config.json itself first). Remove the entries once it uses load_component.
-_NOT_YET_MOVED = {
-    "training/targets/toy_t2i.py AutoencoderKL.from_pretrained",
-    "training/targets/toy_t2i.py CLIPTokenizer.from_pretrained",
-    "training/targets/toy_t2i.py CLIPModel.from_pretrained",
-}
+_NOT_YET_MOVED: set[str] = set()  # every direct call has moved onto the loader
 
 
 def test_no_loader_outside_the_shared_one_calls_the_hub_libraries_itself():

@@ -53,11 +53,15 @@ class ToyT2i(TrainingTarget):
         from diffusers import AutoencoderKL, DDPMScheduler
         from transformers import CLIPModel, CLIPTokenizer
 
+        from ...models.components import load_component
+
         vae_dir, clip_dir = input_dirs(cfg)
         self.vae_dir, self.clip_dir = vae_dir, clip_dir
-        self.vae = AutoencoderKL.from_pretrained(str(vae_dir))
-        self.tokenizer = CLIPTokenizer.from_pretrained(str(clip_dir))
-        self.text_encoder = toy.text_encoder_from_clip(CLIPModel.from_pretrained(str(clip_dir)))
+        self.vae = load_component(vae_dir, key="toy.vae", pretrained=AutoencoderKL.from_pretrained, what="an AutoencoderKL")
+        self.tokenizer = load_component(clip_dir, key="toy.clip", pretrained=CLIPTokenizer.from_pretrained,
+                                        required_file="tokenizer_config.json", what="a CLIP tokenizer")
+        clip = load_component(clip_dir, key="toy.clip", pretrained=CLIPModel.from_pretrained, what="a CLIPModel")
+        self.text_encoder = toy.text_encoder_from_clip(clip)
         for module in (self.vae, self.text_encoder):
             module.requires_grad_(False)
             module.eval().to(device, weight_dtype)
