@@ -1,6 +1,7 @@
-"""Training the toy world's models on a CPU: VAE, CLIP, text-to-image UNet (the motion module uses `training.motion`).
+"""The toy world's models, trained on a CPU by the targets toy_vae, toy_clip, toy_t2i (`stylevid train toy_*`; the
+motion module is the motion_module target): their factories, tokenizer, data and losses.
 
-Each trainer is a short loop with the standard loss of its model family:
+Each has the standard loss of its model family:
   * VAE (diffusers `AutoencoderKL`): pixel MSE + a small KL term towards N(0, I) (no perceptual or GAN loss);
     afterwards `scaling_factor` is set to 1/std of the latents, as SD's 0.18215 was;
   * CLIP (transformers `CLIPModel`): the symmetric InfoNCE loss over a batch of (frame, caption) pairs;
