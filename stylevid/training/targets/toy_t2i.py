@@ -1,8 +1,9 @@
 """`toy_t2i`: the toy world's text-to-image UNet (diffusers `UNet2DConditionModel`) on a frozen VAE + CLIP text tower.
 
-Loss: ε-prediction MSE under DDPM's forward process with the linear 0.00085-0.012 betas (AnimateDiff's schedule B,
-which the toy pipeline also samples with), conditioned on the frozen CLIP text tower's last hidden states, captions
-dropped to "" with probability `toy.caption_dropout` (classifier-free guidance). Two warm-restarted cycles
+Loss: the shared diffusion objective of `conf/diffusion/animatediff.yaml` (ε-prediction MSE under DDPM's forward
+process with schedule B, the linear 0.00085-0.012 betas the toy pipeline also samples with), conditioned on the frozen
+CLIP text tower's last hidden states, captions dropped to "" with probability `diffusion.caption_dropout`
+(classifier-free guidance). Two warm-restarted cycles
 (`trainer.cycles=2`): after one, half of the samples had the prompt's colour (orange came out red, yellow orange).
 Inputs: `toy.vae` (a diffusers AutoencoderKL directory) and `toy.clip` (a CLIPModel + tokenizer directory), by
 default the packaged toy weights. Exported as a full Stable Diffusion pipeline, `<run>/pipeline`.
@@ -17,11 +18,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ...errors import UserInputError
 from ...toy import WEIGHTS
 from .. import toy
+from ..diffusion import DiffusionObjective
 from . import Step, TrainingTarget, register
 
 
@@ -39,9 +40,6 @@ class ToyT2i(TrainingTarget):
 
     @classmethod
     def check_config(cls, cfg) -> None:
-        dropout = float(cfg.toy.caption_dropout)
-        if not 0 <= dropout <= 1:
-            raise UserInputError(f"toy.caption_dropout must be between 0 and 1, got {dropout}")
         vae, clip = input_dirs(cfg)
         if not (vae / "config.json").exists():
             raise UserInputError(f"toy.vae={vae} is not a diffusers AutoencoderKL directory (no config.json)")
@@ -50,7 +48,7 @@ class ToyT2i(TrainingTarget):
 
     def __init__(self, cfg, device, weight_dtype, rank):
         super().__init__(cfg, device, weight_dtype, rank)
-        from diffusers import AutoencoderKL, DDPMScheduler
+        from diffusers import AutoencoderKL
         from transformers import CLIPModel, CLIPTokenizer
 
         from ...models.components import load_component
@@ -66,7 +64,7 @@ class ToyT2i(TrainingTarget):
             module.requires_grad_(False)
             module.eval().to(device, weight_dtype)
         self.unet = toy.toy_unet().train().to(device)  # seeded by the factory
-        self.noise_scheduler = DDPMScheduler(num_train_timesteps=1000, clip_sample=False, **toy.BETAS)
+        self.objective = DiffusionObjective.from_config(cfg.diffusion)
         self.empty = toy.tokenize(self.tokenizer, [""])[0]
 
     @property
@@ -86,7 +84,7 @@ class ToyT2i(TrainingTarget):
         return at.generator
 
     def loss(self, model, batch, at: Step) -> torch.Tensor:
-        generator, pixels = self.generator(at), batch["pixels"]
+        objective, generator, pixels = self.objective, self.generator(at), batch["pixels"]
         batch_size = pixels.shape[0]
         with torch.no_grad():
             posterior = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
@@ -94,13 +92,13 @@ class ToyT2i(TrainingTarget):
             sample = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(posterior.mean)
             latents = sample.float() * self.vae.config.scaling_factor
             input_ids = toy.tokenize(self.tokenizer, list(batch["captions"]))[0]
-            dropped = torch.rand(batch_size, generator=generator) < float(self.cfg.toy.caption_dropout)
-            input_ids[dropped] = self.empty
+            input_ids[objective.dropped(batch_size, generator)] = self.empty
             text = self.text_encoder(input_ids.to(self.device))[0].float()
-            noise = torch.randn(latents.shape, generator=generator).to(latents)
-            timesteps = torch.randint(0, 1000, (batch_size,), generator=generator)
-            noisy = self.noise_scheduler.add_noise(latents, noise, timesteps.to(self.device))
-        return F.mse_loss(model(noisy, timesteps.to(self.device), encoder_hidden_states=text).sample, noise)
+            noise = objective.noise(latents, generator)
+            timesteps = objective.timesteps(batch_size, generator)
+            noisy = objective.add_noise(latents, noise, timesteps)
+        prediction = model(noisy, timesteps.to(self.device), encoder_hidden_states=text).sample
+        return objective.loss(prediction, latents, noise, timesteps)
 
     # --- weights ------------------------------------------------------------------------------------------
 
@@ -118,7 +116,7 @@ class ToyT2i(TrainingTarget):
 
     def record(self) -> dict:
         return {"vae": str(self.vae_dir.resolve()), "clip": str(self.clip_dir.resolve()),
-                "caption_dropout": float(self.cfg.toy.caption_dropout)}
+                "caption_dropout": float(self.cfg.diffusion.caption_dropout)}
 
     def summary(self) -> dict:
         return {"inputs": {"vae": str(self.vae_dir), "clip": str(self.clip_dir)}}
