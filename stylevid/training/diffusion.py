@@ -140,3 +140,10 @@ class DiffusionObjective:
             return F.mse_loss(prediction.float(), target.float())
         per_sample = ((prediction.float() - target.float()) ** 2).flatten(1).mean(1)
         return (self.loss_weight_per_timestep[timesteps.cpu()].to(per_sample.device) * per_sample).mean()
+
+
+def caption_ids(tokenizer, captions: list[str]) -> torch.Tensor:
+    """Token ids (B, model_max_length) of the captions, padded and truncated to the text encoder's full length, as
+    SD's text conditioning is trained and sampled (every diffusion target conditions on captions this way)."""
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids

@@ -24,7 +24,7 @@ from ...distributed import broadcast_from_main
 from ...errors import UserInputError
 from ...models.loading import load_pipeline
 from ..checkpoint import base_model_record, check_same_base, plain
-from ..diffusion import DiffusionObjective
+from ..diffusion import DiffusionObjective, caption_ids
 from . import Step, TrainingTarget, register
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -184,8 +184,7 @@ class Lora(TrainingTarget):
         return collate_with_class(items)
 
     def tokenize(self, captions: list[str]) -> torch.Tensor:
-        return self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
-                              truncation=True, return_tensors="pt").input_ids
+        return caption_ids(self.tokenizer, captions)
 
     def loss(self, model, batch, at: Step) -> torch.Tensor:
         objective, generator = self.objective, at.generator

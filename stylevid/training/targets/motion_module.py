@@ -30,7 +30,7 @@ from ...models.motion_module import (
 )
 from ...progress import StageReporter
 from ..checkpoint import base_model_record, check_same_base, plain
-from ..diffusion import SCHEDULES, DiffusionObjective
+from ..diffusion import SCHEDULES, DiffusionObjective, caption_ids
 from . import Step, TrainingTarget, register
 
 # MotionAdapter config key -> the train key that sets it (heads and window change what the same-shaped weights compute)
@@ -143,8 +143,7 @@ class MotionModule(TrainingTarget):
         return collate_clips(items)
 
     def tokenize(self, captions: list[str]) -> torch.Tensor:
-        return self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
-                              truncation=True, return_tensors="pt").input_ids
+        return caption_ids(self.tokenizer, captions)
 
     def loss(self, model, batch, at: Step) -> torch.Tensor:
         objective, generator = self.objective, at.generator
