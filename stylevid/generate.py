@@ -26,7 +26,7 @@ from .io.run_dir import (
 )
 from .conditions.control import ConditionMaps, cache_condition_maps, condition_scales, prepare_condition_maps
 from .distributed import Rank, broadcast_from_main, current_rank, gather_to_main, rank_device, shard
-from .io.video import save_frames, write_video
+from .io.video import save_frames, write_image, write_video
 from .io.preview import write_preview
 from .io.video_input import source_frame_rate
 from .methods.base import FEATURES, VideoMethod, VideoSettings, get_method, methods_supporting
@@ -60,11 +60,15 @@ def check_features(cfg: DictConfig, method: VideoMethod, in_sweep: bool = False)
         log.warning("%s; ignored in this sweep job", message)
 
 
-def output_fps(cfg: DictConfig) -> float:
-    """`fps=` when given; else the input video's own rate (Text2Video-Zero keeps the source's timing, so a
+def output_fps(cfg: DictConfig, method: VideoMethod | None = None, settings: VideoSettings | None = None) -> float:
+    """`fps=` when given; else the rate the method's own output has (VideoGen's base rate times its temporal
+    super-resolution factor); else the input video's own rate (Text2Video-Zero keeps the source's timing, so a
     conditioned video is read frame by frame and plays at the speed it was filmed); else the method's default."""
     if cfg.get("fps") is not None:
         return values.number(cfg.fps, "fps", above=0)
+    own = method.output_fps(cfg, settings) if method is not None else None
+    if own is not None:
+        return own
     video = cfg.condition.get("video")
     if video and cfg.condition.controls and not cfg.condition.get("maps"):
         rate = source_frame_rate(str(video), "condition.video")
@@ -76,10 +80,11 @@ def output_fps(cfg: DictConfig) -> float:
 def plan_job(cfg: DictConfig, in_sweep: bool = False) -> GenerateJob:
     """Check everything a user can get wrong in one video's config, before anything is created."""
     method = get_method(str(cfg.method.name))
-    if not cfg.get("prompt"):
+    if method.needs_prompt and not cfg.get("prompt"):
         raise UserInputError('no prompt: pass prompt="..." (or prompts=FILE for one video per row)')
     check_features(cfg, method, in_sweep)
-    return GenerateJob(cfg=cfg, method=method, settings=method.settings(cfg), fps=output_fps(cfg))
+    settings = method.settings(cfg)
+    return GenerateJob(cfg=cfg, method=method, settings=settings, fps=output_fps(cfg, method, settings))
 
 
 @dataclass
@@ -132,6 +137,8 @@ def execute_job(job: GenerateJob, loaded: Loaded, run_dir: Path, reporter: Stage
             # beside the frames: what the video was made from (the style image, the first frame of each map)
             shown = output.inputs + ([loaded.conditions.maps[kind][0] for kind in loaded.conditions.kinds] if loaded.conditions else [])
             write_preview(run_dir / "preview.png", output.frames, shown)
+            for name, image in output.files.items():  # what the method made on the way (VideoGen's reference image)
+                write_image(run_dir / name, image)
             (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         result = {
             "task": "generate",
@@ -158,7 +165,8 @@ def execute_job(job: GenerateJob, loaded: Loaded, run_dir: Path, reporter: Stage
             "timings_s": {**reporter.timings, "total_generate": time.perf_counter() - started},
             "memory": peak_memory(device),
             "versions": versions(),
-            "files": {"video": "video.mp4", "preview": "preview.png", "frames": "frames/" if cfg.get("save_frames") else None},
+            "files": {"video": "video.mp4", "preview": "preview.png", "frames": "frames/" if cfg.get("save_frames") else None,
+                      **{Path(name).stem: name for name in output.files}},
         }
         write_json_atomic(run_dir / RESULT_FILE, result)
     log.info("wrote %s", run_dir)

@@ -23,6 +23,12 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, quality: int =
     return path
 
 
+def write_image(path: str | Path, image: np.ndarray) -> Path:
+    """One lossless uint8 (H, W, 3) image (PNG by the suffix)."""
+    Image.fromarray(image).save(path)
+    return Path(path)
+
+
 def save_frames(directory: str | Path, frames: np.ndarray) -> list[Path]:
     """Lossless PNG frames `0000.png, 0001.png, ...`."""
     directory = Path(directory)
@@ -30,5 +36,5 @@ def save_frames(directory: str | Path, frames: np.ndarray) -> list[Path]:
     paths = []
     for index, frame in enumerate(frames):
         paths.append(directory / f"{index:04d}.png")
-        Image.fromarray(frame).save(paths[-1])
+        write_image(paths[-1], frame)
     return paths

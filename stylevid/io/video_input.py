@@ -382,3 +382,8 @@ def source_frame_rate(path: str | Path, label: str = "video") -> float | None:
         return None
     interval = float(np.median(np.diff(source.timestamps)))
     return 1.0 / interval if interval > 0 else None
+
+
+def frame_count(path: str | Path, label: str = "video") -> int:
+    """How many frames a video, GIF or folder of frames holds; opens the index only, decodes no frame."""
+    return _open(Path(path).expanduser(), label, None).num_frames

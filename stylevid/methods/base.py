@@ -83,6 +83,9 @@ class VideoOutput:
     # What the video was made from besides text, as uint8 images (e.g. the style image as the model saw it):
     # shown beside the frames in preview.png.
     inputs: list[np.ndarray] = field(default_factory=list)
+    # uint8 images the method made on the way, written into the run directory under these names (VideoGen's
+    # reference image) and listed in result.json's files.
+    files: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,7 @@ class VideoMethod:
     description: ClassVar[str]  # one line, shown by `stylevid --help`
     supports: ClassVar[frozenset[str]] = frozenset()  # keys of FEATURES
     example: ClassVar[str] = ""  # the overrides of one typical command, shown by `stylevid --help`
+    needs_prompt: ClassVar[bool] = True  # False: the method works from an input alone (method=tsr)
 
     def settings(self, cfg: DictConfig) -> VideoSettings:
         """The method's settings from the composed config: every check that needs no model happens here."""
@@ -134,6 +138,10 @@ class VideoMethod:
     def record(self, cfg: DictConfig, settings: VideoSettings) -> dict:
         """The method's own fields of result.json (the common ones are written by the task)."""
         return {}
+
+    def output_fps(self, cfg: DictConfig, settings: VideoSettings) -> float | None:
+        """The frame rate the method's output has when `fps=` is not given (None: the task decides)."""
+        return None
 
 
 _REGISTRY: dict[str, VideoMethod] = {}
