@@ -17,7 +17,7 @@ from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
 
 from stylevid.errors import UserInputError
-from stylevid.models.inflate import VideoUNet, is_temporal_key
+from stylevid.models.inflate import VideoUNet, is_condition_key, is_new_key, is_temporal_key
 
 TEXT_DIM = 32
 FRAMES = 3
@@ -357,3 +357,82 @@ def test_refuses_what_the_video_layout_cannot_hold():
     with pytest.raises(UserInputError, match="max_frames"):
         video(**inputs(unet2d, frames=3))
     video_out(video, **inputs(unet2d, frames=3), image_mode=True)  # image mode has no frame limit
+
+
+# --- scalar conditions: FPS and noise-augmentation level ------------------------------------------------------
+
+
+def test_condition_embeddings_are_new_zero_initialised_parameters_and_change_nothing_at_step0(unet2d):
+    video = VideoUNet.inflate(unet2d, fps_conditioning=True, noise_level_conditioning=True).eval()
+    report = video.inflation_report
+    condition_keys = {key for key in report.new if is_condition_key(key)}
+    assert condition_keys == {f"{name}.{layer}.{kind}" for name in ("fps_embedding", "noise_level_embedding")
+                              for layer in ("linear_1", "linear_2") for kind in ("weight", "bias")}
+    assert all(is_new_key(key) for key in report.new) and not any(is_temporal_key(key) for key in condition_keys)
+    assert {name for name, _ in video.new_parameters()} == {name for name, _ in video.temporal_parameters()} | condition_keys
+    assert {name for name, _ in video.condition_parameters()} == condition_keys
+    assert not condition_keys & {name for name, _ in video.spatial_parameters()}
+    assert torch.count_nonzero(video.fps_embedding.linear_2.weight) == 0
+
+    kwargs = inputs(unet2d)
+    reference = per_frame(unet2d, **kwargs)
+    for scalars in ({}, {"fps": torch.tensor([4.0, 30.0])}, {"fps": 8.0, "noise_level": torch.tensor([0, 999])}):
+        assert max_diff(video_out(video, **kwargs, **scalars), reference) <= 1e-5
+
+    # Trained, each embedding steers the output by its value: the conditions are wired into the time embedding.
+    optimizer = torch.optim.Adam([p for _, p in video.condition_parameters()], lr=1e-2)
+    video.train()
+    for _ in range(2):
+        optimizer.zero_grad()
+        out = video(**kwargs, fps=torch.tensor([4.0, 30.0]), noise_level=torch.tensor([10, 900])).sample
+        torch.nn.functional.mse_loss(out, torch.zeros_like(out)).backward()
+        optimizer.step()
+    video.eval()
+    assert video.fps_embedding.linear_2.weight.abs().max() > 0 and video.noise_level_embedding.linear_2.weight.abs().max() > 0
+    base = video_out(video, **kwargs, fps=8.0, noise_level=100)
+    assert max_diff(video_out(video, **kwargs, fps=24.0, noise_level=100), base) > 1e-4
+    assert max_diff(video_out(video, **kwargs, fps=8.0, noise_level=600), base) > 1e-4
+    assert max_diff(video_out(video, **kwargs), reference) <= 1e-5  # None adds no embedding
+
+    plain = VideoUNet.inflate(unet2d).eval()
+    with pytest.raises(UserInputError, match="fps_conditioning"):
+        plain(**kwargs, fps=8.0)
+    with pytest.raises(UserInputError, match="noise_level_conditioning"):
+        VideoUNet.inflate(unet2d, fps_conditioning=True)(**kwargs, noise_level=3)
+
+
+def test_condition_settings_survive_save_pretrained(tmp_path):
+    unet2d = image_unet("sd15")
+    video = VideoUNet.inflate(unet2d, fps_conditioning=True, noise_level_conditioning=True)
+    with torch.no_grad():
+        video.fps_embedding.linear_2.weight.normal_(generator=torch.Generator().manual_seed(2))
+    video.save_pretrained(tmp_path / "video_unet")
+    loaded = VideoUNet.from_pretrained(tmp_path / "video_unet").eval()
+    assert loaded.config.fps_conditioning and loaded.config.noise_level_conditioning
+    assert torch.equal(loaded.fps_embedding.linear_2.weight, video.fps_embedding.linear_2.weight)
+
+
+def test_extended_keeps_every_trained_weight_and_what_the_model_computes(unet2d):
+    video = VideoUNet.inflate(unet2d, frame_position_encoding=True, extra_in_channels=4, fps_conditioning=True)
+    with torch.no_grad():  # trained: every parameter off its initial value
+        generator = torch.Generator().manual_seed(3)
+        for p in video.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    video.eval()
+    grown = video.extended(extra_in_channels=8, noise_level_conditioning=True).eval()
+    assert (grown.config.in_channels, grown.config.extra_in_channels) == (12, 8) and grown.config.noise_level_conditioning
+    assert grown.inflation_report.widened == ["conv_in.weight"]
+    assert set(grown.inflation_report.new) == {k for k in grown.state_dict() if k.startswith("noise_level_embedding.")}
+    state, grown_state = video.state_dict(), grown.state_dict()
+    assert all(torch.equal(grown_state[k][:, :8] if k == "conv_in.weight" else grown_state[k], v) for k, v in state.items())
+
+    kwargs = dict(inputs(unet2d), fps=torch.tensor([5.0, 12.0]))
+    condition = torch.randn(2, 4, FRAMES, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
+    added = 5 * torch.randn(2, 4, FRAMES, SIZE, SIZE, generator=torch.Generator().manual_seed(6))
+    want = video_out(video, **kwargs, extra_input=condition)
+    got = video_out(grown, **kwargs, extra_input=torch.cat([condition, added], 1), noise_level=torch.tensor([3, 700]))
+    assert max_diff(got, want) <= 1e-5
+    with pytest.raises(UserInputError, match="drop trained conv_in"):
+        video.extended(extra_in_channels=0)
+    with pytest.raises(UserInputError, match="drop a trained embedding"):
+        video.extended(fps_conditioning=False)

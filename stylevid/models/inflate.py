@@ -25,13 +25,21 @@ What `UNet3DConditionModel` gets wrong for an SD checkpoint, and what `VideoUNet
     the flag): the forward here walks the blocks itself and checkpoints each resnet, temporal conv, spatial
     transformer and temporal transformer when enabled;
   * `conv_in` can be widened by zero-initialised input channels for concatenated conditions (a reference
-    latent, an upsampled lower stage, a depth map), so they change nothing until trained.
+    latent, an upsampled lower stage, a depth map), so they change nothing until trained;
+  * scalar conditions beside the timestep: the clip's FPS (Make-A-Video, VideoGen Section 3.2: "use FPS as a
+    condition and inject its embedding into each diffusion model") and, for a cascaded super-resolution
+    stage, the noise-augmentation level of its upsampled low-resolution input (cascaded diffusion). UNet3D's
+    own hook (`time_cond_proj_dim`, a `cond_proj` inside the time MLP) is not zero-initialised and would
+    collide with an image UNet's own `cond_proj`; here each scalar gets the time embedding's sinusoidal
+    projection and its own `TimestepEmbedding` MLP, added to the time embedding, as I2VGen-XL's
+    `fps_embedding` does, but with the MLP's last layer zeroed so a fresh model is still the image model.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import math
 import re
 from dataclasses import dataclass, field
@@ -41,6 +49,7 @@ import torch
 import torch.utils.checkpoint
 from diffusers import UNet2DConditionModel, UNet3DConditionModel
 from diffusers.configuration_utils import register_to_config
+from diffusers.models.embeddings import TimestepEmbedding
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
 from diffusers.models.unets.unet_3d_condition import UNet3DConditionOutput
@@ -92,8 +101,22 @@ _REQUIRED_2D_CONFIG = {
 TEMPORAL_KEY = re.compile(r"^transformer_in\.|\.temp_convs\.|\.temp_attentions\.")
 
 
+# Keys of the scalar-condition embeddings (FPS, noise-augmentation level): also new, but not temporal layers.
+CONDITION_EMBEDDINGS = {"fps_conditioning": "fps_embedding", "noise_level_conditioning": "noise_level_embedding"}
+CONDITION_KEY = re.compile(r"^(%s)\." % "|".join(CONDITION_EMBEDDINGS.values()))
+
+
 def is_temporal_key(key: str) -> bool:
     return bool(TEMPORAL_KEY.search(key))
+
+
+def is_condition_key(key: str) -> bool:
+    return bool(CONDITION_KEY.search(key))
+
+
+def is_new_key(key: str) -> bool:
+    """A key an image UNet has no counterpart for: temporal layers and scalar-condition embeddings."""
+    return is_temporal_key(key) or is_condition_key(key)
 
 
 @dataclass
@@ -103,7 +126,7 @@ class InflationReport:
     mapped: image-UNet key -> video key (the same name; every image key is here, none is left unused);
     reshaped: video keys whose image weight was a 1x1 conv reshaped to a linear weight;
     widened: video keys that got extra zero-initialised input channels (`conv_in.weight`);
-    new: video keys with no image counterpart (all temporal: `is_temporal_key`).
+    new: video keys with no image counterpart (temporal layers and condition embeddings: `is_new_key`).
     """
 
     mapped: dict[str, str] = field(default_factory=dict)
@@ -153,10 +176,13 @@ class VideoUNet(UNet3DConditionModel):
     repeated for every frame inside; output (B, C_out, F, H, W). Extra config (saved and restored by
     `save_pretrained`/`from_pretrained`): `spatial_attention_heads` (the image model's head count per
     level), `frame_position_encoding`/`max_frames`, `extra_in_channels` (the last `extra_in_channels` of
-    `in_channels` are concatenated conditions, not latents).
+    `in_channels` are concatenated conditions, not latents), `fps_conditioning` and
+    `noise_level_conditioning` (zero-initialised embeddings of a per-sample FPS and noise-augmentation
+    level, modules `fps_embedding` / `noise_level_embedding`, added to the time embedding).
     """
 
     _supports_gradient_checkpointing = True
+    _skip_layerwise_casting_patterns = ["norm", "time_embedding", *CONDITION_EMBEDDINGS.values()]
 
     @register_to_config
     def __init__(
@@ -191,6 +217,8 @@ class VideoUNet(UNet3DConditionModel):
         frame_position_encoding: bool = False,
         max_frames: int = 32,
         extra_in_channels: int = 0,
+        fps_conditioning: bool = False,
+        noise_level_conditioning: bool = False,
     ):
         if not isinstance(attention_head_dim, int):
             # UNet3D builds transformer_in with it as a head dimension; a tuple fails there.
@@ -221,6 +249,10 @@ class VideoUNet(UNet3DConditionModel):
             for temporal in self._temporal_transformers():
                 temporal.proj_in = _FramePositionLinear(temporal.proj_in, max_frames)
         self._zero_temporal_outputs()
+        wanted = {"fps_conditioning": fps_conditioning, "noise_level_conditioning": noise_level_conditioning}
+        for flag, name in CONDITION_EMBEDDINGS.items():
+            if wanted[flag]:
+                setattr(self, name, self._zero_condition_embedding(block_out_channels[0]))
         self.gradient_checkpointing = False
         self._gradient_checkpointing_func = _default_checkpoint
         self._image_mode = False
@@ -239,6 +271,19 @@ class VideoUNet(UNet3DConditionModel):
         for temporal in self._temporal_transformers():
             nn.init.zeros_(temporal.proj_out.weight)
             nn.init.zeros_(temporal.proj_out.bias)
+
+    def _zero_condition_embedding(self, channels: int) -> TimestepEmbedding:
+        """The MLP of one scalar condition, on the time embedding's sinusoidal features (`time_proj`: a scalar
+        is projected like a timestep, as I2VGen-XL does for FPS) into the time embedding's width.
+
+        Its last layer starts at zero, so the embedding adds nothing until trained: step 0 is still the image
+        model. (Only linear_2 is zeroed: linear_1 keeps its random init, so the gradient reaching linear_2
+        is not zero and the condition starts to learn at the first step.)
+        """
+        embedding = TimestepEmbedding(channels, self.time_embedding.linear_2.out_features)
+        nn.init.zeros_(embedding.linear_2.weight)
+        nn.init.zeros_(embedding.linear_2.bias)
+        return embedding
 
     def _spatial_transformers_by_level(self) -> list[tuple[list[Transformer2DModel], int]]:
         """(spatial transformers, level index into spatial_attention_heads), down, mid and up."""
@@ -285,12 +330,15 @@ class VideoUNet(UNet3DConditionModel):
         max_frames: int = 32,
         extra_in_channels: int = 0,
         attention_head_dim: int | None = None,
+        fps_conditioning: bool = False,
+        noise_level_conditioning: bool = False,
     ) -> "VideoUNet":
         """A VideoUNet whose spatial layers are `unet2d`'s weights and whose temporal layers are the identity.
 
         `attention_head_dim` (the temporal layers' head dimension, also UNet3D's construction value for the
         spatial ones, whose head counts are then reset to the image model's) defaults to the largest value
         that divides every level's per-head width (40 for SD 1.5: 8, 16, 32 temporal heads).
+        `fps_conditioning` / `noise_level_conditioning` add the zero-initialised scalar-condition embeddings.
         The returned model carries `inflation_report` (an `InflationReport`).
         """
         config = dict(unet2d.config)
@@ -324,6 +372,8 @@ class VideoUNet(UNet3DConditionModel):
             frame_position_encoding=frame_position_encoding,
             max_frames=max_frames,
             extra_in_channels=extra_in_channels,
+            fps_conditioning=fps_conditioning,
+            noise_level_conditioning=noise_level_conditioning,
         )
 
         report = InflationReport()
@@ -350,11 +400,11 @@ class VideoUNet(UNet3DConditionModel):
                 raise UserInputError(f"image-UNet weight {key} has shape {tuple(weight.shape)}, the video UNet wants {tuple(want)}")
             report.mapped[key] = key
         report.new = [key for key in target if key not in state]
-        not_temporal = [key for key in report.new if not is_temporal_key(key)]
-        if not_temporal:
-            raise UserInputError(f"video-UNet weights with no image counterpart that are not temporal: {not_temporal[:5]}")
+        unexpected = [key for key in report.new if not is_new_key(key)]
+        if unexpected:
+            raise UserInputError(f"video-UNet weights with no image counterpart that are not temporal or condition embeddings: {unexpected[:5]}")
         for key in report.new:
-            state[key] = target[key]  # the temporal layers as constructed (identity at step 0)
+            state[key] = target[key]  # the new layers as constructed (identity / zero at step 0)
         video.load_state_dict(state, strict=True)
         if (video.device, video.dtype) != (unet2d.device, unet2d.dtype):
             video.to(device=unet2d.device, dtype=unet2d.dtype)
@@ -364,11 +414,70 @@ class VideoUNet(UNet3DConditionModel):
     # --- parameter groups ----------------------------------------------------------------------------
 
     def temporal_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        """The parameters that inflation added (temporal layers and frame-position encodings)."""
+        """The temporal layers inflation added (frame-position encodings included)."""
         return [(name, p) for name, p in self.named_parameters() if is_temporal_key(name)]
 
+    def condition_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """The FPS and noise-level embeddings (empty when neither conditioning is on)."""
+        return [(name, p) for name, p in self.named_parameters() if is_condition_key(name)]
+
+    def new_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """Everything inflation added: temporal layers and condition embeddings (not the widened conv_in,
+        whose image channels are the image model's)."""
+        return [(name, p) for name, p in self.named_parameters() if is_new_key(name)]
+
     def spatial_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        return [(name, p) for name, p in self.named_parameters() if not is_temporal_key(name)]
+        """The image model's parameters (conv_in whole, widened channels included)."""
+        return [(name, p) for name, p in self.named_parameters() if not is_new_key(name)]
+
+    # --- growing a trained model ----------------------------------------------------------------------
+
+    def extended(
+        self,
+        *,
+        extra_in_channels: int | None = None,
+        fps_conditioning: bool | None = None,
+        noise_level_conditioning: bool | None = None,
+    ) -> "VideoUNet":
+        """A copy of this (trained) model with more concatenated input channels and/or more scalar conditions.
+
+        Every weight of this model keeps its key and value; conv_in's added input channels (appended after the
+        existing ones) and any added condition embedding start at zero, so the copy computes what this model
+        computes on its inputs, whatever the new inputs are (how VideoGen starts a super-resolution stage from
+        the trained stage below it, Section 3.5). Fewer channels or a dropped condition are refused: that
+        would discard trained weights. The copy carries `inflation_report` (`widened`, `new`; `mapped` is
+        every kept key).
+        """
+        config = dict(self.config)
+        want = {
+            "extra_in_channels": config["extra_in_channels"] if extra_in_channels is None else int(extra_in_channels),
+            "fps_conditioning": config["fps_conditioning"] if fps_conditioning is None else bool(fps_conditioning),
+            "noise_level_conditioning": (config["noise_level_conditioning"] if noise_level_conditioning is None
+                                         else bool(noise_level_conditioning)),
+        }
+        if want["extra_in_channels"] < config["extra_in_channels"]:
+            raise UserInputError(f"extra_in_channels={want['extra_in_channels']} would drop trained conv_in channels "
+                                 f"(the model has {config['extra_in_channels']})")
+        for flag in CONDITION_EMBEDDINGS:
+            if config[flag] and not want[flag]:
+                raise UserInputError(f"{flag}=False would drop a trained embedding")
+        added = want["extra_in_channels"] - config["extra_in_channels"]
+        config.update(want, in_channels=config["in_channels"] + added)
+        accepted = inspect.signature(type(self).__init__).parameters
+        grown = type(self)(**{k: v for k, v in config.items() if k in accepted})
+        report = InflationReport()
+        state, target = self.state_dict(), grown.state_dict()
+        for key, weight in state.items():
+            if key == "conv_in.weight" and added:
+                weight = torch.cat([weight, weight.new_zeros(weight.shape[0], added, *weight.shape[2:])], dim=1)
+                report.widened.append(key)
+            report.mapped[key] = key
+            target[key] = weight
+        report.new = [key for key in target if key not in state]
+        grown.load_state_dict(target, strict=True)
+        grown.to(device=self.device, dtype=self.dtype)
+        grown.inflation_report = report
+        return grown
 
     # --- image mode and gradient checkpointing ---------------------------------------------------------
 
@@ -447,6 +556,8 @@ class VideoUNet(UNet3DConditionModel):
         image_mode: bool | None = None,
         extra_input: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
+        fps: torch.Tensor | float | None = None,
+        noise_level: torch.Tensor | int | None = None,
     ) -> UNet3DConditionOutput | tuple[torch.Tensor]:
         """UNet3DConditionModel's forward, walking the blocks here (image mode, checkpointing).
 
@@ -455,6 +566,10 @@ class VideoUNet(UNet3DConditionModel):
         already concatenated sample). image_mode: bypass transformer_in, temporal convs and temporal
         transformers, so each frame goes through the image model alone (default: False, or True inside
         `as_image_model()`). encoder_attention_mask: (B, L), 1 keeps a text token, as in the image UNet.
+        fps: (B,) (or one number) frames per second of the clip, for a model built with fps_conditioning;
+        noise_level: (B,) (or one number) noise-augmentation level of the concatenated low-resolution input,
+        for a model built with noise_level_conditioning. Either left None adds nothing (what the
+        zero-initialised embedding adds before training); given to a model without it, it is refused.
         class_labels is accepted and ignored, as in UNet3D (inflation refuses class-conditioned UNets);
         attention_mask (unused by UNet3D's blocks too) is refused rather than silently dropped.
         """
@@ -496,6 +611,14 @@ class VideoUNet(UNet3DConditionModel):
         timesteps = timesteps.expand(batch)
         t_emb = self.time_proj(timesteps).to(dtype=self.dtype)
         emb = self.time_embedding(t_emb, timestep_cond)
+        for (flag, name), value in zip(CONDITION_EMBEDDINGS.items(), (fps, noise_level)):
+            if value is None:
+                continue
+            if not self.config[flag]:
+                raise UserInputError(f"{name.removesuffix('_embedding')}= given, but this model was built without {flag}")
+            value = torch.as_tensor(value, device=sample.device)
+            value = value.float().reshape(-1).expand(batch) if value.numel() == 1 else value.float().reshape(batch)
+            emb = emb + getattr(self, name)(self.time_proj(value).to(dtype=self.dtype))
         emb = emb.repeat_interleave(num_frames, dim=0)
         context = encoder_hidden_states.repeat_interleave(num_frames, dim=0)
         context_mask = None
