@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from diffusers import MotionAdapter
 
-from ...data.videos import ClipSpec, VideoClipDataset, collate_clips, folder_records, webvid_records
+from ...data.sources import clip_dataset
+from ...data.videos import collate_clips
 from ...errors import UserInputError
 from ...models.loading import load_pipeline
 from ...models.motion_module import (
@@ -50,24 +51,6 @@ def motion_record(adapter_config) -> dict:
     return {key: plain(adapter_config.get(key)) for key in MOTION_ESSENTIALS}
 
 
-def build_dataset(cfg) -> VideoClipDataset:
-    data = cfg.data
-    spec = ClipSpec(frames=int(data.frames), stride=int(data.stride), size=int(data.size), flip=bool(data.flip))
-    if data.name == "webvid":
-        records = webvid_records(data.csv, data.video_folder)
-    elif data.name == "folder":
-        records = folder_records(data.video_folder, data.get("captions"))
-    else:
-        raise UserInputError(f"target motion_module trains on videos: data=webvid or data=folder, not data={data.name}")
-    dataset = VideoClipDataset(records, spec, seed=int(cfg.seed), max_skips=int(data.get("max_skips", 16)))
-    if dataset.first_readable() is None:
-        raise UserInputError(
-            f"none of the {len(records)} videos for data.video_folder={data.video_folder} can be read as a clip of "
-            f"{spec.frames} frames every {spec.stride} ({spec.span} source frames): all unreadable or too short"
-        )
-    return dataset
-
-
 class _StateDict:
     """A state dict posing as a module for `adapter_from_unet` (the gathered weights under FSDP)."""
 
@@ -92,7 +75,7 @@ class MotionModule(TrainingTarget):
     def __init__(self, cfg, device, weight_dtype, rank):
         super().__init__(cfg, device, weight_dtype, rank)
         self.objective = DiffusionObjective.from_config(cfg.diffusion)  # checked before anything slow loads
-        self.videos = build_dataset(cfg)
+        self.videos = clip_dataset(cfg, self.name)
         motion = cfg.motion
         if motion.get("init_path"):  # before the base model: a bad file is refused without waiting for it
             self.adapter_template = load_motion_adapter(
@@ -108,7 +91,7 @@ class MotionModule(TrainingTarget):
                 pipe.unet, num_attention_heads=int(motion.num_attention_heads), max_seq_length=int(motion.max_seq_length),
                 transformer_layers_per_block=int(motion.transformer_layers_per_block), seed=int(cfg.seed),
             )
-        if self.videos.spec.frames > self.adapter_template.config.motion_max_seq_length:
+        if int(cfg.data.frames) > self.adapter_template.config.motion_max_seq_length:
             raise UserInputError(f"data.frames={self.videos.spec.frames} exceeds motion.max_seq_length")
         self.unet = inflate(pipe.unet, self.adapter_template)
         self.unet.freeze_unet2d_params()
