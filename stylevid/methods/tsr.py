@@ -23,7 +23,7 @@ from ..errors import UserInputError
 from ..progress import StageReporter
 from ..sampling.vae import encode_images
 from .base import MAX_SIDE, VideoMethod, VideoOutput, VideoSettings, load_image_pipeline, place, register
-from .videogen import LatentVideoModels, LatentVideoSettings, decode_latent_video, load_latent_video, stage_scheduler, temporal_super_resolution
+from .videogen import LatentVideoModels, LatentVideoSettings, decode_latent_video, load_latent_video, temporal_super_resolution
 
 
 @dataclass
@@ -100,9 +100,7 @@ class TemporalSuperResolution(VideoMethod):
 
     def load(self, cfg, settings: TsrSettings, device, dtype, conditions) -> TsrModels:
         pipe = place(load_image_pipeline(cfg, settings, dtype), cfg, device)
-        scheduler = stage_scheduler(pipe, settings.back.root)
-        return TsrModels(pipe=pipe, back=load_latent_video(settings.back, pipe.vae, scheduler, device, dtype,
-                                                           int(cfg.model.get("seed", 0))))
+        return TsrModels(pipe=pipe, back=load_latent_video(settings.back, pipe.vae, device, dtype, int(cfg.model.get("seed", 0))))
 
     def generate(self, loaded: TsrModels, settings: TsrSettings, reporter: StageReporter) -> VideoOutput:
         from ..io.video_input import read_frames

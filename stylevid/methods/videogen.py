@@ -233,16 +233,16 @@ def stage_scheduler(pipe, root: Path | None):
     return DDIMScheduler.from_config(pipe.scheduler.config)
 
 
-def load_latent_video(back: LatentVideoSettings, vae, scheduler, device: torch.device, dtype: torch.dtype,
+def load_latent_video(back: LatentVideoSettings, vae, device: torch.device, dtype: torch.dtype,
                       seed: int = 0) -> LatentVideoModels:
     flow = weights.load_flow_net(back.flow_source, "method.tsr.flow_path", seed) if back.factor > 1 and back.mode == "flow" else None
-    refiner = weights.load_refiner(back.refiner_source, "method.tsr.refiner_path", seed) if back.refine else None
+    refiner, scheduler = weights.load_refiner(back.refiner_source, "method.tsr.refiner_path", seed) if back.refine else (None, None)
     decoder = weights.load_video_decoder(back.decoder_source, vae, "method.decoder_path") if back.decoder == "video" else None
     for model in (flow, refiner, decoder):
         if model is not None:
             model.to(device, dtype)
-    return LatentVideoModels(vae=vae, flow_net=flow, refiner=refiner, refiner_scheduler=scheduler if refiner is not None else None,
-                             decoder=decoder, device=device)
+    return LatentVideoModels(vae=vae, flow_net=flow, refiner=refiner, refiner_scheduler=scheduler, decoder=decoder,
+                             device=device)
 
 
 @dataclass
@@ -367,7 +367,7 @@ class VideoGen(VideoMethod):
         stages = [weights.load_stage(stage.source, "base" if index == 0 else "sr", f"method.stages[{index}].path", seed)
                   .to(device, dtype) for index, stage in enumerate(settings.stages)]
         scheduler = stage_scheduler(pipe, settings.back.root)
-        back = load_latent_video(settings.back, pipe.vae, scheduler, device, dtype, seed)
+        back = load_latent_video(settings.back, pipe.vae, device, dtype, seed)
         return VideoGenModels(pipe=pipe, reference_pipe=reference_pipe, stages=stages, scheduler=scheduler, back=back)
 
     def generate(self, loaded: VideoGenModels, settings: VideoGenSettings, reporter: StageReporter) -> VideoOutput:

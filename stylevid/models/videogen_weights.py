@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 
 from ..errors import UserInputError
-from .components import load_component
 
 MANIFEST = "manifest.json"
 FORMAT = "stylevid-videogen"
@@ -87,40 +86,37 @@ def part_source(root: Path | None, part: str, own: str | None, key: str) -> str 
     raise UserInputError(f"method.weights={root} has no {part} (looked for {folder}/config.json); train it or pass {key}=")
 
 
-def _load(source: str, cls, key: str, what: str):
-    return load_component(source, key=key, pretrained=cls.from_pretrained, what=what)
-
-
 def load_stage(source: str | None, stage: str, key: str, seed: int = 0):
-    """A cascade stage (`VideoUNet`); None: a tiny random one with the tiny UNet's geometry."""
-    from .inflate import VideoUNet
-    from .videogen import build_stage
+    """A cascade stage (`VideoUNet` + stage.json); None: a tiny random one inflated from the tiny image UNet."""
+    from . import videogen
 
     if source is None:
         from .tiny import tiny_unet
 
-        return build_stage(tiny_unet(seed), stage="sr" if stage != "base" else "base").eval()
-    return _load(source, VideoUNet, key, "a VideoGen stage (VideoUNet) directory").eval()
+        return videogen.build_stage(tiny_unet(seed), stage=stage).eval()
+    return videogen.load_stage(source, key).eval()
 
 
 def load_flow_net(source: str | None, key: str, seed: int = 0):
-    from .latent_flow import LatentFlowNet
+    from .latent_flow import TINY_LATENT_FLOW, LatentFlowNet, load_latent_flow
 
     if source is None:
         torch.manual_seed(seed)
-        return LatentFlowNet(**TINY_FLOW).eval()
-    return _load(source, LatentFlowNet, key, "a LatentFlowNet directory").eval()
+        return LatentFlowNet(**TINY_LATENT_FLOW).eval()
+    return load_latent_flow(source, key).eval()
 
 
 def load_refiner(source: str | None, key: str, seed: int = 0):
-    from diffusers import UNet2DModel
-
-    from .tsr_refiner import tsr_refiner_unet
+    """(refiner UNet, the DDIM sampler of the schedule it trained with); None: a tiny random one on SD's schedule."""
+    from .tsr_refiner import TINY_REFINER, load_tsr_refiner, refiner_scheduler, tsr_refiner_unet
 
     if source is None:
+        from ..training.diffusion import noise_schedule
+
         torch.manual_seed(seed)
-        return tsr_refiner_unet(**TINY_REFINER).eval()
-    return _load(source, UNet2DModel, key, "a TSR refiner (UNet2DModel) directory").eval()
+        return tsr_refiner_unet(**TINY_REFINER).eval(), refiner_scheduler(noise_schedule("A"))
+    unet, scheduler = load_tsr_refiner(source, key)
+    return unet.eval(), scheduler
 
 
 def load_video_decoder(source: str | None, vae, key: str):
@@ -131,7 +127,3 @@ def load_video_decoder(source: str | None, vae, key: str):
         return VideoDecoder.from_vae(vae).eval()
     return _load(source, VideoDecoder, key, "a VideoDecoder directory").eval()
 
-
-# Tiny geometries for model=tiny (the tiny pipeline's 4-channel latents of 8x8 at 64 px).
-TINY_FLOW = {"levels": 2, "channels": (16, 32)}
-TINY_REFINER = {"block_out_channels": (16, 32), "norm_num_groups": 8, "layers_per_block": 1}
