@@ -32,7 +32,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ... import values
-from ...data.videos import ClipSpec, VideoClipDataset, collate_clips, folder_records, webvid_records
+from ...data.sources import VIDEO_SOURCES, clip_dataset
+from ...data.videos import collate_clips
 from ...errors import UserInputError
 from ...metrics.flow import dis_flow
 from ...models.latent_flow import LatentFlowNet, load_latent_flow
@@ -77,29 +78,15 @@ def uint8_frames(pixels: torch.Tensor) -> np.ndarray:
 
 # --- data ------------------------------------------------------------------------------------------------------
 
-def triple_clips(cfg, target: str) -> VideoClipDataset:
-    """Clips of 3 frames (I_0, I_t, I_1) from data=webvid or data=folder (captions are read, and unused)."""
-    data = cfg.data
-    spec = ClipSpec(frames=int(data.frames), stride=int(data.stride), size=int(data.size), flip=bool(data.flip))
-    if data.name == "webvid":
-        records = webvid_records(data.csv, data.video_folder)
-    elif data.name == "folder":
-        records = folder_records(data.video_folder, data.get("captions"))
-    else:
-        raise UserInputError(f"target {target} trains on videos: data=webvid or data=folder, not data={data.name}")
-    clips = VideoClipDataset(records, spec, seed=int(cfg.seed), max_skips=int(data.get("max_skips", 16)))
-    if clips.first_readable() is None:
-        raise UserInputError(
-            f"none of the {len(records)} videos for data.video_folder={data.video_folder} can be read as a clip of "
-            f"{spec.frames} frames every {spec.stride} ({spec.span} source frames): all unreadable or too short"
-        )
-    return clips
+def triple_clips(cfg, target: str):
+    """Clips of 3 frames (I_0, I_t, I_1) from data=webvid, folder or toy (captions are read, and unused)."""
+    return clip_dataset(cfg, target)
 
 
 class TripleDataset(Dataset):
     """The clip dataset's items, plus the latent-size teacher flows (4, h, w) when `latent_size` is given."""
 
-    def __init__(self, clips: VideoClipDataset, latent_size: int | None = None, preset: str = "medium"):
+    def __init__(self, clips: Dataset, latent_size: int | None = None, preset: str = "medium"):
         self.clips, self.latent_size, self.preset = clips, latent_size, preset
 
     def __len__(self) -> int:
@@ -124,11 +111,21 @@ def collate_triples(items: list[dict]) -> dict:
 
 
 def check_triples(cfg, target: str) -> None:
-    if cfg.data.name not in ("webvid", "folder"):
-        raise UserInputError(f"target {target} trains on videos: data=webvid or data=folder, not data={cfg.data.name}")
+    if cfg.data.name not in VIDEO_SOURCES:
+        raise UserInputError(f"target {target} trains on videos: data={', data='.join(VIDEO_SOURCES)}, not data={cfg.data.name}")
     if int(cfg.data.frames) != TRIPLE:
         raise UserInputError(f"data.frames must be 3 for target {target} (a sample is the triple I_0, I_t, I_1 at "
                              f"t = 1/2; data.stride sets their spacing), got {cfg.data.frames}")
+
+
+def data_summary(cfg, items: int, vae_scale: int) -> dict:
+    """For result.json; data=toy may give a list of strides."""
+    from omegaconf import OmegaConf
+
+    data = cfg.data
+    return {"name": data.name, "videos": items, "frames": int(data.frames),
+            "stride": OmegaConf.to_container(data.stride) if OmegaConf.is_list(data.stride) else int(data.stride),
+            "size": int(data.size), "latent_size": int(data.size) // vae_scale}
 
 
 @torch.no_grad()
@@ -243,8 +240,5 @@ class LatentFlow(TrainingTarget):
                                      f"{here.get(key)}; pass the checkpoint's settings to resume it")
 
     def summary(self) -> dict:
-        data = self.cfg.data
-        return {"data": {"name": data.name, "videos": len(self.triples), "frames": int(data.frames),
-                         "stride": int(data.stride), "size": int(data.size),
-                         "latent_size": int(data.size) // self.vae_scale},
+        return {"data": data_summary(self.cfg, len(self.triples), self.vae_scale),
                 "teacher": f"opencv-dis-{self.cfg.latent_flow.teacher_preset}"}

@@ -29,7 +29,7 @@ from ...sampling.tsr import in_between
 from ..checkpoint import base_model_record, check_same_base, plain
 from ..diffusion import DiffusionObjective
 from . import Step, TrainingTarget, register
-from .latent_flow import TripleDataset, check_triples, collate_triples, encode_triples, triple_clips
+from .latent_flow import TripleDataset, check_triples, collate_triples, data_summary, encode_triples, triple_clips
 
 # UNet2DModel config keys whose values change what the same-named weights compute or whether they load
 REFINER_ESSENTIALS = ("in_channels", "out_channels", "block_out_channels", "layers_per_block", "norm_num_groups",
@@ -178,8 +178,4 @@ class TsrRefiner(TrainingTarget):
                                  f"run has {here['diffusion']}; pass diffusion= as it was")
 
     def summary(self) -> dict:
-        data = self.cfg.data
-        return {"data": {"name": data.name, "videos": len(self.triples), "frames": int(data.frames),
-                         "stride": int(data.stride), "size": int(data.size),
-                         "latent_size": int(data.size) // self.vae_scale},
-                "coarse": coarse_source(self.cfg)}
+        return {"data": data_summary(self.cfg, len(self.triples), self.vae_scale), "coarse": coarse_source(self.cfg)}
