@@ -183,6 +183,7 @@ def test_tsr_refiner_on_a_flow_net_resumes_exactly(clips, tmp_path):
     (["target=latent_flow", "latent_flow.block_out_channels=[]"], "latent_flow.block_out_channels"),
     (["target=tsr_refiner", "tsr_refiner.flow_path=/nowhere"], "tsr_refiner.flow_path=/nowhere is not a directory"),
     (["target=tsr_refiner", "tsr_refiner.attention=[true]"], "tsr_refiner.attention"),
+    (["target=tsr_refiner", "tsr_refiner.norm_num_groups=48"], "tsr_refiner.norm_num_groups=48 must divide"),
     (["target=tsr_refiner", "data=images", "data.folder=/tmp"], "data=webvid, data=folder, data=toy, not data=images"),
 ])
 def test_bad_settings_are_one_line_errors(clips, overrides, match):

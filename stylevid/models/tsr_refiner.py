@@ -49,18 +49,7 @@ def tsr_refiner_unet(
     `attention[i]`: self-attention in level i (default: none but the two coarsest levels). `attention_head_dim` is
     the head *dimension* (diffusers' UNet2DModel: heads = channels // it).
     """
-    channels = tuple(int(c) for c in block_out_channels)
-    attention = tuple(bool(a) for a in attention) if attention is not None else (
-        tuple(i >= len(channels) - 2 for i in range(len(channels))) if len(channels) > 1 else (False,))
-    if len(attention) != len(channels):
-        raise UserInputError(f"tsr_refiner.attention needs one flag per level of tsr_refiner.block_out_channels "
-                             f"({len(channels)}), got {len(attention)}")
-    if any(c % int(norm_num_groups) for c in channels):
-        raise UserInputError(f"tsr_refiner.norm_num_groups={norm_num_groups} must divide every width of "
-                             f"tsr_refiner.block_out_channels={list(channels)}")
-    if any(a and c % int(attention_head_dim) for a, c in zip(attention, channels)):
-        raise UserInputError(f"tsr_refiner.attention_head_dim={attention_head_dim} must divide the width of every level "
-                             f"with attention ({list(channels)})")
+    channels, attention = check_refiner_sizes(block_out_channels, norm_num_groups, attention_head_dim, attention)
     down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention)
     up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention))
     return UNet2DModel(
@@ -75,6 +64,27 @@ def tsr_refiner_unet(
         attention_head_dim=int(attention_head_dim),
         add_attention=any(attention),  # the mid block's attention when any level has it
     )
+
+
+def check_refiner_sizes(block_out_channels, norm_num_groups: int, attention_head_dim: int,
+                        attention=None) -> tuple[tuple[int, ...], tuple[bool, ...]]:
+    """(widths, attention flags) when the sizes make a UNet2DModel; else one line naming the tsr_refiner.* key.
+    attention None: self-attention in the two coarsest levels only."""
+    channels = tuple(int(c) for c in block_out_channels)
+    if not channels or min(channels) < 1:
+        raise UserInputError(f"tsr_refiner.block_out_channels must be a list of positive widths, got {list(channels)}")
+    attention = tuple(bool(a) for a in attention) if attention is not None else tuple(
+        i >= len(channels) - 2 and len(channels) > 1 for i in range(len(channels)))
+    if len(attention) != len(channels):
+        raise UserInputError(f"tsr_refiner.attention needs one true/false per level of tsr_refiner.block_out_channels "
+                             f"({len(channels)}), got {len(attention)}")
+    if any(c % int(norm_num_groups) for c in channels):
+        raise UserInputError(f"tsr_refiner.norm_num_groups={norm_num_groups} must divide every width of "
+                             f"tsr_refiner.block_out_channels={list(channels)}")
+    if any(a and c % int(attention_head_dim) for a, c in zip(attention, channels)):
+        raise UserInputError(f"tsr_refiner.attention_head_dim={attention_head_dim} must divide the width of every level "
+                             f"with attention ({list(channels)})")
+    return channels, attention
 
 
 def refiner_scheduler(training_scheduler) -> DDIMScheduler:

@@ -78,13 +78,8 @@ def uint8_frames(pixels: torch.Tensor) -> np.ndarray:
 
 # --- data ------------------------------------------------------------------------------------------------------
 
-def triple_clips(cfg, target: str):
-    """Clips of 3 frames (I_0, I_t, I_1) from data=webvid, folder or toy (captions are read, and unused)."""
-    return clip_dataset(cfg, target)
-
-
 class TripleDataset(Dataset):
-    """The clip dataset's items, plus the latent-size teacher flows (4, h, w) when `latent_size` is given."""
+    """The 3-frame clip dataset's items, plus the latent-size teacher flows (4, h, w) when `latent_size` is given."""
 
     def __init__(self, clips: Dataset, latent_size: int | None = None, preset: str = "medium"):
         self.clips, self.latent_size, self.preset = clips, latent_size, preset
@@ -174,21 +169,20 @@ class LatentFlow(TrainingTarget):
         super().__init__(cfg, device, weight_dtype, rank)
         settings = cfg.latent_flow
         self.flow_weight = float(settings.flow_weight)
-        clips = triple_clips(cfg, self.name)
-        if settings.get("init_path"):
-            self.net = load_latent_flow(settings.init_path, key="latent_flow.init_path")
-        else:
-            self.net = LatentFlowNet(in_channels=4, block_out_channels=tuple(int(c) for c in settings.block_out_channels))
+        clips = clip_dataset(cfg, self.name)  # 3-frame clips (check_triples); captions unused
+        init = load_latent_flow(settings.init_path, key="latent_flow.init_path") if settings.get("init_path") else None
         # The frozen SD image encoder (Section 3.5); only its VAE is kept.
         pipe = load_pipeline(cfg.model, torch.float32)
         self.base_model = base_model_record(cfg.model, pipe.unet)
         self.vae = pipe.vae.requires_grad_(False).to(device, weight_dtype).eval()
-        latent_channels = int(self.vae.config.latent_channels)
-        if latent_channels != self.net.config.in_channels:
-            raise UserInputError(f"latent_flow.init_path takes {self.net.config.in_channels}-channel latents, "
-                                 f"the VAE of model={cfg.model.get('name')} makes {latent_channels}")
         self.vae_scale = pipe.vae_scale_factor
         del pipe
+        latent_channels = int(self.vae.config.latent_channels)
+        if init is not None and init.config.in_channels != latent_channels:
+            raise UserInputError(f"latent_flow.init_path takes {init.config.in_channels}-channel latents, "
+                                 f"the VAE of model={cfg.model.get('name')} makes {latent_channels}")
+        self.net = init or LatentFlowNet(in_channels=latent_channels,
+                                         block_out_channels=tuple(int(c) for c in settings.block_out_channels))
         self.triples = TripleDataset(clips, int(cfg.data.size) // self.vae_scale, str(settings.teacher_preset))
         self.net.to(device).train()
 

@@ -21,15 +21,16 @@ from pathlib import Path
 import torch
 from diffusers import UNet2DModel
 
+from ...data.sources import clip_dataset
 from ...errors import UserInputError
 from ...models.latent_flow import load_latent_flow
 from ...models.loading import load_pipeline
-from ...models.tsr_refiner import load_tsr_refiner, refiner_scheduler, save_tsr_refiner, tsr_refiner_unet
+from ...models.tsr_refiner import check_refiner_sizes, load_tsr_refiner, refiner_scheduler, save_tsr_refiner, tsr_refiner_unet
 from ...sampling.tsr import in_between
 from ..checkpoint import base_model_record, check_same_base, plain
 from ..diffusion import DiffusionObjective
 from . import Step, TrainingTarget, register
-from .latent_flow import TripleDataset, check_triples, collate_triples, data_summary, encode_triples, triple_clips
+from .latent_flow import TripleDataset, check_triples, collate_triples, data_summary, encode_triples
 
 # UNet2DModel config keys whose values change what the same-named weights compute or whether they load
 REFINER_ESSENTIALS = ("in_channels", "out_channels", "block_out_channels", "layers_per_block", "norm_num_groups",
@@ -68,19 +69,20 @@ class TsrRefiner(TrainingTarget):
         if not widths or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths):
             raise UserInputError(f"tsr_refiner.block_out_channels must be a list of positive widths, got {widths}")
         attention = settings.attention
-        if attention is not None and (len(attention) != len(widths) or not all(isinstance(a, bool) for a in attention)):
-            raise UserInputError(f"tsr_refiner.attention must be one true/false per level of tsr_refiner.block_out_channels "
-                                 f"({len(widths)}), got {attention}")
+        if attention is not None and not all(isinstance(a, bool) for a in attention):
+            raise UserInputError(f"tsr_refiner.attention must be a list of true/false, one per level, got {attention}")
         for key in ("layers_per_block", "norm_num_groups", "attention_head_dim"):
             value = settings.get(key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise UserInputError(f"tsr_refiner.{key} must be a positive integer, got {value!r}")
+        if not settings.get("init_path"):  # what the UNet will be built with, before the base model loads
+            check_refiner_sizes(widths, settings.norm_num_groups, settings.attention_head_dim, attention)
 
     def __init__(self, cfg, device, weight_dtype, rank):
         super().__init__(cfg, device, weight_dtype, rank)
         settings = cfg.tsr_refiner
         self.objective = DiffusionObjective.from_config(cfg.diffusion)  # checked before anything slow loads
-        clips = triple_clips(cfg, self.name)
+        clips = clip_dataset(cfg, self.name)  # 3-frame clips (check_triples); captions unused
         self.flow_net = None
         if settings.get("flow_path"):
             self.flow_net = load_latent_flow(settings.flow_path, key="tsr_refiner.flow_path")
