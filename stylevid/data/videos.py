@@ -2,8 +2,9 @@
 
 Each item is one clip of `frames` frames taken every `stride`-th source frame from a random start, resized
 and centre-cropped to `size` x `size`, randomly flipped left-right, as float (F, 3, size, size) in [-1, 1],
-with its caption. Randomness comes from a generator seeded by (seed, epoch, index), so an item is the same
-in every run, worker and rank for a given seed.
+with its caption and the clip's frame rate `fps` = the source's frames per second / `stride` (NaN when the
+source has no frame timing; VideoGen conditions on it, Section 3.2). Randomness comes from a generator seeded
+by (seed, epoch, index), so an item is the same in every run, worker and rank for a given seed.
 
 A clip that cannot be decoded or is shorter than frames * stride is skipped: the next record is tried,
 at most `max_skips` times (never an endless retry), and the number skipped travels with the item so the
@@ -118,9 +119,10 @@ class VideoClipDataset(Dataset):
         for skipped in range(self.max_skips + 1):
             record = self.records[(index + skipped) % len(self.records)]
             rng = np.random.default_rng([self.seed, self.epoch, index, skipped])
-            clip = self.read_clip(record, rng)
-            if clip is not None:
-                return {"pixel_values": clip, "caption": record.caption, "skipped": skipped}
+            read = self._read(record, rng)
+            if read is not None:
+                clip, fps = read
+                return {"pixel_values": clip, "caption": record.caption, "fps": fps, "skipped": skipped}
         raise RuntimeError(f"{self.max_skips + 1} clips in a row from record {index} on could not be read; check the data")
 
     def first_readable(self) -> int | None:
@@ -135,6 +137,11 @@ class VideoClipDataset(Dataset):
         return None
 
     def read_clip(self, record: VideoRecord, rng: np.random.Generator) -> torch.Tensor | None:
+        read = self._read(record, rng)
+        return None if read is None else read[0]
+
+    def _read(self, record: VideoRecord, rng: np.random.Generator) -> tuple[torch.Tensor, float] | None:
+        """(clip, its fps) or None when the record gives no clip."""
         spec = self.spec
         try:
             source = _open(record.path, "video", None)
@@ -149,12 +156,23 @@ class VideoClipDataset(Dataset):
             return None
         if spec.flip and rng.random() < 0.5:
             frames = frames[:, :, ::-1]
-        return pixels_from_uint8(frames)  # (F, 3, size, size) in [-1, 1]
+        return pixels_from_uint8(frames), source_fps(source.timestamps) / spec.stride  # (F, 3, size, size) in [-1, 1]
+
+
+def source_fps(timestamps: np.ndarray | None) -> float:
+    """Frames per second of a source from its frame start times: 1 / the median frame period (robust to the odd
+    irregular frame of variable-rate files), rounded to 1/1000 (decoders give float32 times: 7.9999998 for 8 fps);
+    NaN without timing."""
+    if timestamps is None or len(timestamps) < 2:
+        return float("nan")
+    period = float(np.median(np.diff(np.asarray(timestamps, dtype=np.float64))))
+    return round(1.0 / period, 3) if period > 0 else float("nan")
 
 
 def collate_clips(items: list[dict]) -> dict:
     return {
         "pixel_values": torch.stack([item["pixel_values"] for item in items]),
         "captions": [item["caption"] for item in items],
+        "fps": torch.tensor([float(item.get("fps", float("nan"))) for item in items], dtype=torch.float32),  # (B,)
         "skipped": sum(item["skipped"] for item in items),
     }

@@ -475,7 +475,8 @@ class VideoUNet(UNet3DConditionModel):
             target[key] = weight
         report.new = [key for key in target if key not in state]
         grown.load_state_dict(target, strict=True)
-        grown.to(device=self.device, dtype=self.dtype)
+        if (grown.device, grown.dtype) != (self.device, self.dtype):
+            grown.to(device=self.device, dtype=self.dtype)
         grown.inflation_report = report
         return grown
 
