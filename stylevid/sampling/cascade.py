@@ -49,7 +49,8 @@ def sample_stage(
     text_embeddings / negative_embeddings: (B, L, D); guidance (scale > 1) needs the negative (e.g. the empty
     prompt's). reference_latent: (B, 4, h, w) at this stage's resolution, or None (zeros). low_resolution:
     (B, 4, F, h/2, w/2), the stage below's latents: required by a super-resolution stage, refused by the base;
-    augmented at `noise_level` (0: none). The initial noise is drawn first from `generator` (on the CPU when it is
+    augmented at `noise_level` (0: none) by `scheduler.add_noise`, so the scheduler must carry the betas the stage
+    trained with (`conf/diffusion/`), as it must for denoising anyway. The initial noise is drawn first from `generator` (on the CPU when it is
     a CPU generator, as diffusers' pipelines do), then the low-resolution augmentation noise, then whatever a
     stochastic scheduler draws. callback(step_index, timestep, latents) after every step.
     """
