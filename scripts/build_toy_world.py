@@ -10,6 +10,13 @@ Stages and what each writes under --out (default: the package's stylevid/toy/wei
   unet    pipeline/               `stylevid train toy_t2i`: the text-to-image UNet on the frozen VAE + CLIP text
                                   tower; a full SD pipeline
   motion  motion_module/          `stylevid train motion_module experiment=toy_motion` on toy videos
+The toy VideoGen (method=videogen model=toy), under videogen/ with its own manifest (stylevid/models/videogen_weights.py),
+each part on toy clips rendered on the fly (data=toy) at 8x the cascade's frame rate where the paper uses high-fps video:
+  vg_decoder  videogen/video_decoder/  `stylevid train video_decoder experiment=toy_video_decoder`
+  vg_flow     videogen/latent_flow/    `stylevid train latent_flow experiment=toy_latent_flow`
+  vg_refiner  videogen/tsr_refiner/    `stylevid train tsr_refiner experiment=toy_tsr_refiner` on the flow net
+  vg_base     videogen/base/           `stylevid train videogen_base experiment=toy_videogen_base` from the toy UNet
+  vg_sr       videogen/sr2/            `stylevid train videogen_sr experiment=toy_videogen_sr` from the base stage
 Each run goes to --work/<stage>_run; the stage records its steps, wall time, threads, final loss (the last step's)
 and the command in manifest.json beside the weights.
 """
@@ -32,10 +39,18 @@ sys.path.insert(0, str(ROOT))
 from stylevid.data import toy_world  # noqa: E402
 from stylevid.toy import WEIGHTS, judge  # noqa: E402
 
-STAGES = ("vae", "clip", "unet", "motion")
-# The stages trained on a stage's output (the UNet on the VAE and the CLIP text tower, the motion module on the
-# UNet): rebuilding a stage makes them stale.
-DEPENDENTS = {"vae": ("unet", "motion"), "clip": ("unet", "motion"), "unet": ("motion",), "motion": ()}
+STAGES = ("vae", "clip", "unet", "motion", "vg_decoder", "vg_flow", "vg_refiner", "vg_base", "vg_sr")
+VIDEOGEN = ("vg_decoder", "vg_flow", "vg_refiner", "vg_base", "vg_sr")
+# The stages trained on a stage's output (the UNet on the VAE and the CLIP text tower, the motion module and the
+# VideoGen stages on the UNet, every VideoGen part on the VAE's latents, the refiner on the flow net, the
+# super-resolution stage on the base): rebuilding a stage makes them stale.
+DEPENDENTS = {"vae": ("unet", "motion", *VIDEOGEN), "clip": ("unet", "motion", "vg_base", "vg_sr"),
+              "unet": ("motion", "vg_base", "vg_sr"), "motion": (), "vg_decoder": (), "vg_flow": ("vg_refiner",),
+              "vg_refiner": (), "vg_base": ("vg_sr",), "vg_sr": ()}
+# Where each VideoGen stage's part lands in videogen/, and the directory its run exports.
+VIDEOGEN_PARTS = {"vg_decoder": ("video_decoder", "video_decoder"), "vg_flow": ("latent_flow", "latent_flow"),
+                  "vg_refiner": ("tsr_refiner", "tsr_refiner"), "vg_base": ("base", "videogen_stage"),
+                  "vg_sr": ("sr2", "videogen_stage")}
 log = logging.getLogger("build_toy_world")
 
 
@@ -66,11 +81,12 @@ def train(target: str, run_dir: Path, overrides: list[str]) -> tuple[dict, str]:
 
 def steps_overrides(args, cycles: int = 1) -> list[str]:
     """--steps N replaces a stage's default step count (tests build with a few steps; N per cycle, as the stage's
-    cycles split the run), and checkpoints once at the end; 0 keeps the target's defaults."""
+    cycles split the run), and checkpoints once at the end; 0 keeps the target's defaults. --batch-size B likewise."""
+    overrides = [f"trainer.batch_size={args.batch_size}"] if args.batch_size else []
     if not args.steps:
-        return []
+        return overrides
     steps = args.steps * cycles
-    return [f"trainer.max_steps={steps}", f"trainer.checkpoint_every={steps}"]
+    return [*overrides, f"trainer.max_steps={steps}", f"trainer.checkpoint_every={steps}"]
 
 
 def stage_summary(result: dict, command: str, *fields: str) -> dict:
@@ -125,6 +141,54 @@ def stage_motion(out: Path, work: Path, args) -> dict:
     return {**stage_summary(result, command), "videos": args.videos}
 
 
+def videogen_stage(name: str, target: str, experiment: str, out: Path, work: Path, args, *extra: str) -> dict:
+    """One VideoGen part: `stylevid train <target> experiment=<experiment>` on the toy pipeline's VAE (and text
+    encoder), its export moved to videogen/<part>/ and the VideoGen manifest rewritten to list it."""
+    part, export = VIDEOGEN_PARTS[name]
+    run_dir = work / f"{name}_run"
+    result, command = train(target, run_dir, [f"experiment={experiment}", f"model.path={out / 'pipeline'}", *extra,
+                                              *steps_overrides(args)])
+    replace_dir(run_dir / export, out / "videogen" / part)
+    write_videogen_manifest(out)
+    return stage_summary(result, command)
+
+
+def write_videogen_manifest(out: Path) -> None:
+    """videogen/manifest.json: the parts built so far, and the cascade's frame rate and noise schedule (what
+    conf/experiment/toy_videogen_base.yaml trains with: 8-frame clips 16 sub-frames apart, 8 sub-frames per toy
+    frame at 8 toy frames per second; schedule B)."""
+    from stylevid.data.toy_clips import TOY_FPS
+    from stylevid.models.videogen_weights import FORMAT, MANIFEST
+
+    root = out / "videogen"
+    parts = {part: part for part, _ in VIDEOGEN_PARTS.values() if (root / part / "config.json").exists()}
+    manifest = {"format": FORMAT, "fps": TOY_FPS * 8 / 16, "schedule": "B", "frames": 8, "resolution": toy_world.SIZE,
+                "parts": parts}
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def stage_vg_decoder(out: Path, work: Path, args) -> dict:
+    return videogen_stage("vg_decoder", "video_decoder", "toy_video_decoder", out, work, args)
+
+
+def stage_vg_flow(out: Path, work: Path, args) -> dict:
+    return videogen_stage("vg_flow", "latent_flow", "toy_latent_flow", out, work, args)
+
+
+def stage_vg_refiner(out: Path, work: Path, args) -> dict:
+    flow = out / "videogen" / "latent_flow"
+    return videogen_stage("vg_refiner", "tsr_refiner", "toy_tsr_refiner", out, work, args, f"tsr_refiner.flow_path={flow}")
+
+
+def stage_vg_base(out: Path, work: Path, args) -> dict:
+    return videogen_stage("vg_base", "videogen_base", "toy_videogen_base", out, work, args)
+
+
+def stage_vg_sr(out: Path, work: Path, args) -> dict:
+    base = out / "videogen" / "base"
+    return videogen_stage("vg_sr", "videogen_sr", "toy_videogen_sr", out, work, args, f"videogen.init={base}")
+
+
 def replace_dir(source: Path, target: Path) -> None:
     """Move a finished directory into place; the old one goes only once the new one is complete."""
     old = target.with_name(target.name + ".old")
@@ -142,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=WEIGHTS)
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "toy")
     parser.add_argument("--steps", type=int, default=0, help="override the stage's step count (0 = its default)")
+    parser.add_argument("--batch-size", type=int, default=0, help="override the stage's batch size (0 = its default)")
     parser.add_argument("--videos", type=int, default=800, help="toy videos for the motion stage")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)

@@ -233,20 +233,25 @@ def test_build_script_builds_every_stage_resumes_and_rebuilds_what_is_stale(tmp_
     spec = importlib.util.spec_from_file_location("build_toy_world", ROOT / "scripts" / "build_toy_world.py")
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)
-    args = ["--steps", "2", "--videos", "4", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]
+    args = ["--steps", "2", "--batch-size", "1", "--videos", "4", "--out", str(tmp_path / "out"),
+            "--work", str(tmp_path / "work")]
     assert build.main(["--stage", "vae", *args]) == 0
     assert set(manifest(tmp_path / "out")["stages"]) == {"vae"}
     assert build.main(["--stage", "all", *args]) == 0
     built = manifest(tmp_path / "out")
-    assert set(built["stages"]) == {"vae", "clip", "unet", "motion"}
+    assert set(built["stages"]) == set(build.STAGES)
     for part in ("pipeline", "clip", "motion_module"):
         toy_path(part, root=tmp_path / "out")
+    videogen = json.loads((tmp_path / "out" / "videogen" / "manifest.json").read_text())
+    assert set(videogen["parts"]) == {"base", "sr2", "latent_flow", "tsr_refiner", "video_decoder"}
+    assert (videogen["format"], videogen["fps"], videogen["schedule"]) == ("stylevid-videogen", 4.0, "B")
     assert build.main(["--stage", "all", *args]) == 0  # nothing left to do: the manifest is unchanged
     assert manifest(tmp_path / "out") == built
-    # Rebuilding the UNet makes the motion module (trained on it) stale; the next full run rebuilds only that.
+    # Rebuilding the UNet makes the motion module and the VideoGen stages (trained on it) stale; the next full run
+    # rebuilds only those.
     assert build.main(["--stage", "unet", "--force", *args]) == 0
-    assert set(manifest(tmp_path / "out")["stages"]) == {"vae", "clip", "unet"}
+    assert set(manifest(tmp_path / "out")["stages"]) == {"vae", "clip", "unet", "vg_decoder", "vg_flow", "vg_refiner"}
     rebuilt_unet = manifest(tmp_path / "out")["stages"]["unet"]
     assert build.main(["--stage", "all", *args]) == 0
-    assert set(manifest(tmp_path / "out")["stages"]) == {"vae", "clip", "unet", "motion"}
+    assert set(manifest(tmp_path / "out")["stages"]) == set(build.STAGES)
     assert manifest(tmp_path / "out")["stages"]["unet"] == rebuilt_unet

@@ -34,6 +34,8 @@ INTEGERS = {
     "validation.every": (0, None),  # 0: never
     "validation.steps": (1, 1000),  # DDIM steps over the 1000 training timesteps
 }
+# Integers that data=toy (rendered clips) also takes as a list, drawing one value per clip.
+PER_CLIP_LISTS = ("data.stride",)
 # key: keyword arguments of values.number (every number must also be finite)
 NUMBERS = {
     "trainer.lr": {"above": 0},
@@ -72,7 +74,14 @@ def check_train_config(cfg) -> None:
     present = lambda key: OmegaConf.select(cfg, key, default=None) is not None  # noqa: E731
     for key, (minimum, maximum) in INTEGERS.items():
         if present(key):
-            values.integer(OmegaConf.select(cfg, key), key, minimum, maximum)
+            value = OmegaConf.select(cfg, key)
+            if OmegaConf.is_list(value) and key in PER_CLIP_LISTS and OmegaConf.select(cfg, "data.name") == "toy":
+                if not len(value):
+                    raise UserInputError(f"{key} is an empty list")
+                for index, item in enumerate(value):  # data=toy draws one per clip
+                    values.integer(item, f"{key}[{index}]", minimum, maximum)
+            else:
+                values.integer(value, key, minimum, maximum)
     for key, bounds in NUMBERS.items():
         if present(key):
             values.number(OmegaConf.select(cfg, key), key, **bounds)
