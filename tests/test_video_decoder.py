@@ -256,9 +256,11 @@ def test_resume_repeats_the_uninterrupted_losses(clips, tmp_path):
     resumed = run_train(config(clips, *run, f"trainer.resume={run_dir / 'checkpoints' / 'step_0000001'}",
                                f"output_dir={tmp_path / 'resumed'}"))
     assert losses(resumed) == pytest.approx(uninterrupted[1:], rel=1e-6)
-    with pytest.raises(UserInputError, match="temporal_attention_heads"):  # another decoder cannot continue it
-        run_train(config(clips, *run, "video_decoder.temporal_attention_heads=4",
-                         f"trainer.resume={run_dir / 'checkpoints' / 'step_0000001'}", f"output_dir={tmp_path / 'other'}"))
+    checkpoint = f"trainer.resume={run_dir / 'checkpoints' / 'step_0000001'}"
+    with pytest.raises(UserInputError, match="video_decoder.temporal_attention_heads=2, this run has 4"):
+        run_train(config(clips, *run, "video_decoder.temporal_attention_heads=4", checkpoint, f"output_dir={tmp_path / 'a'}"))
+    with pytest.raises(UserInputError, match="another base model"):  # the tiny model of another seed
+        run_train(config(clips, *run, "model.seed=1", checkpoint, f"output_dir={tmp_path / 'b'}"))
 
 
 def test_two_ranks_hold_identical_weights_see_different_clips_and_log_the_mean_loss(clips, tmp_path):
@@ -307,5 +309,6 @@ def test_images_are_refused_in_one_line(tmp_path):
     with initialize_config_module("stylevid.conf", version_base="1.3"):
         cfg = compose("train", overrides=["target=video_decoder", "model=tiny", "device=cpu", "data=images",
                                           f"data.folder={tmp_path}", f"output_dir={tmp_path / 'run'}"])
-    with pytest.raises(UserInputError, match="^target video_decoder trains on videos: data=webvid, data=folder, data=toy, not data=images$"):
+    refusal = "^target video_decoder trains on videos: data=webvid, data=folder, data=toy, not data=images$"
+    with pytest.raises(UserInputError, match=refusal):
         run_train(cfg)

@@ -80,7 +80,8 @@ def uint8_clips(pixels: torch.Tensor) -> np.ndarray:
 @register
 class VideoDecoderTarget(TrainingTarget):
     name = "video_decoder"
-    description = "VideoGen's video decoder (SD decoder + temporal conv/attention) decoding latents of degraded clips to the clean clips"
+    description = ("VideoGen's video decoder (SD decoder + temporal conv/attention): latents of degraded clips -> "
+                   "the clean clips")
     example = "data.video_folder=clips/ video_decoder.trainable=all video_decoder.degradation_strength=1.0"
 
     @classmethod
@@ -214,8 +215,9 @@ class VideoDecoderTarget(TrainingTarget):
     def check_resumable(self, path: str, recorded: dict, weights_dir: Path) -> None:
         """One line naming the setting when the checkpoint was trained on another model or another decoder."""
         here = self.record()
-        if recorded.get("base_model") not in (None, here["base_model"]):
-            raise UserInputError(f"trainer.resume={path} was trained on another base model ({recorded['base_model'].get('path') or recorded['base_model'].get('name')}); "
+        base = recorded.get("base_model")
+        if base not in (None, here["base_model"]):
+            raise UserInputError(f"trainer.resume={path} was trained on another base model ({base.get('path') or base.get('name')}); "
                                  "pass the checkpoint's model= / model.path= to resume it")
         for key, value in (recorded.get("decoder") or {}).items():
             if here["decoder"].get(key) != value:
