@@ -55,7 +55,31 @@ TARGETS = {
                ("motion loss excess: colour word swapped, t=600 (no target)", "colour_swapped_excess_t600", None),
                ("module inputs, t=900: direction word readable (probe, best layer; chance 0.5)", "direction_best", None),
                ("module inputs, t=900: colour word readable (same probe, worst layer)", "colour_worst", None)],
+    "videogen": [("videogen: direction of motion followed (with the reference)", "direction_followed", 0.70),
+                 ("videogen: direction followed, method.reference_mode=none (no target)", "direction_followed_no_reference", None),
+                 ("videogen: prompt adherence, colour, with the reference (no target)", "colour_adherence", None),
+                 ("videogen: prompt adherence, colour, reference_mode=none (no target)", "colour_adherence_no_reference", None),
+                 ("videogen: prompt adherence, shape, with the reference (no target)", "shape_adherence", None),
+                 ("videogen: prompt adherence, shape, reference_mode=none (no target)", "shape_adherence_no_reference", None),
+                 ("videogen: adherence with the reference minus without (Table 3; >= 0)", "adherence_gain", 0.0)],
+    "tsr": [("tsr x8: in-between PSNR, flow (dB, no target)", "psnr_flow", None),
+            ("tsr x8: in-between PSNR, linear latent interpolation (dB, no target)", "psnr_linear", None),
+            ("tsr x8: in-between PSNR, slerp (dB, no target)", "psnr_slerp", None),
+            ("tsr x8: in-between PSNR, flow without the refiner (dB, no target)", "psnr_flow_coarse", None),
+            ("tsr x8: in-between PSNR, linear without the refiner (dB, no target)", "psnr_linear_coarse", None),
+            ("tsr x8: flow minus linear (dB)", "flow_gain_db", 1.0)],
+    "video_decoder": [("video decoder: PSNR on degraded clips' latents (dB, no target)", "psnr_video_decoder", None),
+                      ("image decoder: PSNR on the same latents (dB, no target)", "psnr_image_decoder", None),
+                      ("video decoder minus image decoder (dB)", "psnr_gain_db", 0.5),
+                      ("flicker error, video decoder (|flicker - clean clip's|, no target)", "flicker_error_video_decoder", None),
+                      ("flicker error, image decoder (no target)", "flicker_error_image_decoder", None),
+                      ("flicker error, image minus video decoder (> 0: video closer to the clean clip)", "flicker_error_gain", 0.0)],
+    "sr": [("videogen x2 stage: PSNR to the true 64-px clip (dB, no target)", "psnr_sr_stage", None),
+           ("bilinearly upsampled 32-px clip: PSNR (dB, no target)", "psnr_bilinear", None),
+           ("x2 stage minus bilinear (dB, no target)", "sr_gain_db", None)],
 }
+# The toy VideoGen's parts: only measured once `scripts/build_toy_world.py` has built them.
+VIDEOGEN_PARTS = ("videogen", "tsr", "video_decoder", "sr")
 
 
 def main(argv=None) -> int:
@@ -79,6 +103,12 @@ def main(argv=None) -> int:
                 from PIL import Image
 
                 Image.fromarray(np.concatenate(list(result["images"]), axis=1)).save(args.strip)
+        elif part in VIDEOGEN_PARTS:
+            from stylevid.toy import judge_videogen
+
+            result = {"videogen": judge_videogen.measure_videogen, "tsr": judge_videogen.measure_tsr,
+                      "video_decoder": judge_videogen.measure_video_decoder,
+                      "sr": judge_videogen.measure_super_resolution}[part]()
         elif part == "cross_frame":
             result = judge.measure_cross_frame(pipe, embedder)
         elif part == "style":
@@ -116,7 +146,7 @@ def main(argv=None) -> int:
         print(f"{'':<78} ({result['count']} samples, {result['seconds']} s)")
     print("\nbuild manifest:")
     for stage, summary in manifest().get("stages", {}).items():
-        print(f"  {stage:<7} {summary.get('steps')} steps, {summary.get('wall_s')} s, final loss {summary.get('final_loss'):.4f}")
+        print(f"  {stage:<10} {summary.get('steps')} steps, {summary.get('wall_s')} s, final loss {summary.get('final_loss'):.4f}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=str) + "\n")
     return 1 if failed else 0

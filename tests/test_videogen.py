@@ -97,7 +97,7 @@ def test_tsr_raises_the_frame_rate_of_a_video_and_keeps_its_frames(tmp_path, cap
     (["method.stages.1.height=48"], "method.stages[1] is 48x64 but the stage below is 32x32"),
     (["height=68"], "height and width must be multiples of 8"),
     (["height=40", "width=40"], "must be multiples of 16 for a 2-stage cascade"),
-    (["method.decode_overlap=16"], "method.decode_overlap=16 must be smaller than method.decode_chunk=16"),
+    (["method.decode_overlap=8"], "method.decode_overlap=8 must be smaller than method.decode_chunk=8"),
     (["reference=/nonexistent/ref.png"], "reference"),
     (["fps=0"], "fps"),
     (["model=sd15"], "method.weights= is required"),

@@ -93,7 +93,7 @@ def load_stage(source: str | None, stage: str, key: str, seed: int = 0):
     if source is None:
         from .tiny import tiny_unet
 
-        return videogen.build_stage(tiny_unet(seed), stage=stage).eval()
+        return videogen.build_stage(tiny_unet(seed), stage=stage, max_frames=64).eval()
     return videogen.load_stage(source, key).eval()
 
 
