@@ -138,3 +138,27 @@ def test_tsr_needs_two_frames(tmp_path, capsys):
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(folder / "0000.png")
     code, _, err = run_stylevid(["generate", "method=tsr", "model=tiny", f"input={folder}", f"output_dir={tmp_path / 'run'}"], capsys)
     assert code == 2 and "has 1 frame(s); temporal super-resolution needs at least 2" in err
+
+
+def test_a_weights_directory_loads_every_part_and_gives_the_in_memory_parts_video(tmp_path, capsys):
+    """The tiny parts written in the weights layout (base/, sr2/, latent_flow/, tsr_refiner/, video_decoder/,
+    manifest.json) load through method.weights= and make the same video as the parts built in memory."""
+    from stylevid.models import videogen_weights as weights
+    from stylevid.models.tiny import tiny_vae
+    from stylevid.models.tsr_refiner import save_tsr_refiner
+    from stylevid.models.videogen import StageInfo, save_stage
+
+    root = tmp_path / "weights"
+    for index, (name, kind) in enumerate([("base", "base"), ("sr2", "sr")]):
+        save_stage(root / name, weights.load_stage(None, kind, "x"), StageInfo(index=index + 1, latent_size=4 * 2**index, frames=3))
+    weights.load_flow_net(None, "x").save_pretrained(str(root / "latent_flow"))
+    save_tsr_refiner(root / "tsr_refiner", *weights.load_refiner(None, "x"))
+    weights.load_video_decoder(None, tiny_vae(0), "x").save_pretrained(str(root / "video_decoder"))
+    (root / "manifest.json").write_text(json.dumps({"format": "stylevid-videogen", "fps": 8}))
+    loaded_dir, loaded = generate(tmp_path, capsys, f"method.weights={root}", "method.tsr.factor=2", "save_frames=true",
+                                  name="loaded")
+    memory_dir, _ = generate(tmp_path, capsys, "method.tsr.factor=2", "save_frames=true", name="memory")
+    assert loaded["videogen"]["stages"][1]["source"] == str(root / "sr2")
+    assert loaded["videogen"]["tsr"]["flow"] == str(root / "latent_flow")
+    for a, b in zip(sorted((loaded_dir / "frames").glob("*.png")), sorted((memory_dir / "frames").glob("*.png"))):
+        assert np.abs(np.asarray(Image.open(a)).astype(int) - np.asarray(Image.open(b)).astype(int)).max() <= 1

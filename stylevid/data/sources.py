@@ -14,8 +14,9 @@ from .videos import ClipSpec, VideoClipDataset, folder_records, webvid_records
 VIDEO_SOURCES = ("webvid", "folder", "toy")
 
 
-def clip_dataset(cfg, target: str) -> Dataset:
-    """The clips of `cfg.data` for target `target` (named in the refusal when data= is not a video source)."""
+def clip_dataset(cfg, target: str, captions: bool = True) -> Dataset:
+    """The clips of `cfg.data` for target `target` (named in the refusal when data= is not a video source).
+    `captions=False`: the target trains on unlabeled video, so a folder needs no caption files."""
     data = cfg.data
     if data.name == "toy":
         from .toy_clips import toy_clip_dataset
@@ -25,7 +26,7 @@ def clip_dataset(cfg, target: str) -> Dataset:
         raise UserInputError(f"target {target} trains on videos: data=webvid, data=folder or data=toy, not data={data.name}")
     spec = ClipSpec(frames=int(data.frames), stride=int(data.stride), size=int(data.size), flip=bool(data.flip))
     records = webvid_records(data.csv, data.video_folder) if data.name == "webvid" else folder_records(
-        data.video_folder, data.get("captions"))
+        data.video_folder, data.get("captions"), captions)
     dataset = VideoClipDataset(records, spec, seed=int(cfg.seed), max_skips=int(data.get("max_skips", 16)))
     if dataset.first_readable() is None:
         raise UserInputError(

@@ -79,8 +79,9 @@ def webvid_records(csv_path: str | Path, video_folder: str | Path) -> list[Video
     return records
 
 
-def folder_records(folder: str | Path, captions_csv: str | Path | None = None) -> list[VideoRecord]:
-    """Videos in `folder` with a sidecar `<name>.txt` caption each, or captions from a CSV (file, caption)."""
+def folder_records(folder: str | Path, captions_csv: str | Path | None = None, captions: bool = True) -> list[VideoRecord]:
+    """Videos in `folder` with a sidecar `<name>.txt` caption each, or captions from a CSV (file, caption).
+    `captions=False` (targets that train on unlabeled video): a video without a sidecar gets the empty caption."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserInputError(f"data.video_folder {folder} is not a folder")
@@ -97,6 +98,9 @@ def folder_records(folder: str | Path, captions_csv: str | Path | None = None) -
         for video in videos:
             sidecar = video.with_suffix(".txt")
             if not sidecar.exists():
+                if not captions:
+                    records.append(VideoRecord(video, ""))
+                    continue
                 raise UserInputError(f"{video} has no caption file {sidecar.name} (or pass data.captions=<csv>)")
             records.append(VideoRecord(video, sidecar.read_text(errors="replace").strip()))
     if not records:

@@ -125,5 +125,7 @@ def load_video_decoder(source: str | None, vae, key: str):
 
     if source is None:
         return VideoDecoder.from_vae(vae).eval()
-    return _load(source, VideoDecoder, key, "a VideoDecoder directory").eval()
+    from .components import load_component
+
+    return load_component(source, key=key, pretrained=VideoDecoder.from_pretrained, what="a VideoDecoder directory").eval()
 

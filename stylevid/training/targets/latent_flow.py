@@ -169,7 +169,7 @@ class LatentFlow(TrainingTarget):
         super().__init__(cfg, device, weight_dtype, rank)
         settings = cfg.latent_flow
         self.flow_weight = float(settings.flow_weight)
-        clips = clip_dataset(cfg, self.name)  # 3-frame clips (check_triples); captions unused
+        clips = clip_dataset(cfg, self.name, captions=False)  # 3-frame clips (check_triples), unlabeled
         init = load_latent_flow(settings.init_path, key="latent_flow.init_path") if settings.get("init_path") else None
         # The frozen SD image encoder (Section 3.5); only its VAE is kept.
         pipe = load_pipeline(cfg.model, torch.float32)

@@ -82,7 +82,7 @@ class TsrRefiner(TrainingTarget):
         super().__init__(cfg, device, weight_dtype, rank)
         settings = cfg.tsr_refiner
         self.objective = DiffusionObjective.from_config(cfg.diffusion)  # checked before anything slow loads
-        clips = clip_dataset(cfg, self.name)  # 3-frame clips (check_triples); captions unused
+        clips = clip_dataset(cfg, self.name, captions=False)  # 3-frame clips (check_triples), unlabeled
         self.flow_net = None
         if settings.get("flow_path"):
             self.flow_net = load_latent_flow(settings.flow_path, key="tsr_refiner.flow_path")

@@ -27,14 +27,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
-from torch.utils.data import Dataset
 
 from ... import values
 from ...data.degrade import degrade_clip, draw_degradation
 from ...data.sources import VIDEO_SOURCES, clip_dataset
-from ...data.videos import ClipSpec, VideoClipDataset, VideoRecord, collate_clips
+from ...data.videos import collate_clips
 from ...errors import UserInputError
-from ...io.video_input import VIDEO_SUFFIXES
 from ...models.loading import load_pipeline
 from ...models.video_decoder import VideoDecoder
 from ...sampling.vae import pixels_from_uint8
@@ -46,29 +44,6 @@ LATENTS = ("sample", "mean")
 # The VAE's config entries the decoder's weights depend on (another geometry cannot take them).
 VAE_ESSENTIALS = ("block_out_channels", "layers_per_block", "latent_channels", "norm_num_groups", "up_block_types",
                   "scaling_factor")
-
-
-def clip_source(cfg) -> Dataset:
-    """The clips of data=webvid | folder | toy (`data.sources.clip_dataset`); a folder needs no caption files here
-    (the decoder never reads captions), so one without a data.captions CSV is listed by its videos alone."""
-    data = cfg.data
-    if data.name != "folder" or data.get("captions"):
-        return clip_dataset(cfg, VideoDecoderTarget.name)
-    folder = Path(str(data.video_folder))
-    if not folder.is_dir():
-        raise UserInputError(f"data.video_folder {folder} is not a folder")
-    videos = sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
-    if not videos:
-        raise UserInputError(f"data.video_folder {folder} holds no videos ({', '.join(VIDEO_SUFFIXES)})")
-    spec = ClipSpec(frames=int(data.frames), stride=int(data.stride), size=int(data.size), flip=bool(data.flip))
-    dataset = VideoClipDataset([VideoRecord(video, "") for video in videos], spec, seed=int(cfg.seed),
-                               max_skips=int(data.get("max_skips", 16)))
-    if dataset.first_readable() is None:
-        raise UserInputError(
-            f"none of the {len(videos)} videos in data.video_folder={folder} can be read as a clip of {spec.frames} "
-            f"frames every {spec.stride} ({spec.span} source frames): all unreadable or too short"
-        )
-    return dataset
 
 
 def uint8_clips(pixels: torch.Tensor) -> np.ndarray:
@@ -109,7 +84,7 @@ class VideoDecoderTarget(TrainingTarget):
         super().__init__(cfg, device, weight_dtype, rank)
         settings = cfg.video_decoder
         self.settings = settings
-        self.videos = clip_source(cfg)  # before the model: bad data is refused without waiting for it
+        self.videos = clip_dataset(cfg, self.name, captions=False)  # before the model: bad data is refused without waiting for it
         # The frozen SD encoder (Section 3.5): the pipeline's VAE, in float32 until the decoder has copied its weights.
         self.vae = load_pipeline(cfg.model, torch.float32).vae
         channels = int(self.vae.config.block_out_channels[-1])
