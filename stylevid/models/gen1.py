@@ -100,7 +100,9 @@ def add_structure(unet: VideoUNet) -> VideoUNet:
     `unet` computes whatever the structure input is. A model that has them already is refused."""
     if has_structure(unet):
         raise UserInputError("this Gen-1 UNet already takes the structure channels")
-    return unet.extended(extra_in_channels=EXTRA_CHANNELS)
+    # extended() builds a fresh module (in training mode); keep the given model's mode, or the temporal convs'
+    # dropout would make the copy differ from an eval-mode original.
+    return unet.extended(extra_in_channels=EXTRA_CHANNELS).train(unet.training)
 
 
 # --- structure ---------------------------------------------------------------------------------------------------
@@ -361,3 +363,96 @@ def tiny_gen1_unet(seed: int = 0, *, structure: bool = True, max_frames: int = 6
     from .tiny import tiny_unet
 
     return build_gen1_unet(tiny_unet(seed), structure=structure, max_frames=max_frames).eval()
+
+
+# --- a weights directory (method=gen1's `method.weights=`) -----------------------------------------------------------
+
+WEIGHTS_FORMAT = "stylevid-gen1-weights"
+MANIFEST = "manifest.json"
+PARTS = ("unet", "prior", "image_encoder")
+
+
+def save_gen1_weights(directory: str | Path, *, unet: VideoUNet, info: dict, image_encoder, feature_extractor=None,
+                      prior=None, prior_text_encoder=None, prior_tokenizer=None, prior_scheduler=None,
+                      manifest: dict | None = None) -> Path:
+    """Write the Gen-1 weights directory method=gen1 reads:
+
+      unet/            the Gen-1 UNet (`save_gen1`: VideoUNet save_pretrained + gen1.json)
+      image_encoder/   CLIPVisionModelWithProjection save_pretrained + its image processor (preprocessor_config.json)
+      prior/           PriorTransformer save_pretrained, with text_encoder/ (CLIPTextModelWithProjection),
+                       tokenizer/ and scheduler/ (UnCLIPScheduler) inside: the text -> image-embedding prior
+                       (optional: without it, content comes from images only)
+      manifest.json    {"format": "stylevid-gen1-weights", "parts": {...}, ...`manifest`}
+    """
+    directory = Path(directory)
+    save_gen1(directory / "unet", unet, info)
+    image_encoder.save_pretrained(str(directory / "image_encoder"), safe_serialization=True)
+    (feature_extractor or default_feature_extractor(image_encoder)).save_pretrained(str(directory / "image_encoder"))
+    parts = {"unet": "unet", "image_encoder": "image_encoder"}
+    if prior is not None:
+        if prior_text_encoder is None or prior_tokenizer is None or prior_scheduler is None:
+            raise ValueError("a prior needs its text encoder, tokenizer and scheduler")
+        prior.save_pretrained(str(directory / "prior"), safe_serialization=True)
+        prior_text_encoder.save_pretrained(str(directory / "prior" / "text_encoder"), safe_serialization=True)
+        prior_tokenizer.save_pretrained(str(directory / "prior" / "tokenizer"))
+        prior_scheduler.save_pretrained(str(directory / "prior" / "scheduler"))
+        parts["prior"] = "prior"
+    record = {"format": WEIGHTS_FORMAT, "parts": parts, **(manifest or {})}
+    (directory / MANIFEST).write_text(json.dumps(record, indent=2) + "\n")
+    return directory
+
+
+def read_manifest(root: Path, key: str = "method.weights") -> dict:
+    if not (root / MANIFEST).is_file():
+        return {}
+    try:
+        data = json.loads((root / MANIFEST).read_text())
+    except ValueError:
+        raise UserInputError(f"{key}={root}: {MANIFEST} is not JSON") from None
+    if not isinstance(data, dict) or data.get("format") != WEIGHTS_FORMAT:
+        raise UserInputError(f"{key}={root}: {MANIFEST} is not a Gen-1 manifest (format {WEIGHTS_FORMAT!r})")
+    return data
+
+
+def part_dir(root: Path, part: str, key: str = "method.weights") -> Path:
+    """`<root>/<part>` (or where the manifest says), refused in one line when it is not there."""
+    folder = root / read_manifest(root, key).get("parts", {}).get(part, part)
+    wanted = GEN1_FILE if part == "unet" else "config.json"
+    if not (folder / wanted).is_file() and not (part == "unet" and folder.is_dir()):
+        raise UserInputError(f"{key}={root} has no {part} (looked for {folder / wanted})")
+    return folder
+
+
+def load_image_encoder(source: str | Path, key: str):
+    """(CLIPVisionModelWithProjection, its image processor) from a directory; the processor from its
+    preprocessor_config.json there (PIL implementation: no torchvision here), else CLIP's default at its size."""
+    from transformers import CLIPImageProcessorPil, CLIPVisionModelWithProjection
+
+    from .components import load_component
+
+    encoder = load_component(source, key=key, pretrained=CLIPVisionModelWithProjection.from_pretrained,
+                             what="a CLIP vision model directory").eval()
+    config = Path(str(source)) / "preprocessor_config.json"
+    processor = CLIPImageProcessorPil.from_pretrained(str(source)) if config.is_file() else default_feature_extractor(encoder)
+    return encoder, processor
+
+
+def load_prior(source: str | Path, key: str):
+    """(PriorTransformer, CLIPTextModelWithProjection, tokenizer, UnCLIPScheduler) from a prior directory."""
+    from diffusers import PriorTransformer, UnCLIPScheduler
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+    from .components import load_component
+
+    source = Path(str(source))
+    prior = load_component(source, key=key, pretrained=PriorTransformer.from_pretrained, what="a PriorTransformer directory")
+    for sub in ("text_encoder", "tokenizer", "scheduler"):
+        if not (source / sub).is_dir():
+            raise UserInputError(f"{key}={source} has no {sub}/ (the prior's text tower, tokenizer and scheduler)")
+    text_encoder = load_component(source / "text_encoder", key=key, pretrained=CLIPTextModelWithProjection.from_pretrained,
+                                  what="a CLIP text model directory")
+    tokenizer = load_component(source / "tokenizer", key=key, pretrained=CLIPTokenizer.from_pretrained,
+                               required_file="tokenizer_config.json", what="a CLIP tokenizer directory")
+    scheduler = load_component(source / "scheduler", key=key, pretrained=UnCLIPScheduler.from_pretrained,
+                               required_file="scheduler_config.json", what="an UnCLIPScheduler directory")
+    return prior.eval(), text_encoder.eval(), tokenizer, scheduler
