@@ -9,12 +9,16 @@ averaging (the base stage trains at half the toy world's 64 px).
 
 The items are those of `stylevid.data.videos.VideoClipDataset`: pixel_values (F, 3, size, size) in [-1, 1], caption,
 fps (the toy world's `fps` per toy frame, times subframes / stride) and skipped (always 0: nothing is unreadable).
+With `depth=True` (Gen-1's structure stages) an item also carries `depth`, float32 (F, size, size) in [0, 1], larger
+is nearer: the toy world's ground-truth depth of the same frames, resized and flipped as they are, so a target needs
+no depth estimator on toy data.
 """
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
 from ..errors import UserInputError
@@ -26,7 +30,7 @@ TOY_FPS = 8.0  # the rate a toy-world clip plays at, one toy frame per 1/8 s
 
 class ToyClipDataset(Dataset):
     def __init__(self, count: int, frames: int, stride: int | list[int], size: int = toy_world.SIZE, seed: int = 0,
-                 subframes: int = 8, flip: bool = False):
+                 subframes: int = 8, flip: bool = False, depth: bool = False):
         strides = [int(s) for s in (stride if isinstance(stride, (list, tuple)) else [stride])]
         if count < 1 or frames < 1 or subframes < 1 or any(s < 1 for s in strides):
             raise UserInputError("data=toy: data.count, data.frames, data.subframes and data.stride must be >= 1")
@@ -39,7 +43,7 @@ class ToyClipDataset(Dataset):
         if size % 8 or not 8 <= size <= toy_world.SIZE:
             raise UserInputError(f"data=toy: data.size must be a multiple of 8 up to {toy_world.SIZE}, got {size}")
         self.count, self.frames, self.strides, self.size = count, frames, strides, size
-        self.seed, self.subframes, self.flip = seed, subframes, flip
+        self.seed, self.subframes, self.flip, self.depth = seed, subframes, flip, bool(depth)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -50,6 +54,15 @@ class ToyClipDataset(Dataset):
 
     def clip(self, index: int) -> tuple[np.ndarray, toy_world.Scene, str, int]:
         """uint8 (F, size, size, 3) frames, the scene, its caption and the stride drawn for item `index`."""
+        frames, _, scene, caption, stride = self.clip_with_depth(index)
+        return frames, scene, caption, stride
+
+    def clip_with_depth(self, index: int) -> tuple[np.ndarray, np.ndarray, toy_world.Scene, str, int]:
+        """As `clip`, plus the frames' ground-truth depth, float32 (F, size, size) in [0, 1] (larger is nearer).
+
+        The depth comes from the same `render_frame` calls as the images (no extra rendering), and takes the same
+        area resize and flip, so depth and frame stay pixel-aligned. The random draws are those of `clip`: an item's
+        frames do not depend on whether its depth is asked for."""
         rng = np.random.default_rng([self.seed, self.epoch, index])
         scene = toy_world.random_scene(rng)
         stride = self.strides[int(rng.integers(len(self.strides)))]
@@ -57,23 +70,30 @@ class ToyClipDataset(Dataset):
         start = float(rng.uniform(0, toy_world.FRAMES - 1 - span))
         background = toy_world.background_image(scene)
         times = [start + k * stride / self.subframes for k in range(self.frames)]
-        frames = np.stack([toy_world.render_frame(scene, t, toy_world.FRAMES, background).image for t in times])
+        rendered = [toy_world.render_frame(scene, t, toy_world.FRAMES, background) for t in times]
+        frames = np.stack([frame.image for frame in rendered])
+        depth = np.stack([frame.depth for frame in rendered]).astype(np.float32)
         if self.size != toy_world.SIZE:
-            frames = np.stack([cv2.resize(f, (self.size, self.size), interpolation=cv2.INTER_AREA) for f in frames])
+            resize = lambda image: cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_AREA)  # noqa: E731
+            frames = np.stack([resize(f) for f in frames])
+            depth = np.stack([resize(d) for d in depth])
         if self.flip and rng.random() < 0.5:  # off by default: a flip turns "moving right" into a wrong caption
-            frames = frames[:, :, ::-1]
-        return frames, scene, scene.random_caption(rng), stride
+            frames, depth = frames[:, :, ::-1], depth[:, :, ::-1]
+        return frames, np.ascontiguousarray(depth), scene, scene.random_caption(rng), stride
 
     def __getitem__(self, index: int) -> dict:
-        frames, _, caption, stride = self.clip(index)
-        return {"pixel_values": pixels_from_uint8(frames), "caption": caption,
+        frames, depth, _, caption, stride = self.clip_with_depth(index)
+        item = {"pixel_values": pixels_from_uint8(frames), "caption": caption,
                 "fps": TOY_FPS * self.subframes / stride, "skipped": 0}
+        if self.depth:
+            item["depth"] = torch.from_numpy(depth)
+        return item
 
 
-def toy_clip_dataset(data, seed: int) -> ToyClipDataset:
-    """`conf/data/toy.yaml` as a dataset."""
+def toy_clip_dataset(data, seed: int, depth: bool = False) -> ToyClipDataset:
+    """`conf/data/toy.yaml` as a dataset (`depth`: items carry their ground-truth depth maps too)."""
     stride = data.stride
     stride = list(stride) if not isinstance(stride, (int, str)) else int(stride)
     return ToyClipDataset(count=int(data.count), frames=int(data.frames), stride=stride, size=int(data.size),
-                          seed=seed, subframes=int(data.subframes), flip=bool(data.get("flip", False)))
+                          seed=seed, subframes=int(data.subframes), flip=bool(data.get("flip", False)), depth=depth)
 
