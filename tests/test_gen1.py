@@ -141,12 +141,14 @@ def test_a_written_weights_directory_gives_the_in_memory_parts_video(tmp_path, c
     prior, text_encoder, tokenizer, scheduler = model.tiny_prior(0)
     weights = model.save_gen1_weights(tmp_path / "weights", unet=unet, info=model.gen1_info("ts", unet),
                                       image_encoder=encoder, feature_extractor=processor, prior=prior,
-                                      prior_text_encoder=text_encoder, prior_tokenizer=tokenizer, prior_scheduler=scheduler)
+                                      prior_text_encoder=text_encoder, prior_tokenizer=tokenizer, prior_scheduler=scheduler,
+                                      manifest={"depth_annotator": "tiny"})
     assert json.loads((weights / "manifest.json").read_text())["format"] == model.WEIGHTS_FORMAT
     assert encoder.config.projection_dim == TINY_TEXT_DIM
     memory_dir, _ = generate(tmp_path, capsys, clip, "prompt=a blue square", name="memory")
     disk_dir, disk = generate(tmp_path, capsys, clip, "prompt=a blue square", f"method.weights={weights}", name="disk")
     assert disk["gen1"]["weights"]["stage"] == "ts" and disk["gen1"]["weights"]["path"] == str(weights)
+    assert disk["gen1"]["structure"]["annotator"] == "tiny"  # the manifest's depth model
     assert np.abs(frames_of(disk_dir).astype(int) - frames_of(memory_dir).astype(int)).max() <= 1
 
 
@@ -357,6 +359,8 @@ def bad_files(tmp_path_factory, clip):
     (["method.edit_region=middle"], "method.edit_region must be foreground or background, got 'middle'"),
     (["method.window_overlap=2"], "method.window_overlap=2 must be smaller than method.window=2"),
     (["method.temporal_guidance=nan"], "method.temporal_guidance must be a finite number"),
+    (["annotator.path=nobody/no-such-depth-model"],
+     "annotator.path=nobody/no-such-depth-model is not in the local cache and the hub is offline"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, clip, bad_files, overrides, message):
     args = {"input": f"input={clip}", "prompt": "prompt=x"}

@@ -24,7 +24,8 @@ An input video y is edited to x ~ p(z | s(y), c), x = D(z) (eq. 7), top to botto
 
 Weights (`method.weights=`, `models.gen1.save_gen1_weights` writes them): unet/ (a Gen-1 VideoUNet + gen1.json),
 image_encoder/ (CLIPVisionModelWithProjection + its processor), prior/ (PriorTransformer + text_encoder/ tokenizer/
-scheduler/; needed for text content), manifest.json. The VAE is the loaded `model`'s. `model=toy`: the packaged
+scheduler/; needed for text content), manifest.json (it may name the depth model the weights were trained on,
+used when annotator.path is unset). The VAE is the loaded `model`'s. `model=toy`: the packaged
 toy Gen-1 (`stylevid/toy/weights/gen1/`); `model=tiny`: random tiny parts built in memory (tests, smoke runs).
 
 The output plays at the input's frame rate. result.json records t_s, ω, ω_t, the content source, the mask, the
@@ -47,7 +48,7 @@ from ..errors import UserInputError
 from ..models import gen1 as model
 from ..progress import StageReporter
 from ..sampling.vae import decode_to_uint8, encode_images
-from .base import VideoMethod, VideoOutput, VideoSettings, check_steps_fit, load_image_pipeline, place, register
+from .base import VideoMethod, VideoOutput, VideoSettings, check_steps_fit, load_image_pipeline, register
 from .tsr import input_geometry
 
 log = logging.getLogger(__name__)
@@ -147,12 +148,19 @@ def check_companion(path, key: str, settings_input: str, input_size: tuple[int, 
     return path
 
 
-def depth_annotator_path(cfg: DictConfig) -> str | None:
-    """annotator.path; model=tiny without one: "tiny" (a random tiny DPT, as every part of model=tiny is)."""
+def depth_annotator_path(cfg: DictConfig, root: Path | None) -> str | None:
+    """annotator.path; else the depth model the weights' manifest names ("depth_annotator": a directory inside the
+    weights, or a hub id: the one the model was trained on); else with model=tiny "tiny" (a random tiny DPT, as every
+    part of model=tiny is); else None, the depth annotator's default (MiDaS DPT-Hybrid)."""
     path = cfg.annotator.get("path") if cfg.get("annotator") else None
-    if not path and cfg.model.get("name") == "tiny" and not cfg.model.get("path"):
-        return "tiny"
-    return str(path) if path else None
+    if path:
+        return str(path)
+    if root is not None:
+        named = model.read_manifest(root).get("depth_annotator")
+        if named:
+            return str(root / named) if (root / named).is_dir() else str(named)
+        return None
+    return "tiny" if cfg.model.get("name") == "tiny" and not cfg.model.get("path") else None
 
 
 def settings_from_config(cfg: DictConfig) -> Gen1Settings:
@@ -218,7 +226,7 @@ def settings_from_config(cfg: DictConfig) -> Gen1Settings:
         prior_steps=values.integer(method.prior_steps, "method.prior_steps", 1, 1000),
         prior_guidance_scale=values.number(method.prior_guidance_scale, "method.prior_guidance_scale", 0),
         mask=mask, edit_region=edit_region, depth_maps=depth_maps,
-        annotator=depth_annotator_path(cfg),
+        annotator=depth_annotator_path(cfg, root),
         window=window, window_overlap=overlap, spans=[list(span) for span in windows(frames, window, overlap)],
         root=root, weights_info=info,
     )
@@ -276,11 +284,14 @@ def load(cfg: DictConfig, settings: Gen1Settings, device: torch.device, dtype: t
     if vae.config.latent_channels != unet.config.in_channels - model.EXTRA_CHANNELS:
         raise UserInputError(f"model: its VAE has {vae.config.latent_channels} latent channels, the Gen-1 UNet "
                              f"denoises {unet.config.in_channels - model.EXTRA_CHANNELS}")
-    if unet.config.frame_position_encoding and (settings.window or settings.frames) > unet.config.max_frames:
-        raise UserInputError(f"method.window={settings.window} is more frames than the UNet's frame-position encoding "
+    window = min(settings.window or settings.frames, settings.frames)
+    if unet.config.frame_position_encoding and window > unet.config.max_frames:
+        raise UserInputError(f"temporal windows of {window} frames are more than the UNet's frame-position encoding "
                              f"covers ({unet.config.max_frames}); pass method.window<={unet.config.max_frames}")
-    if info.get("stage") == "structure" and settings.ts:
-        log.warning("the weights were trained with t_s = 0 only (stage structure); method.ts=%d is outside it", settings.ts)
+    trained_ts = int(info.get("trained_max_ts", 0 if info.get("stage") == "structure" else model.MAX_TS))
+    if settings.ts > trained_ts:  # allowed (the t_s embedding is defined), but the model never saw such blur
+        log.warning("the weights were trained with t_s <= %d (stage %s); method.ts=%d is outside it",
+                    trained_ts, info.get("stage"), settings.ts)
     scheduler = model.gen1_scheduler(info)
     check_steps_fit(settings.steps, scheduler)
     prior = None

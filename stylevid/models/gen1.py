@@ -382,7 +382,9 @@ def save_gen1_weights(directory: str | Path, *, unet: VideoUNet, info: dict, ima
       prior/           PriorTransformer save_pretrained, with text_encoder/ (CLIPTextModelWithProjection),
                        tokenizer/ and scheduler/ (UnCLIPScheduler) inside: the text -> image-embedding prior
                        (optional: without it, content comes from images only)
-      manifest.json    {"format": "stylevid-gen1-weights", "parts": {...}, ...`manifest`}
+      manifest.json    {"format": "stylevid-gen1-weights", "parts": {...}, ...`manifest`}; `manifest` may name the
+                       depth model the UNet was trained on, "depth_annotator": a directory inside the weights or a
+                       hub id ("tiny": the random tiny DPT), which method=gen1 then uses when annotator.path is unset
     """
     directory = Path(directory)
     save_gen1(directory / "unet", unet, info)

@@ -85,7 +85,10 @@ def windowed_prediction(predict: Callable[[slice], torch.Tensor], frames: int, s
                         ) -> torch.Tensor:
     """`predict(slice)` for every window, blended over shared frames by a linear ramp from the earlier window's
     value to the later one's (the video decoder's chunk blend), so a frame both windows predict alike comes back
-    exactly."""
+    exactly.
+
+    Written here: diffusers' only temporal windowing for sampling (FreeNoise, `AnimateDiffPipeline.enable_free_noise`)
+    lives inside the motion modules of `UNetMotionModel`, not around a `UNet3DConditionModel`'s forward."""
     output, done = None, 0
     for start, stop in spans:
         part = predict(slice(start, stop))
@@ -137,6 +140,9 @@ def sample_gen1(
     device) in `shape`; window / window_overlap: temporal windows (None: all frames at once);
     known_latents (B, 4, F, h, w) and mask (B or 1, 1, F, h, w), 1 = edit: masked editing.
     `callback(step_index, timestep, latents)` after each step.
+
+    The loop is diffusers' DDIM pipeline loop (scale_model_input, prediction, `scheduler.step` with eta 0, the
+    inpainting blend), written out because no pipeline takes a prediction built from two models (eq. 8).
     """
     device = next(unet.parameters()).device
     if noise is None:
