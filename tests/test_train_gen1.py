@@ -124,7 +124,17 @@ def test_the_content_stage_trains_the_image_model_on_clip_image_embeddings(runs)
     assert content.unet.config.cross_attention_dim == content.image_encoder.config.projection_dim == 32
     info = read_gen1_info(runs["content"] / "unet", "t")
     assert (info["stage"], info["image_encoder"], info["prediction"], info["structure"]) == ("content", "tiny", "v_prediction", False)
-    assert json.loads((runs["content"] / "result.json").read_text())["files"]["gen1_unet"] == "unet/"
+    files = json.loads((runs["content"] / "result.json").read_text())["files"]
+    assert (files["gen1_unet"], files["image_encoder"]) == ("unet/", "image_encoder/")
+    # The exported vision tower is the one the UNet was trained to read: the same content tokens.
+    from transformers import CLIPImageProcessorPil, CLIPVisionModelWithProjection
+
+    from stylevid.models.gen1 import content_embeddings
+
+    images = np.random.default_rng(0).integers(0, 255, (2, 16, 16, 3), dtype=np.uint8)
+    exported = (CLIPVisionModelWithProjection.from_pretrained(str(runs["content"] / "image_encoder")),
+                CLIPImageProcessorPil.from_pretrained(str(runs["content"] / "image_encoder")))
+    assert torch.equal(content_embeddings(*exported, images), content_embeddings(content.image_encoder, content.feature_extractor, images))
     for stage in ("temporal", "structure", "structure_ts"):
         info = read_gen1_info(runs[stage] / "unet", "t")
         assert info["stage"] == {"structure_ts": "ts"}.get(stage, stage) and info["structure"] == (stage != "temporal")
@@ -412,3 +422,29 @@ def test_two_ranks_hold_identical_weights_and_log_the_mean_loss(runs, tmp_path):
     assert losses(run_dir) == pytest.approx(means, rel=1e-9)
     exported = load_gen1(run_dir, "t")[0].state_dict()
     assert all(torch.equal(exported[k], rank0["weights"][k]) for k in exported)
+
+
+# --- the CLIP towers ---------------------------------------------------------------------------------------------------
+
+
+def test_the_toy_clips_towers_give_the_clip_models_own_features():
+    """A CLIPModel checkpoint split into the two towers with projections (what gen1.image_encoder=toy and
+    gen1_prior.clip=toy load): the same image and text features as CLIPModel itself, at its 64-d projection width."""
+    from transformers import CLIPModel
+
+    from stylevid.toy import toy_path
+    from stylevid.training.targets.gen1 import DEFAULT_IMAGE_ENCODER, clip_reference, load_clip
+
+    assert [clip_reference("auto", name) for name in ("tiny", "toy", "sd15")] == ["tiny", "toy", DEFAULT_IMAGE_ENCODER]
+    parts = load_clip("toy", "gen1.image_encoder", vision=True, text=True)
+    model = CLIPModel.from_pretrained(str(toy_path("clip"))).eval()
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    ids = parts["tokenizer"](["a red circle", "a blue square"], padding="max_length", return_tensors="pt")
+    projected = lambda out: out if torch.is_tensor(out) else out.pooler_output  # noqa: E731  (transformers 5: an output)
+    with torch.no_grad():
+        image = parts["image_encoder"](pixels).image_embeds
+        assert torch.allclose(image, projected(model.get_image_features(pixel_values=pixels)), atol=1e-6)
+        text = parts["text_encoder"](ids.input_ids, attention_mask=ids.attention_mask).text_embeds
+        reference = projected(model.get_text_features(input_ids=ids.input_ids, attention_mask=ids.attention_mask))
+        assert torch.allclose(text, reference, atol=1e-6)
+    assert parts["image_encoder"].config.projection_dim == 64 and parts["feature_extractor"].crop_size["height"] == 64

@@ -28,7 +28,8 @@ estimated depth) beside as many clips of `data=`, and the loss is the mean of th
 
 Weights: checkpoints (`checkpoints/step_N/weights/`) and the export (`<run>/unet/`) are `models.gen1.save_gen1`
 directories (VideoUNet save_pretrained + `gen1.json`: stage, base model, image encoder, schedule, prediction), what
-the next stage's `gen1.init=<run>` and `method=gen1` load.
+the next stage's `gen1.init=<run>` and `method=gen1` load; the export also writes `<run>/image_encoder/` (the CLIP
+vision tower and its processor), so a run directory is method=gen1's weights layout for image content.
 
 DDP note: an image batch leaves the temporal parameters out of the graph. All ranks draw the same kind of batch in a
 step (the draw is a function of seed and step only), so globally they are unused together; the shared loop wraps
@@ -79,6 +80,7 @@ STARTS_FROM = {"temporal": ("content", "temporal"), "structure": ("temporal", "s
                "structure_ts": ("structure", "ts")}
 PREVIOUS = {"temporal": "content", "structure": "temporal", "structure_ts": "structure"}
 EXPORT = "unet"
+IMAGE_ENCODER_EXPORT = "image_encoder"
 VIDEO_SOURCES = ("webvid", "folder", "toy")
 # The CLIP whose image embeddings condition SD 1.x (768-d, SD's cross_attention_dim), as SD image variations does.
 DEFAULT_IMAGE_ENCODER = "openai/clip-vit-large-patch14"
@@ -495,8 +497,14 @@ class Gen1(TrainingTarget):
         self.unet.load_state_dict(state, strict=True)
 
     def export(self, run_dir: Path, state_dict) -> dict:
+        """`<run>/unet/` and, beside it, `<run>/image_encoder/` (the frozen CLIP vision tower and its processor, whose
+        embeddings the UNet learned to read): the two parts of method=gen1's weights directory that training makes
+        (the prior/ part comes from `stylevid train gen1_prior`)."""
         save_gen1(run_dir / EXPORT, self.unet, self.info(), state_dict)
-        return {"gen1_unet": f"{EXPORT}/"}
+        encoder_dir = run_dir / IMAGE_ENCODER_EXPORT
+        self.image_encoder.to(torch.float32).save_pretrained(str(encoder_dir), safe_serialization=True)
+        self.feature_extractor.save_pretrained(str(encoder_dir))
+        return {"gen1_unet": f"{EXPORT}/", "image_encoder": f"{IMAGE_ENCODER_EXPORT}/"}
 
     # --- records ---------------------------------------------------------------------------------------------------
 
