@@ -375,6 +375,7 @@ def test_bad_values_are_one_line_before_anything_loads(runs, subject, tmp_path):
         (["gen1.stage=structure", f"gen1.init={runs['content']}"], "is a content model; gen1.stage=structure starts from the temporal"),
         (["gen1.stage=temporal", f"gen1.init={tmp_path}"], "is not a Gen-1 UNet"),
         (["gen1.stage=temporal", f"gen1.init={runs['content']}", "gen1.image_encoder=toy"], "gen1.image_encoder=tiny"),
+        (["gen1.image_encoder=./no/such/clip"], "gen1.image_encoder=./no/such/clip does not exist"),
         (["gen1.image_batch_share=1.5"], "gen1.image_batch_share"),
         (["gen1.max_ts=9"], "gen1.max_ts"),
         (["gen1.content_dropout=-0.1"], "gen1.content_dropout"),
@@ -399,29 +400,47 @@ def test_bad_values_are_one_line_before_anything_loads(runs, subject, tmp_path):
 # --- two ranks ------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_two_ranks_hold_identical_weights_and_log_the_mean_loss(runs, tmp_path):
-    """The temporal stage with half image batches under two gloo ranks (DDP): image steps (temporal layers out of the
-    graph) and video steps both run, the ranks end with the same weights and the log is the mean of their losses."""
+def two_ranks(overrides, tmp_path):
+    """Run `overrides` under two gloo ranks (tests/test_train_ranks.py's worker); both ranks' records."""
     from test_train_ddp import free_port
     from test_train_ranks import worker
 
-    assert {image_batch_drawn(0, s, 0.5) for s in range(3)} == {True, False}
-    run_dir = tmp_path / "run"
-    overrides = [*TINY, "gen1.stage=temporal", f"gen1.init={runs['content']}", "gen1.image_batch_share=0.5",
-                 "trainer.batch_size=1", "trainer.max_steps=3", "trainer.checkpoint_every=0", f"output_dir={run_dir}"]
     out = tmp_path / "ranks"
     out.mkdir()
     mp.spawn(worker, args=(2, free_port(), overrides, str(out)), nprocs=2, join=True)
-    rank0, rank1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+
+def check_ranks(rank0, rank1, run_dir):
     assert rank0["weights"].keys() == rank1["weights"].keys()
     assert all(torch.equal(rank0["weights"][k], rank1["weights"][k]) for k in rank0["weights"])
     assert all(a != b for a, b in zip(rank0["batches"], rank1["batches"]))  # each rank its own shard
     means = [(a + b) / 2 for a, b in zip(rank0["own"], rank1["own"])]
     assert rank0["own"] != rank1["own"] and rank0["logged"] == pytest.approx(means, rel=1e-9)
     assert losses(run_dir) == pytest.approx(means, rel=1e-9)
+
+
+def test_two_ranks_hold_identical_weights_and_log_the_mean_loss(runs, tmp_path):
+    """The temporal stage with half image batches under two gloo ranks (DDP, ~10 s): image steps (temporal layers
+    out of the graph: DDP's reducer would wait for their gradients without the zero-weighted term) and video steps
+    both run, the ranks end with the same weights and the log is the mean of their losses."""
+    assert {image_batch_drawn(0, s, 0.5) for s in range(3)} == {True, False}
+    run_dir = tmp_path / "run"
+    rank0, rank1 = two_ranks([*TINY, "gen1.stage=temporal", f"gen1.init={runs['content']}", "gen1.image_batch_share=0.5",
+                              "trainer.batch_size=1", "trainer.max_steps=3", "trainer.checkpoint_every=0",
+                              f"output_dir={run_dir}"], tmp_path)
+    check_ranks(rank0, rank1, run_dir)
     exported = load_gen1(run_dir, "t")[0].state_dict()
     assert all(torch.equal(exported[k], rank0["weights"][k]) for k in exported)
+
+
+@pytest.mark.slow
+def test_the_prior_under_two_ranks(tmp_path):
+    run_dir = tmp_path / "run"
+    rank0, rank1 = two_ranks([*PRIOR, "trainer.batch_size=1", "trainer.max_steps=3", "trainer.checkpoint_every=0",
+                              f"output_dir={run_dir}"], tmp_path)
+    check_ranks(rank0, rank1, run_dir)
+    assert torch.equal(rank0["weights"]["clip_std"], rank1["weights"]["clip_std"])
 
 
 # --- the CLIP towers ---------------------------------------------------------------------------------------------------

@@ -93,17 +93,26 @@ RECORD_KEYS = {"stage": "gen1.stage", "init": "gen1.init", "image_encoder": "gen
 # --- the CLIP towers -------------------------------------------------------------------------------------------------
 
 
-def clip_reference(source, model_name: str | None) -> str:
-    """What `gen1.image_encoder` / `gen1_prior.clip` names, `auto` resolved by the base model: `tiny` and `toy` pair
-    with their own models (model=tiny, model=toy), anything else with ViT-L/14 (SD 1.x's width); a local path as an
-    absolute path, so a record compares equal wherever the run started."""
+def clip_reference(source, model_name: str | None, key: str = "gen1.image_encoder") -> str:
+    """What `gen1.image_encoder` / `gen1_prior.clip` (`key`) names, `auto` resolved by the base model: `tiny` and
+    `toy` pair with their own models (model=tiny, model=toy), anything else with ViT-L/14 (SD 1.x's width); a local
+    path as an absolute path, so a record compares equal wherever the run started. A value that is neither a hub id
+    nor an existing path is refused here, before anything loads."""
+    from ...models.components import is_hub_id
+
     text = str(source if source is not None else "").strip()
     if not text:
-        raise UserInputError("the CLIP is not set; pass gen1.image_encoder=<hub id | local directory | tiny | toy | auto>")
+        raise UserInputError(f"{key} is not set; pass {key}=<hub id | local directory | tiny | toy | auto>")
     if text == "auto":
         return model_name if model_name in ("tiny", "toy") else DEFAULT_IMAGE_ENCODER
+    if text in ("tiny", "toy"):
+        return text
     local = Path(text).expanduser()
-    return str(local.resolve()) if local.exists() else text
+    if local.exists():
+        return str(local.resolve())
+    if not is_hub_id(text):
+        raise UserInputError(f"{key}={text} does not exist; pass a local CLIP directory, a hub id, tiny, toy or auto")
+    return text
 
 
 def _towers_of(clip_model, vision: bool, text: bool) -> tuple:

@@ -69,7 +69,7 @@ class Gen1Prior(TrainingTarget):
             values.integer(prior.get(key), f"gen1_prior.{key}", 1, None)
         values.integer(prior.stats_items, "gen1_prior.stats_items", 2, None)
         values.number(prior.caption_dropout, "gen1_prior.caption_dropout", 0, 1)
-        clip_reference(prior.clip, cfg.model.get("name"))
+        clip_reference(prior.clip, cfg.model.get("name"), "gen1_prior.clip")
 
     def __init__(self, cfg, device, weight_dtype, rank):
         super().__init__(cfg, device, weight_dtype, rank)
@@ -78,7 +78,7 @@ class Gen1Prior(TrainingTarget):
         from ...data.sources import clip_dataset
 
         settings = cfg.gen1_prior
-        self.reference = clip_reference(settings.clip, cfg.model.get("name"))
+        self.reference = clip_reference(settings.clip, cfg.model.get("name"), "gen1_prior.clip")
         self.caption_dropout = float(settings.caption_dropout)
         self.videos = clip_dataset(cfg, self.name)  # captions required: they are the prior's input
         clip = load_clip(self.reference, "gen1_prior.clip", vision=True, text=True)
