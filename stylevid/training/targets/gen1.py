@@ -33,8 +33,11 @@ vision tower and its processor), so a run directory is method=gen1's weights lay
 
 DDP note: an image batch leaves the temporal parameters out of the graph. All ranks draw the same kind of batch in a
 step (the draw is a function of seed and step only), so globally they are unused together; the shared loop wraps
-the model without `find_unused_parameters`, under which DDP's reducer would wait for their gradients forever, so
-there (and only there) the image loss carries a zero-weighted term over them: their gradient is exactly zero.
+the model without `find_unused_parameters`, under which DDP refuses the next step (its reducer expects a gradient of
+every trained parameter), so there (and only there) the image loss carries a zero-weighted term over them: their
+gradient is exactly zero (AdamW's momentum still moves them a little on such steps, where a single process leaves
+them untouched; a DDP wrapper with `find_unused_parameters=True` would make both the same, and this term then
+switches itself off).
 """
 
 from __future__ import annotations
@@ -52,7 +55,6 @@ from ...data.depth_clips import batch_depth, clip_depth, load_depth_annotator, u
 from ...data.videos import collate_clips
 from ...errors import UserInputError
 from ...models.gen1 import (
-    EXTRA_CHANNELS,
     MAX_TS,
     add_structure,
     build_gen1_unet,
