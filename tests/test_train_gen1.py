@@ -321,7 +321,7 @@ def test_the_prior_lowers_its_loss_and_exports_what_kandinskys_prior_pipeline_ru
         prior_target.loss(prior_target.prior, batch, Step(step, 0, 0, 1, step_generator(0, step, 0, 0))).backward()
         optimizer.step()
     after = held_prior_loss(prior_target.prior)
-    assert np.isfinite(before) and after < 0.8 * before, (before, after)
+    assert np.isfinite(before) and after < 0.8 * before, (before, after)  # measured 1.486 -> 0.843
 
     run = run_train(config([*PRIOR, "trainer.max_steps=6", "trainer.checkpoint_every=3", f"output_dir={tmp_path / 'p'}"]))
     directory = run / "prior"
