@@ -91,12 +91,16 @@ def warmup_cosine(warmup: int, steps: int):
     return lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * s / steps))
 
 
-def make_accelerator(strategy: str, precision: str, device: torch.device):
+def make_accelerator(strategy: str, precision: str, device: torch.device, find_unused_parameters: bool = False):
     """Accelerate's Accelerator for this process. Device placement stays ours (`device`: cuda:LOCAL_RANK under
-    torchrun, or what the user named), the process group is the one `stylevid.distributed` joined."""
-    from accelerate import Accelerator
+    torchrun, or what the user named), the process group is the one `stylevid.distributed` joined.
+    `find_unused_parameters`: DDP's, for a target whose steps may leave trained parameters out of the graph (Gen-1's
+    image batches bypass the temporal layers)."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
 
     kwargs = {}
+    if find_unused_parameters:
+        kwargs["kwargs_handlers"] = [DistributedDataParallelKwargs(find_unused_parameters=True)]
     if strategy == "fsdp":
         if device.type != "cuda":
             raise UserInputError("trainer.strategy=fsdp shards the model over GPUs and needs CUDA; use trainer.strategy=ddp on the CPU")
@@ -119,7 +123,8 @@ class Trainer:
         self.max_steps, self.seed = int(trainer.max_steps), int(cfg.seed)
         self.cycles = int(trainer.get("cycles", 1))
         self.precision = resolve_precision(str(trainer.mixed_precision), device)
-        self.accelerator = make_accelerator(str(trainer.get("strategy", "ddp")), self.precision, device)
+        self.accelerator = make_accelerator(str(trainer.get("strategy", "ddp")), self.precision, device,
+                                            target_cls.ddp_find_unused_parameters)
         self.losses: list[float] = []
         self.skipped_total = 0
         self.last_grad_norm = float("nan")

@@ -45,6 +45,8 @@ class TrainingTarget:
     name: str = ""
     description: str = ""
     example: str = ""
+    # True when a step may leave trained parameters out of the graph (DDP then has to look for them)
+    ddp_find_unused_parameters: bool = False
     def __init__(self, cfg, device: torch.device, weight_dtype: torch.dtype, rank):
         self.cfg, self.device, self.weight_dtype, self.rank = cfg, device, weight_dtype, rank
 

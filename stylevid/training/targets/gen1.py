@@ -32,12 +32,9 @@ the next stage's `gen1.init=<run>` and `method=gen1` load; the export also write
 vision tower and its processor), so a run directory is method=gen1's weights layout for image content.
 
 DDP note: an image batch leaves the temporal parameters out of the graph. All ranks draw the same kind of batch in a
-step (the draw is a function of seed and step only), so globally they are unused together; the shared loop wraps
-the model without `find_unused_parameters`, under which DDP refuses the next step (its reducer expects a gradient of
-every trained parameter), so there (and only there) the image loss carries a zero-weighted term over them: their
-gradient is exactly zero (AdamW's momentum still moves them a little on such steps, where a single process leaves
-them untouched; a DDP wrapper with `find_unused_parameters=True` would make both the same, and this term then
-switches itself off).
+step (the draw is a function of seed and step only), so globally they are unused together; the target asks the loop
+for DDP's `find_unused_parameters` (`ddp_find_unused_parameters`), so they get no gradient and AdamW leaves them as
+a single process does.
 """
 
 from __future__ import annotations
@@ -248,6 +245,7 @@ class Gen1(TrainingTarget):
     name = "gen1"
     description = "Gen-1's depth-structure + CLIP-content video model, stage by stage (content, temporal, structure, structure_ts)"
     example = "gen1.stage=content data=webvid data.csv=results_2M_train.csv data.video_folder=videos/"
+    ddp_find_unused_parameters = True  # image batches bypass the temporal layers (module docstring)
 
     # --- before anything loads -----------------------------------------------------------------------------------
 
@@ -375,7 +373,6 @@ class Gen1(TrainingTarget):
         # later stages train every weight (Section 3.4 trains the model as a whole at every stage).
         trainable = {name for name, _ in (self.unet.spatial_parameters() if self.stage == "content"
                                           else self.unet.named_parameters())}
-        self.temporal_names = {name for name, _ in self.unet.temporal_parameters()}
         for name, parameter in self.unet.named_parameters():
             parameter.requires_grad_(name in trainable)
             if not parameter.requires_grad:
@@ -465,11 +462,7 @@ class Gen1(TrainingTarget):
             torch.manual_seed(dropout_seed)
             prediction = model(noisy, timesteps.to(self.device), encoder_hidden_states=content, extra_input=structure,
                                image_mode=image_batch).sample
-        loss = objective.loss(prediction, latents, noise, timesteps)
-        if image_batch and self.stage != "content" and _waits_for_every_gradient(model):
-            # See the module docstring: DDP without find_unused_parameters needs every trained parameter in the graph.
-            loss = loss + 0.0 * sum(p.sum() for n, p in self.unet.named_parameters() if n in self.temporal_names)
-        return loss
+        return objective.loss(prediction, latents, noise, timesteps)
 
     def loss(self, model, batch, at: Step) -> torch.Tensor:
         generator = at.generator
@@ -553,9 +546,3 @@ def needs_annotator(cfg) -> bool:
     """Whether a run estimates depth: a structure stage on real clips, or with subject images (no ground truth)."""
     return cfg.gen1.get("stage") in ("structure", "structure_ts") and (cfg.data.get("name") != "toy" or bool(cfg.data.get("subject")))
 
-
-def _waits_for_every_gradient(model) -> bool:
-    """Whether `model` is DDP-wrapped without `find_unused_parameters` (its reducer then needs every gradient)."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    return isinstance(model, DistributedDataParallel) and not model.find_unused_parameters
