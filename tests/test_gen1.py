@@ -353,7 +353,7 @@ def bad_files(tmp_path_factory, clip):
     (["method.depth_maps={bad}/three"], "method.depth_maps={bad}/three has 3 frames but input={clip} has 4"),
     (["-prompt"], "method=gen1 needs content: prompt="),
     (["content_image={bad}/not_image.png"], "content_image {bad}/not_image.png cannot be read as an image"),
-    (["model=sd15"], "method.weights= is required: a Gen-1 weights directory"),
+    (["model=sd15"], "method.weights= is required: a weights directory (unet/, image_encoder/, prior/"),
     (["method.weights={bad}/empty_weights"], "method.weights={bad}/empty_weights has no unet"),
     (["method.weights={bad}/nowhere"], "is not a directory"),
     (["method.edit_region=middle"], "method.edit_region must be foreground or background, got 'middle'"),
@@ -383,5 +383,5 @@ def test_the_toy_gen1_when_missing_is_one_line(tmp_path, capsys, clip):
         pytest.skip("the toy Gen-1 is built")
     code, _, err = run_stylevid(["generate", "method=gen1", "model=toy", f"input={clip}", "prompt=x",
                                  f"output_dir={tmp_path / 'run'}"], capsys)
-    assert code == 2 and "the toy Gen-1 is not built" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "the toy gen1 weights are not built" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()

@@ -91,23 +91,9 @@ class Gen1Settings(VideoSettings):
 
 
 def weights_root(cfg: DictConfig) -> Path | None:
-    weights = cfg.method.get("weights")
-    if weights:
-        root = Path(str(weights)).expanduser()
-        if not root.is_dir():
-            raise UserInputError(f"method.weights={weights} is not a directory")
-        return root
-    name = cfg.model.get("name")
-    if name == "toy":
-        from ..toy import WEIGHTS
+    from ..models.components import method_weights_root
 
-        root = WEIGHTS / "gen1"
-        if not (root / model.MANIFEST).is_file():
-            raise UserInputError(f"the toy Gen-1 is not built ({root}); build it or pass method.weights=<a Gen-1 weights directory>")
-        return root
-    if name == "tiny" and not cfg.model.get("path"):
-        return None
-    raise UserInputError("method.weights= is required: a Gen-1 weights directory (unet/, image_encoder/, prior/, manifest.json)")
+    return method_weights_root(cfg, "gen1", model.MANIFEST, "unet/, image_encoder/, prior/, manifest.json")
 
 
 def stored_size(path: str, key: str) -> tuple[int, int]:

@@ -209,3 +209,28 @@ def download_hub_file(reference: str, *, key: str, hint: str = "<local path>") -
         if isinstance(error, OSError) and (offline or _unreachable(error)):
             raise not_cached_error(key, reference, hint) from None
         raise UserInputError(f"{key}={reference} could not be loaded: {first_line(error)}; pass {key}={hint}") from None
+
+
+def method_weights_root(cfg, toy_folder: str, marker: str, layout: str) -> Path | None:
+    """The weights directory a trained method reads (VideoGen, Gen-1): `method.weights=` when given; with
+    `model=toy` the packaged toy one (`stylevid/toy/weights/<toy_folder>`, refused in one line until built, `marker`
+    being its manifest); None with `model=tiny` (random tiny parts built in memory); else one line asking for it,
+    `layout` saying what the directory holds."""
+    weights = cfg.method.get("weights")
+    if weights:
+        root = Path(str(weights)).expanduser()
+        if not root.is_dir():
+            raise UserInputError(f"method.weights={weights} is not a directory")
+        return root
+    name = cfg.model.get("name")
+    if name == "toy":
+        from ..toy import WEIGHTS
+
+        root = WEIGHTS / toy_folder
+        if not (root / marker).is_file():
+            raise UserInputError(f"the toy {toy_folder} weights are not built ({root}); run "
+                                 "`python scripts/build_toy_world.py --stage all` or pass method.weights=")
+        return root
+    if name == "tiny" and not cfg.model.get("path"):
+        return None
+    raise UserInputError(f"method.weights= is required: a weights directory ({layout})")

@@ -41,7 +41,7 @@ import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
 
 from ..errors import UserInputError
-from .inflate import VideoUNet
+from .inflate import VideoUNet, save_video_unet
 
 MAX_TS = 7  # Section 3.4: "t_s sampled uniformly between 0 and 7"
 LATENT_CHANNELS = 4
@@ -250,20 +250,8 @@ def save_gen1(directory: str | Path, unet: VideoUNet, info: dict, state_dict: di
     them out (from `state_dict`, default the module's own weights: a trainer's EMA or FSDP-gathered weights are a
     state dict, hence written here rather than by save_pretrained), and `gen1.json` (`info`, completed by
     `gen1_info`'s fields it lacks)."""
-    from diffusers.utils.constants import SAFETENSORS_WEIGHTS_NAME
-    from safetensors.torch import save_file
-
     info = {**gen1_info(str(info.get("stage")), unet), **info}
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = unet.state_dict() if state_dict is None else state_dict
-    state = {key.removeprefix("module."): value.detach().to("cpu", torch.float32).contiguous() for key, value in state.items()}
-    expected = set(unet.state_dict())
-    if set(state) != expected:
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-        raise ValueError(f"Gen-1 weights do not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    unet.save_config(str(directory))
-    save_file(state, str(directory / SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
+    directory = save_video_unet(directory, unet, state_dict)
     (directory / GEN1_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return directory
 

@@ -731,3 +731,28 @@ def _matches(value, wanted) -> bool:
 def inflate(unet2d: UNet2DConditionModel, **kwargs) -> VideoUNet:
     """`VideoUNet.inflate(unet2d, ...)`."""
     return VideoUNet.inflate(unet2d, **kwargs)
+
+
+def save_video_unet(directory, unet: VideoUNet, state_dict: dict[str, torch.Tensor] | None = None):
+    """`unet`'s config and `state_dict` (default: its own weights) in diffusers' `save_pretrained` layout
+    (config.json + diffusion_pytorch_model.safetensors), so `VideoUNet.from_pretrained` reads it back.
+
+    Written by hand rather than by `save_pretrained` because a trainer's weights (gathered under FSDP, or the EMA
+    ones) are a state dict, not the module's own parameters; DDP's `module.` prefixes are dropped.
+    """
+    from pathlib import Path
+
+    from diffusers.utils.constants import SAFETENSORS_WEIGHTS_NAME
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = unet.state_dict() if state_dict is None else state_dict
+    state = {key.removeprefix("module."): value.detach().to("cpu", torch.float32).contiguous() for key, value in state.items()}
+    expected = set(unet.state_dict())
+    if set(state) != expected:
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise ValueError(f"video UNet weights do not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    unet.save_config(str(directory))
+    save_file(state, str(directory / SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
+    return directory

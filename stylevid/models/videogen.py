@@ -34,7 +34,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..errors import UserInputError
-from .inflate import VideoUNet
+from .inflate import VideoUNet, save_video_unet
 
 LATENT_CHANNELS = 4
 STAGES = ("base", "sr")
@@ -182,26 +182,10 @@ class StageInfo:
 
 def save_stage(directory: str | Path, unet: VideoUNet, info: StageInfo, state_dict: dict[str, torch.Tensor] | None = None
                ) -> Path:
-    """Write a stage: `unet`'s config and `state_dict` (default: its own weights) as diffusers' `save_pretrained`
-    lays them out (config.json + diffusion_pytorch_model.safetensors), plus `stage.json`.
-
-    Written by hand rather than by `save_pretrained` because the trainer's weights (gathered under FSDP, or the EMA
-    ones) are a state dict, not the module's own parameters.
-    """
-    from diffusers.utils.constants import SAFETENSORS_WEIGHTS_NAME
-    from safetensors.torch import save_file
-
+    """Write a stage: `unet` with `state_dict` (default: its own weights) as `save_video_unet` lays it out, plus
+    `stage.json`."""
     stage_kind(unet)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = unet.state_dict() if state_dict is None else state_dict
-    state = {key.removeprefix("module."): value.detach().to("cpu", torch.float32).contiguous() for key, value in state.items()}
-    expected = set(unet.state_dict())
-    if set(state) != expected:
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-        raise ValueError(f"stage weights do not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    unet.save_config(str(directory))
-    save_file(state, str(directory / SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
+    directory = save_video_unet(directory, unet, state_dict)
     (directory / STAGE_FILE).write_text(json.dumps(asdict(info), indent=2) + "\n")
     return directory
 

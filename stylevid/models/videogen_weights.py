@@ -36,23 +36,10 @@ STAGE_EXPORT = "videogen_stage"
 
 def weights_root(cfg) -> Path | None:
     """The weights directory a run reads (None: tiny parts built in memory)."""
-    weights = cfg.method.get("weights")
-    if weights:
-        root = Path(str(weights)).expanduser()
-        if not root.is_dir():
-            raise UserInputError(f"method.weights={weights} is not a directory")
-        return root
-    name = cfg.model.get("name")
-    if name == "toy":
-        from ..toy import WEIGHTS
+    from .components import method_weights_root
 
-        root = WEIGHTS / "videogen"
-        if not (root / MANIFEST).exists():
-            raise UserInputError(f"the toy VideoGen is not built ({root}); run `python scripts/build_toy_world.py --stage all`")
-        return root
-    if name == "tiny" and not cfg.model.get("path"):
-        return None
-    raise UserInputError("method.weights= is required: a VideoGen weights directory (README, \"Training VideoGen\")")
+    return method_weights_root(cfg, "videogen", MANIFEST, "base/, sr2/, latent_flow/, tsr_refiner/, video_decoder/, "
+                               "manifest.json: README, \"Training VideoGen\"")
 
 
 def manifest(root: Path | None) -> dict:
