@@ -154,15 +154,19 @@ def videogen_stage(name: str, target: str, experiment: str, out: Path, work: Pat
 
 
 def write_videogen_manifest(out: Path) -> None:
-    """videogen/manifest.json: the parts built so far, and the cascade's frame rate and noise schedule (what
-    conf/experiment/toy_videogen_base.yaml trains with: 8-frame clips 16 sub-frames apart, 8 sub-frames per toy
-    frame at 8 toy frames per second; schedule B)."""
+    """videogen/manifest.json: the parts built so far, and the cascade's clip length, frame rate and noise schedule
+    (what conf/experiment/toy_videogen_base.yaml trains with: method=videogen model=toy samples as it was trained)."""
+    from hydra import compose, initialize_config_module
+
     from stylevid.data.toy_clips import TOY_FPS
     from stylevid.models.videogen_weights import FORMAT, MANIFEST
 
+    with initialize_config_module("stylevid.conf", version_base="1.3"):
+        cfg = compose("train", overrides=["target=videogen_base", "experiment=toy_videogen_base"])
     root = out / "videogen"
     parts = {part: part for part, _ in VIDEOGEN_PARTS.values() if (root / part / "config.json").exists()}
-    manifest = {"format": FORMAT, "fps": TOY_FPS * 8 / 16, "schedule": "B", "frames": 8, "resolution": toy_world.SIZE,
+    manifest = {"format": FORMAT, "fps": TOY_FPS * int(cfg.data.subframes) / int(cfg.data.stride),
+                "frames": int(cfg.data.frames), "schedule": str(cfg.diffusion.schedule), "resolution": toy_world.SIZE,
                 "parts": parts}
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 

@@ -244,7 +244,7 @@ def test_build_script_builds_every_stage_resumes_and_rebuilds_what_is_stale(tmp_
         toy_path(part, root=tmp_path / "out")
     videogen = json.loads((tmp_path / "out" / "videogen" / "manifest.json").read_text())
     assert set(videogen["parts"]) == {"base", "sr2", "latent_flow", "tsr_refiner", "video_decoder"}
-    assert (videogen["format"], videogen["fps"], videogen["schedule"]) == ("stylevid-videogen", 4.0, "B")
+    assert (videogen["format"], videogen["fps"], videogen["frames"], videogen["schedule"]) == ("stylevid-videogen", 1.6, 4, "B")
     assert build.main(["--stage", "all", *args]) == 0  # nothing left to do: the manifest is unchanged
     assert manifest(tmp_path / "out") == built
     # Rebuilding the UNet makes the motion module and the VideoGen stages (trained on it) stale; the next full run

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .. import values
 from ..errors import UserInputError
@@ -175,6 +175,9 @@ def stage_settings(cfg: DictConfig, common: dict, root: Path | None) -> list[Sta
 
 
 def settings_from_config(cfg: DictConfig) -> VideoGenSettings:
+    back = LatentVideoSettings.from_config(cfg)
+    if cfg.get("frames") is None:  # the clip length the cascade was trained on
+        cfg = OmegaConf.merge(cfg, {"frames": int(weights.manifest(back.root).get("frames", weights.DEFAULT_FRAMES))})
     common = common_settings(cfg)
     method = cfg.method
     mode = str(method.reference_mode)
@@ -187,7 +190,6 @@ def settings_from_config(cfg: DictConfig) -> VideoGenSettings:
         decode_image(str(reference), "reference")  # unreadable: one line now, before any model loads
         if mode == "none":
             raise UserInputError("reference= and method.reference_mode=none contradict each other; drop one")
-    back = LatentVideoSettings.from_config(cfg)
     fps = method.get("base_fps")
     base_fps = values.number(fps, "method.base_fps", above=0) if fps is not None else weights.training_fps(back.root)
     return VideoGenSettings(

@@ -8,7 +8,8 @@ small `manifest.json`:
   latent_flow/    the latent flow network of temporal super-resolution (stylevid train latent_flow)
   tsr_refiner/    its refinement diffusion network (stylevid train tsr_refiner)
   video_decoder/  the video decoder (stylevid train video_decoder)
-  manifest.json   {"format": "stylevid-videogen", "fps": <training frame rate of the cascade>, "parts": {...}}
+  manifest.json   {"format": "stylevid-videogen", "fps": <the cascade's training frame rate>, "frames": <its clip length>,
+                   "schedule": <its noise schedule (A, B, C)>, "parts": {...}}
 
 A part directory may also be a training run (its export sits one level down, e.g. `runs/base/videogen_stage/`), so
 `method.weights=` can point at a folder of runs. Every part can be named on its own instead (`method.stages[i].path`,
@@ -29,6 +30,7 @@ from ..errors import UserInputError
 MANIFEST = "manifest.json"
 FORMAT = "stylevid-videogen"
 DEFAULT_FPS = 8.0
+DEFAULT_FRAMES = 8
 # A part's export directory inside a training run (what each target's `export` writes).
 RUN_EXPORTS = {"latent_flow": "latent_flow", "tsr_refiner": "tsr_refiner", "video_decoder": "video_decoder"}
 STAGE_EXPORT = "videogen_stage"

@@ -32,6 +32,15 @@ def _cfg(method: str, *overrides: str):
     return judge.cli_configs(method, [list(overrides)])[0]
 
 
+def key_frame_gap() -> int:
+    """Sub-frames between the toy cascade's key frames (its manifest's frame rate at 8 sub-frames per toy frame)."""
+    from ..data.toy_clips import TOY_FPS
+    from ..models import videogen_weights
+    from . import WEIGHTS
+
+    return round(TOY_FPS * 8 / videogen_weights.training_fps(WEIGHTS / "videogen"))
+
+
 def _mean_psnr(reference: np.ndarray, test: np.ndarray) -> float:
     return float(np.mean(np.minimum(psnr_db(reference, test), 100.0)))
 
@@ -87,7 +96,7 @@ def measure_videogen(count: int = 16, *overrides: str) -> dict:
 
 
 def measure_tsr(count: int = 16, keys: int = 3, factor: int = 8, seed: int = 70_002) -> dict:
-    """`keys` key frames 16 sub-frames apart (the cascade's rate), raised x`factor` by method=tsr's back end in each
+    """`keys` key frames at the cascade's rate (`key_frame_gap` sub-frames apart), raised x`factor` by method=tsr's back end in each
     mode; PSNR of the in-between frames (decoded by the image decoder, so the decoder is not measured here) to the
     true frames rendered at 8x the rate. The key frames go through the same VAE round trip in every mode."""
     from ..methods.videogen import LatentVideoSettings, decode_latent_video, load_latent_video, temporal_super_resolution
@@ -96,7 +105,7 @@ def measure_tsr(count: int = 16, keys: int = 3, factor: int = 8, seed: int = 70_
 
     pipe = load_pipeline({"name": "toy", "path": None}, torch.float32)
     rng = np.random.default_rng(seed)
-    clips = [held_out_clip(rng, (keys - 1) * factor + 1, 16 // factor)[0] for _ in range(count)]
+    clips = [held_out_clip(rng, (keys - 1) * factor + 1, key_frame_gap() // factor)[0] for _ in range(count)]
     figures: dict = {"count": count, "factor": factor}
     for mode, refine in (("flow", True), ("linear", True), ("slerp", True), ("flow", False), ("linear", False)):
         cfg = _cfg("tsr", "input=unused", f"method.tsr.mode={mode}", f"method.tsr.factor={factor}",
@@ -119,7 +128,7 @@ def measure_tsr(count: int = 16, keys: int = 3, factor: int = 8, seed: int = 70_
 
 
 def measure_video_decoder(count: int = 16, frames: int = 8, seed: int = 70_003) -> dict:
-    """Held-out 8-frame clips at the four rates the decoder sees, each degraded once (BSRGAN-style, strength 1),
+    """Held-out 8-frame clips at the rates the decoder sees (conf/experiment/toy_video_decoder.yaml), each degraded once (BSRGAN-style, strength 1),
     encoded by the toy VAE (posterior mean), decoded by the video decoder (method.decoder=video, the CLI's chunking)
     and by the image decoder; PSNR to the clean clip and |flicker - the clean clip's flicker|."""
     from ..methods.videogen import LatentVideoSettings, decode_latent_video, load_latent_video
@@ -131,7 +140,7 @@ def measure_video_decoder(count: int = 16, frames: int = 8, seed: int = 70_003) 
     results = {"video": [], "image": []}
     flicker = {"video": [], "image": []}
     clean_flicker = []
-    clips = [held_out_clip(rng, frames, int(rng.choice([2, 4, 8, 16])))[0] for _ in range(count)]
+    clips = [held_out_clip(rng, frames, int(rng.choice([5, 10, 15])))[0] for _ in range(count)]
     degraded = [degrade_clip(clip, draw_degradation(np.random.default_rng([seed, i]), 1.0), np.random.default_rng([seed, i, 1]))
                 for i, clip in enumerate(clips)]
     for decoder in ("video", "image"):
@@ -180,7 +189,7 @@ def measure_super_resolution(count: int = 8, seed: int = 70_004) -> dict:
     rng = np.random.default_rng(seed)
     sr_scores, bilinear_scores = [], []
     for index in range(count):
-        clip, caption = held_out_clip(rng, settings.frames, 16)
+        clip, caption = held_out_clip(rng, settings.frames, key_frame_gap())
         low = np.stack([resize_image(frame, base.height, base.width) for frame in clip])
         low_latents = encode_images(pipe.vae, low).permute(1, 0, 2, 3)[None]
         text, negative = pipe.encode_prompt(caption, loaded.back.device, 1, True, None)
