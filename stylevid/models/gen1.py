@@ -423,7 +423,8 @@ def load_image_encoder(source: str | Path, key: str):
     encoder = load_component(source, key=key, pretrained=CLIPVisionModelWithProjection.from_pretrained,
                              what="a CLIP vision model directory").eval()
     config = Path(str(source)) / "preprocessor_config.json"
-    processor = CLIPImageProcessorPil.from_pretrained(str(source)) if config.is_file() else default_feature_extractor(encoder)
+    processor = load_component(source, key=key, pretrained=CLIPImageProcessorPil.from_pretrained, required_file=config.name,
+                               what="a CLIP image processor") if config.is_file() else default_feature_extractor(encoder)
     return encoder, processor
 
 

@@ -213,11 +213,10 @@ def read_stage_info(path: str | Path, key: str = "videogen.init") -> StageInfo:
 
 def load_stage(path: str | Path, key: str = "videogen.init") -> VideoUNet:
     """A stage saved by `save_stage` (or any `VideoUNet.save_pretrained` directory with a stage.json), exactly."""
+    from .components import load_component
+
     directory = resolve_stage_dir(path, key)
-    try:
-        unet = VideoUNet.from_pretrained(str(directory))
-    except (OSError, ValueError, RuntimeError) as error:
-        raise UserInputError(f"{key}={directory}: the stage does not load ({str(error).splitlines()[0][:200]})") from None
+    unet = load_component(str(directory), key=key, pretrained=VideoUNet.from_pretrained, what="a VideoGen stage directory")
     stage_kind(unet)
     # safetensors hands back tensors at offsets inside one buffer (not 64-byte aligned); BLAS then takes another
     # kernel path and the outputs differ from the saved model's by ~1e-6. A copy gives aligned storage, so a loaded

@@ -163,10 +163,10 @@ class VideoDecoderTarget(TrainingTarget):
         self.write_decoder(directory, state_dict)
 
     def load_weights(self, directory: Path) -> None:
-        try:
-            loaded = VideoDecoder.from_pretrained(str(directory))
-        except (OSError, ValueError, RuntimeError) as error:
-            raise UserInputError(f"trainer.resume: {directory} is not a VideoDecoder directory ({type(error).__name__})") from None
+        from ...models.components import load_component
+
+        loaded = load_component(str(directory), key="trainer.resume", pretrained=VideoDecoder.from_pretrained,
+                                what="a VideoDecoder directory")
         self.decoder.load_state_dict(loaded.state_dict())
 
     def export(self, run_dir: Path, state_dict) -> dict:
