@@ -378,3 +378,17 @@ def test_train_help_lists_every_registered_target_with_its_line(capsys):
     assert {"motion_module", "lora"} <= set(targets)
     for name, target in targets.items():
         assert f"  {name:<13} {target.description}" in out
+
+
+def test_a_relative_and_an_absolute_path_to_one_base_model_are_the_same_model(tmp_path, monkeypatch):
+    """A resume compares the recorded base model: `model.path=models/x` and `/abs/.../models/x` name one model."""
+    from omegaconf import OmegaConf
+
+    from stylevid.training.checkpoint import model_identity
+
+    (tmp_path / "models" / "x").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    relative = model_identity(OmegaConf.create({"name": "custom", "path": "models/x"}))
+    absolute = model_identity(OmegaConf.create({"name": "custom", "path": str(tmp_path / "models" / "x")}))
+    assert relative == absolute == {"name": "custom", "path": str((tmp_path / "models" / "x").resolve())}
+    assert model_identity(OmegaConf.create({"name": "tiny", "path": None, "seed": 3})) == {"name": "tiny", "path": None, "seed": 3}

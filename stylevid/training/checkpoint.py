@@ -57,16 +57,21 @@ def plain(value):
     return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
-def base_model_record(model_cfg, unet) -> dict:
-    """Which base model a run trains on: its name, path (resolved when local) or seed, and its UNet's geometry."""
+def model_identity(model_cfg) -> dict:
+    """Which base model `model_cfg` names: its name, path (resolved when local, so a relative and an absolute path to
+    one directory are the same model) or, for the in-memory tiny model, its seed."""
     path = model_cfg.get("path")
     if path and Path(str(path)).expanduser().exists():
         path = str(Path(str(path)).expanduser().resolve())
-    record = {"name": model_cfg.get("name"), "path": str(path) if path else None,
-              "unet": {key: plain(unet.config.get(key)) for key in UNET_ESSENTIALS}}
+    record = {"name": model_cfg.get("name"), "path": str(path) if path else None}
     if model_cfg.get("name") == "tiny" and not path:
         record["seed"] = int(model_cfg.get("seed", 0))
     return record
+
+
+def base_model_record(model_cfg, unet) -> dict:
+    """Which base model a run trains on (`model_identity`) and its UNet's geometry."""
+    return {**model_identity(model_cfg), "unet": {key: plain(unet.config.get(key)) for key in UNET_ESSENTIALS}}
 
 
 def describe_model(record: dict) -> str:

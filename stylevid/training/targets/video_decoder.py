@@ -36,7 +36,7 @@ from ...errors import UserInputError
 from ...models.loading import load_pipeline
 from ...models.video_decoder import VideoDecoder
 from ...sampling.vae import pixels_from_uint8
-from ..checkpoint import plain
+from ..checkpoint import model_identity, plain
 from . import Step, TrainingTarget, register
 
 TRAINABLE = ("all", "temporal")
@@ -176,11 +176,7 @@ class VideoDecoderTarget(TrainingTarget):
     # --- records ----------------------------------------------------------------------------------------------
 
     def record(self) -> dict:
-        model = self.cfg.model
-        base = {"name": model.get("name"), "path": str(model.get("path")) if model.get("path") else None,
-                "vae": {key: plain(self.vae.config.get(key)) for key in VAE_ESSENTIALS}}
-        if model.get("name") == "tiny" and not model.get("path"):
-            base["seed"] = int(model.get("seed", 0))
+        base = {**model_identity(self.cfg.model), "vae": {key: plain(self.vae.config.get(key)) for key in VAE_ESSENTIALS}}
         settings = self.settings
         return {"base_model": base, "decoder": {"temporal_attention": bool(settings.temporal_attention),
                                                 "temporal_attention_heads": int(settings.temporal_attention_heads),
