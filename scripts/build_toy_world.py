@@ -166,7 +166,8 @@ def write_videogen_manifest(out: Path) -> None:
     root = out / "videogen"
     parts = {part: part for part, _ in VIDEOGEN_PARTS.values() if (root / part / "config.json").exists()}
     manifest = {"format": FORMAT, "fps": TOY_FPS * int(cfg.data.subframes) / int(cfg.data.stride),
-                "frames": int(cfg.data.frames), "schedule": str(cfg.diffusion.schedule), "resolution": toy_world.SIZE,
+                "frames": int(cfg.data.frames), "schedule": str(cfg.diffusion.schedule),
+                "prediction": str(cfg.diffusion.prediction), "resolution": toy_world.SIZE,
                 "parts": parts}
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 

@@ -162,3 +162,14 @@ def test_a_weights_directory_loads_every_part_and_gives_the_in_memory_parts_vide
     assert loaded["videogen"]["tsr"]["flow"] == str(root / "latent_flow")
     for a, b in zip(sorted((loaded_dir / "frames").glob("*.png")), sorted((memory_dir / "frames").glob("*.png"))):
         assert np.abs(np.asarray(Image.open(a)).astype(int) - np.asarray(Image.open(b)).astype(int)).max() <= 1
+
+
+def test_the_stages_sample_on_the_schedule_and_prediction_the_manifest_records(tmp_path):
+    from stylevid.methods.videogen import stage_scheduler
+    from stylevid.models.tiny import tiny_pipeline
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "stylevid-videogen", "schedule": "B",
+                                                        "prediction": "v_prediction"}))
+    recorded = stage_scheduler(tiny_pipeline(), tmp_path).config
+    assert (recorded.beta_schedule, recorded.beta_end, recorded.prediction_type) == ("linear", 0.012, "v_prediction")
+    assert stage_scheduler(tiny_pipeline(), None).config.beta_schedule == "scaled_linear"  # the image model's own

@@ -223,15 +223,17 @@ class LatentVideoModels:
 
 
 def stage_scheduler(pipe, root: Path | None):
-    """DDIM on the noise schedule the stages were trained with (the manifest's, else the image model's own)."""
+    """DDIM on the noise schedule and prediction type the stages were trained with (the manifest's, else the image
+    model's own scheduler)."""
     from diffusers import DDIMScheduler
 
     from ..training.diffusion import SCHEDULES
 
-    schedule = weights.manifest(root).get("schedule")
+    recorded = weights.manifest(root)
+    schedule = recorded.get("schedule")
     if schedule in SCHEDULES:
         return DDIMScheduler(num_train_timesteps=1000, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
-                             **SCHEDULES[schedule])
+                             prediction_type=str(recorded.get("prediction", "epsilon")), **SCHEDULES[schedule])
     return DDIMScheduler.from_config(pipe.scheduler.config)
 
 

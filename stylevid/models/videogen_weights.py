@@ -9,7 +9,7 @@ small `manifest.json`:
   tsr_refiner/    its refinement diffusion network (stylevid train tsr_refiner)
   video_decoder/  the video decoder (stylevid train video_decoder)
   manifest.json   {"format": "stylevid-videogen", "fps": <the cascade's training frame rate>, "frames": <its clip length>,
-                   "schedule": <its noise schedule (A, B, C)>, "parts": {...}}
+                   "schedule": <its noise schedule (A, B, C)>, "prediction": <epsilon | v_prediction>, "parts": {...}}
 
 A part directory may also be a training run (its export sits one level down, e.g. `runs/base/videogen_stage/`), so
 `method.weights=` can point at a folder of runs. Every part can be named on its own instead (`method.stages[i].path`,
