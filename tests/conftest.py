@@ -10,6 +10,18 @@ import torch  # noqa: E402
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny models (`pytestmark = pytest.mark.usefixtures("one_thread")`):
+    thousands of small ops gain nothing from a second thread, and on a shared 2-core machine two spin-wait on each
+    other (a VideoGen base step took 4.7 s with two, 0.3 s with one; a pipeline test 18 s instead of 0.6 s). The
+    suite's setting is put back afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_pipe():
     from stylevid.models.tiny import tiny_pipeline

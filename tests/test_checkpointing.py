@@ -24,13 +24,7 @@ def randomized_motion(model, seed=1):
     return model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tiny steps are many small ops: one thread is faster, and immune to a busy machine's OpenMP contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread (conftest)
 
 
 @pytest.fixture(scope="module")

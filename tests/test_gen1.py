@@ -19,13 +19,7 @@ FRAMES, SIZE = 4, 32
 TINY = ["model=tiny", "steps=2", "method.window=2", "method.window_overlap=1"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one thread is fastest, and two thrash when the other core is busy (a 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread (conftest)
 
 
 @pytest.fixture(scope="module")

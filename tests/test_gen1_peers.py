@@ -20,13 +20,7 @@ from stylevid.sampling.gen1 import sample_gen1
 SIZE, STEPS, SCALE, SEED = 32, 3, 4.0, 0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread is fastest, and two thrash when the other core is busy (a 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread (conftest)
 
 
 @pytest.fixture(scope="module")

@@ -49,14 +49,7 @@ def image_unet(name: str, seed: int = 0) -> UNet2DConditionModel:
     ).eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny (thousands of small ops): on a shared 2-core machine two intra-op threads
-    spin-wait on each other and run ~50x slower than one. Restored afterwards for the other tests."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread (conftest)
 
 
 @pytest.fixture(scope="module", params=sorted(IMAGE_UNETS))

@@ -31,14 +31,7 @@ ALL_ON = dict(adain_queries=True, adain_keys=True, adain_values=True, attend_to_
 STRONG = StyleSharing(strength=1.0, reference_score_shift=2.0, **ALL_ON)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tensors this small gain nothing from a second thread, and on a busy 2-core machine its spin-waiting made the
-    # pipeline test 30x slower (18 s instead of 0.6 s); put back what conftest set.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread (conftest)
 
 
 @pytest.fixture(scope="module")

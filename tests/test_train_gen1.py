@@ -47,13 +47,7 @@ def build(overrides):
     return get_target(str(cfg.target.name))(cfg, torch.device("cpu"), torch.float32, None)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models, many small ops: one intra-op thread (two spin-wait on each other on a shared 2-core machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread (conftest)
 
 
 @pytest.fixture(scope="module")

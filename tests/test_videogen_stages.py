@@ -37,13 +37,7 @@ FRAMES = 3
 SIZE = 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Thousands of tiny ops: two intra-op threads on a shared 2-core machine spin on each other (see test_inflate)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread (conftest)
 
 
 def image_unet(seed: int = 0) -> UNet2DConditionModel:
