@@ -14,6 +14,13 @@ from .videos import ClipSpec, VideoClipDataset, folder_records, webvid_records
 VIDEO_SOURCES = ("webvid", "folder", "toy")
 
 
+def check_video_source(cfg, target: str) -> None:
+    """One line when `data=` is not a video source (e.g. data=images for a video target), before anything loads."""
+    name = cfg.data.get("name")
+    if name not in VIDEO_SOURCES:
+        raise UserInputError(f"target {target} trains on videos: data={', data='.join(VIDEO_SOURCES)}, not data={name}")
+
+
 def clip_dataset(cfg, target: str, captions: bool = True) -> Dataset:
     """The clips of `cfg.data` for target `target` (named in the refusal when data= is not a video source).
     `captions=False`: the target trains on unlabeled video, so a folder needs no caption files."""
@@ -22,8 +29,7 @@ def clip_dataset(cfg, target: str, captions: bool = True) -> Dataset:
         from .toy_clips import toy_clip_dataset
 
         return toy_clip_dataset(data, int(cfg.seed))
-    if data.name not in ("webvid", "folder"):
-        raise UserInputError(f"target {target} trains on videos: data=webvid, data=folder or data=toy, not data={data.name}")
+    check_video_source(cfg, target)
     spec = ClipSpec(frames=int(data.frames), stride=int(data.stride), size=int(data.size), flip=bool(data.flip))
     records = webvid_records(data.csv, data.video_folder) if data.name == "webvid" else folder_records(
         data.video_folder, data.get("captions"), captions)

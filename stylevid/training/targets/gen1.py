@@ -49,6 +49,7 @@ from torch.utils.data import Dataset
 
 from ... import values
 from ...data.depth_clips import batch_depth, clip_depth, load_depth_annotator, uint8_frames
+from ...data.sources import check_video_source
 from ...data.videos import collate_clips
 from ...errors import UserInputError
 from ...models.gen1 import (
@@ -80,7 +81,6 @@ STARTS_FROM = {"temporal": ("content", "temporal"), "structure": ("temporal", "s
 PREVIOUS = {"temporal": "content", "structure": "temporal", "structure_ts": "structure"}
 EXPORT = "unet"
 IMAGE_ENCODER_EXPORT = "image_encoder"
-VIDEO_SOURCES = ("webvid", "folder", "toy")
 # The CLIP whose image embeddings condition SD 1.x (768-d, SD's cross_attention_dim), as SD image variations does.
 DEFAULT_IMAGE_ENCODER = "openai/clip-vit-large-patch14"
 DEFAULT_DEPTH_MODEL = "Intel/dpt-large"  # Section 3.3: "the MiDaS DPT-Large model"
@@ -257,8 +257,7 @@ class Gen1(TrainingTarget):
         stage = gen1.get("stage")
         if stage not in STAGES:
             raise UserInputError(f"gen1.stage must be one of {', '.join(STAGES)}, got {stage!r}")
-        if data.get("name") not in VIDEO_SOURCES:
-            raise UserInputError(f"target gen1 trains on videos: data=webvid, data=folder or data=toy, not data={data.get('name')}")
+        check_video_source(cfg, cls.name)
         values.number(gen1.image_batch_share, "gen1.image_batch_share", 0, 1)
         values.number(gen1.content_dropout, "gen1.content_dropout", 0, 1)
         values.number(gen1.structure_dropout, "gen1.structure_dropout", 0, 1)

@@ -33,11 +33,12 @@ import torch.nn.functional as F
 
 from ... import values
 from ...data.depth_clips import uint8_frames
+from ...data.sources import check_video_source
 from ...data.videos import collate_clips
 from ...errors import UserInputError
 from ...models.gen1 import content_embeddings
 from . import Step, TrainingTarget, register
-from .gen1 import VIDEO_SOURCES, clip_reference, load_clip
+from .gen1 import clip_reference, load_clip
 
 EXPORT = "prior"
 PRIOR_FILE = "prior.json"
@@ -62,9 +63,8 @@ class Gen1Prior(TrainingTarget):
 
     @classmethod
     def check_config(cls, cfg) -> None:
-        prior, data = cfg.gen1_prior, cfg.data
-        if data.get("name") not in VIDEO_SOURCES:
-            raise UserInputError(f"target gen1_prior reads captioned clips: data=webvid, data=folder or data=toy, not data={data.get('name')}")
+        prior = cfg.gen1_prior
+        check_video_source(cfg, cls.name)
         for key in ("num_layers", "num_attention_heads", "attention_head_dim"):
             values.integer(prior.get(key), f"gen1_prior.{key}", 1, None)
         values.integer(prior.stats_items, "gen1_prior.stats_items", 2, None)

@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ... import values
-from ...data.sources import VIDEO_SOURCES, clip_dataset
+from ...data.sources import check_video_source, clip_dataset
 from ...data.videos import collate_clips
 from ...errors import UserInputError
 from ...metrics.flow import dis_flow
@@ -106,8 +106,7 @@ def collate_triples(items: list[dict]) -> dict:
 
 
 def check_triples(cfg, target: str) -> None:
-    if cfg.data.name not in VIDEO_SOURCES:
-        raise UserInputError(f"target {target} trains on videos: data={', data='.join(VIDEO_SOURCES)}, not data={cfg.data.name}")
+    check_video_source(cfg, target)
     if int(cfg.data.frames) != TRIPLE:
         raise UserInputError(f"data.frames must be 3 for target {target} (a sample is the triple I_0, I_t, I_1 at "
                              f"t = 1/2; data.stride sets their spacing), got {cfg.data.frames}")

@@ -30,7 +30,7 @@ from omegaconf import OmegaConf
 
 from ... import values
 from ...data.degrade import degrade_clip, draw_degradation
-from ...data.sources import VIDEO_SOURCES, clip_dataset
+from ...data.sources import check_video_source, clip_dataset
 from ...data.videos import collate_clips
 from ...errors import UserInputError
 from ...models.loading import load_pipeline
@@ -61,9 +61,7 @@ class VideoDecoderTarget(TrainingTarget):
 
     @classmethod
     def check_config(cls, cfg) -> None:
-        if cfg.data.name not in VIDEO_SOURCES:  # first: an image data config has no frames to check
-            raise UserInputError(f"target video_decoder trains on videos: data={', data='.join(VIDEO_SOURCES)}, "
-                                 f"not data={cfg.data.name}")
+        check_video_source(cfg, cls.name)  # first: an image data config has no frames to check
         settings = cfg.video_decoder
         if settings.trainable not in TRAINABLE:
             raise UserInputError(f"video_decoder.trainable must be one of {', '.join(TRAINABLE)}; got {settings.trainable!r}")
