@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,7 @@ from .io.video_input import source_frame_rate
 from .methods.base import FEATURES, VideoMethod, VideoSettings, get_method, methods_supporting
 from .models.loading import resolve_device, resolve_dtype
 from .progress import StageReporter
+from .prompting import PromptRefiner, Refinement, prompt_refiner
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ class GenerateJob:
     method: VideoMethod
     settings: VideoSettings  # the method's own settings dataclass
     fps: float  # the output's frame rate (and the rate condition.video is read at)
+    refinement: Refinement | None = None  # prompt_refiner=llm: what the LLM made of the prompt
 
 
 def check_features(cfg: DictConfig, method: VideoMethod, in_sweep: bool = False) -> None:
@@ -77,14 +81,30 @@ def output_fps(cfg: DictConfig, method: VideoMethod | None = None, settings: Vid
     return values.number(cfg.method.get("default_fps", 8), "method.default_fps", above=0)
 
 
-def plan_job(cfg: DictConfig, in_sweep: bool = False) -> GenerateJob:
-    """Check everything a user can get wrong in one video's config, before anything is created."""
+def plan_job(cfg: DictConfig, in_sweep: bool = False, refiner: PromptRefiner | None = None) -> GenerateJob:
+    """Check everything a user can get wrong in one video's config, before anything is created; with a
+    `refiner` (prompt_refiner=llm), then refine the prompt and build the method's settings from the refined one."""
     method = get_method(str(cfg.method.name))
     if method.needs_prompt and not cfg.get("prompt"):
         raise UserInputError('no prompt: pass prompt="..." (or prompts=FILE for one video per row)')
     check_features(cfg, method, in_sweep)
-    settings = method.settings(cfg)
-    return GenerateJob(cfg=cfg, method=method, settings=settings, fps=output_fps(cfg, method, settings))
+    settings = method.settings(cfg)  # first with the user's prompt: a bad value is refused before the LLM is asked
+    refinement = None
+    if refiner is not None:
+        if not cfg.get("prompt"):
+            raise UserInputError("prompt_refiner=llm needs a prompt to refine: pass prompt=\"...\"")
+        refinement = refiner.refine(cfg)
+        settings = method.settings(refinement.apply(cfg))  # job.cfg stays the user's: config.yaml reruns the run
+        show_refinement(refinement)
+    return GenerateJob(cfg=cfg, method=method, settings=settings, fps=output_fps(cfg, method, settings),
+                       refinement=refinement)
+
+
+def show_refinement(refinement: Refinement) -> None:
+    """The original and refined prompts on the terminal (stderr: stdout carries only the run's path), once under
+    torchrun. The CLI's progress display prints them above its bars."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print("\n".join(refinement.lines()), file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -152,6 +172,7 @@ def execute_job(job: GenerateJob, loaded: Loaded, run_dir: Path, reporter: Stage
             "steps": settings.steps,
             "guidance_scale": settings.guidance_scale,
             "negative_prompt": settings.negative_prompt,
+            **(job.refinement.record() if job.refinement else {}),  # prompt_original, prompt_refined, prompt_refiner
             "model": model_record(cfg.model),
             "conditions": {
                 "kinds": loaded.conditions.kinds if loaded.conditions else [],
@@ -178,7 +199,8 @@ def run_generate(cfg: DictConfig, reporter: StageReporter | None = None, hydra_j
     reporter = reporter or StageReporter()
     if cfg.get("prompts"):
         return run_generate_batch(cfg, reporter, hydra_job_dir)
-    job = plan_job(cfg, in_sweep=hydra_job_dir is not None)
+    with prompt_refiner(cfg, reporter, in_sweep=hydra_job_dir is not None) as refiner:
+        job = plan_job(cfg, in_sweep=hydra_job_dir is not None, refiner=refiner)
     run_dir = choose_run_dir(cfg, hydra_job_dir, cfg.method.name)
     return execute_job(job, load_for(job, reporter), run_dir, reporter)
 
@@ -234,14 +256,15 @@ def run_generate_batch(cfg: DictConfig, reporter: StageReporter, hydra_job_dir: 
     """
     rows = read_prompt_rows(str(cfg.prompts))
     jobs = []
-    for row in rows:
-        row_cfg = cfg.copy()
-        OmegaConf.set_struct(row_cfg, False)
-        row_cfg.prompts = None
-        for key, value in row.items():
-            row_cfg[key] = value
-        OmegaConf.set_struct(row_cfg, True)
-        jobs.append(plan_job(row_cfg, in_sweep=hydra_job_dir is not None))
+    with prompt_refiner(cfg, reporter, in_sweep=hydra_job_dir is not None) as refiner:  # one LLM for every row
+        for row in rows:
+            row_cfg = cfg.copy()
+            OmegaConf.set_struct(row_cfg, False)
+            row_cfg.prompts = None
+            for key, value in row.items():
+                row_cfg[key] = value
+            OmegaConf.set_struct(row_cfg, True)
+            jobs.append(plan_job(row_cfg, in_sweep=hydra_job_dir is not None, refiner=refiner))
 
     rank = current_rank()
     plan = {"prompts": str(cfg.prompts), "rows": rows,

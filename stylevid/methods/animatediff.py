@@ -20,13 +20,15 @@ Features that compose with it, as with the zero-shot methods:
 - a style image (`style=`, the `method.sharing` presets and keys of stylet2v0): its latent goes through the
   spatial self-attention layers in a reference pass of the same UNet with the temporal layers off, and every
   frame's self-attention shares its statistics (`stylevid.attention.reference`);
-- `cpu_offload=true` (diffusers' model CPU offload on the video pipeline) and `vae_slicing=true`.
+- `cpu_offload=true` (diffusers' model CPU offload on the video pipeline) and `vae_slicing=true`;
+- per-frame prompts (`method.per_frame_prompts`: N written by the LLM with `prompt_refiner=llm`, or a list): each
+  guides its anchor frame, the frames between get the linear mix of the two text embeddings (`prompt_inputs`).
 """
 
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +44,7 @@ from ..models.lora import fuse_lora
 from ..models.motion_module import check_fits, inflate, load_motion_adapter, tiny_motion_adapter
 from ..attention.reference import image_layers_only, sharing_in_layers, style_reference
 from ..progress import StageReporter
+from ..prompting.frames import anchor_frames, frame_prompts_setting, interpolate_frame_embeddings
 from ..sampling.inversion import ddim_invert, latents_at_timestep
 from ..sampling.vae import decode_to_uint8, encode_images
 from .base import VideoMethod, VideoOutput, VideoSettings, common_settings, load_image_pipeline, place, register
@@ -64,6 +67,7 @@ class AnimateDiffSettings(VideoSettings):
     free_init_iters: int = 3
     frames_per_decode: int = 16
     style: StyleSettings | None = None  # style=: the style image and how attention shares it
+    frame_prompts: list[str] | None = None  # method.per_frame_prompts: prompts for successive frames (None: `prompt`)
 
     def validate(self, max_seq_length: int | None = None) -> None:
         if self.frames < 1 or self.steps < 1:
@@ -88,8 +92,9 @@ def settings_from_config(cfg) -> AnimateDiffSettings:
     if cfg.get("style"):
         style = StyleSettings.from_config(cfg)
         style.validate()
+    common = common_settings(cfg)
     settings = AnimateDiffSettings(
-        **common_settings(cfg),
+        **common,
         beta_schedule=method.get("beta_schedule"),
         free_noise=bool(method.get("free_noise", False)),
         context_length=values.integer(method.get("context_length", 16), "method.context_length", 1),
@@ -99,6 +104,7 @@ def settings_from_config(cfg) -> AnimateDiffSettings:
         frames_per_decode=1 if cfg.get("vae_slicing") else values.integer(
             method.get("frames_per_decode", 16), "method.frames_per_decode", 1),
         style=style,
+        frame_prompts=frame_prompts_setting(cfg, common["frames"]),
     )
     settings.validate()
     if style is not None:
@@ -235,6 +241,56 @@ def style_reference_for(video_pipe, style: StyleSettings, image, settings: Anima
                            sharing_in_layers(style.layers, style.attention_sharing()))
 
 
+@contextmanager
+def prompt_inputs(video_pipe, settings: AnimateDiffSettings):
+    """The pipeline's text arguments: the prompt, or with per-frame prompts one text context per frame.
+
+    With FreeNoise, diffusers already takes {frame: prompt} and interpolates between those frames itself
+    (`_encode_prompt_free_noise`), so the prompts go to it at their anchor frames. Without FreeNoise the pipeline
+    gives every frame one context (it repeats the embedding over the frames), and it refuses per-frame
+    `prompt_embeds`: then the prompts are encoded here, interpolated (`interpolate_frame_embeddings`, the same lerp
+    as diffusers'), and a forward pre-hook on the UNet (and ControlNet) swaps the pipeline's repeated context for
+    them. The hook swaps only a call whose context is exactly that repeated tensor, so the style reference pass
+    (its own one-frame context) is left alone, and it is removed on exit.
+    """
+    prompts, negative = settings.frame_prompts, settings.negative_prompt or None
+    if not prompts:
+        yield dict(prompt=settings.prompt, negative_prompt=negative)
+        return
+    anchors = anchor_frames(len(prompts), settings.frames)
+    if settings.free_noise:
+        yield dict(prompt=dict(zip(anchors, prompts)), negative_prompt=negative)
+        return
+    device, frames = video_pipe._execution_device, settings.frames
+    guided = settings.guidance_scale > 1  # the pipeline's own rule (do_classifier_free_guidance)
+    # The first prompt and the negative exactly as the pipeline encodes a single prompt; the others beside it.
+    first, unconditional = video_pipe.encode_prompt(prompts[0], device, 1, guided, negative)
+    embeddings = torch.cat([first, *(video_pipe.encode_prompt(p, device, 1, False)[0] for p in prompts[1:])])
+    per_frame = interpolate_frame_embeddings(embeddings, frames)
+    # What the pipeline will pass for `prompt_embeds=first` (unconditional rows first), and its replacement.
+    repeated = (torch.cat([unconditional, first]) if guided else first).repeat_interleave(frames, dim=0)
+    replacement = torch.cat([unconditional.repeat_interleave(frames, dim=0), per_frame]) if guided else per_frame
+    swapped = 0
+
+    def swap_context(module, args, kwargs):
+        nonlocal swapped
+        context = kwargs.get("encoder_hidden_states")
+        if context is None or context.shape != repeated.shape or not torch.equal(context, repeated):
+            return None
+        swapped += 1
+        return args, {**kwargs, "encoder_hidden_states": replacement}
+
+    modules = [video_pipe.unet] + ([video_pipe.controlnet] if getattr(video_pipe, "controlnet", None) is not None else [])
+    hooks = [module.register_forward_pre_hook(swap_context, with_kwargs=True) for module in modules]
+    try:
+        yield dict(prompt_embeds=first, negative_prompt_embeds=unconditional if guided else None)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if not swapped:  # a diffusers that passes the context another way: refuse rather than ignore the prompts
+        raise RuntimeError("per-frame prompts were not applied: the pipeline's UNet never received the expected text context")
+
+
 def sample(video_pipe, settings: AnimateDiffSettings, reporter: StageReporter | None = None,
            control: Control | None = None) -> VideoOutput:
     """One video from an assembled AnimateDiff pipeline (`animatediff_pipeline`), as diffusers' own loop samples it."""
@@ -256,10 +312,10 @@ def sample(video_pipe, settings: AnimateDiffSettings, reporter: StageReporter | 
             sharing = style_reference_for(video_pipe, style, style_image, settings, reporter)
     # Noise from a CPU generator: the same video on any device (diffusers draws on the generator's device).
     generator = torch.Generator("cpu").manual_seed(settings.seed)
-    with sharing, reporter.stage("denoising", total=settings.steps * iterations):
+    with sharing, reporter.stage("denoising", total=settings.steps * iterations), \
+            prompt_inputs(video_pipe, settings) as text:
         latents = video_pipe(
-            prompt=settings.prompt,
-            negative_prompt=settings.negative_prompt or None,
+            **text,
             num_frames=settings.frames,
             height=settings.height,
             width=settings.width,
@@ -337,4 +393,6 @@ class AnimateDiff(VideoMethod):
             "lora": OmegaConf.to_container(cfg.lora),
             "style": style.image if style else None,
             "style_sharing": style.record() if style else None,
+            "per_frame_prompts": settings.frame_prompts,
+            "prompt_anchor_frames": anchor_frames(len(settings.frame_prompts), settings.frames) if settings.frame_prompts else None,
         }
