@@ -17,6 +17,14 @@ each part on toy clips rendered on the fly (data=toy) at 8x the cascade's frame 
   vg_refiner  videogen/tsr_refiner/    `stylevid train tsr_refiner experiment=toy_tsr_refiner` on the flow net
   vg_base     videogen/base/           `stylevid train videogen_base experiment=toy_videogen_base` from the toy UNet
   vg_sr       videogen/sr2/            `stylevid train videogen_sr experiment=toy_videogen_sr` from the base stage
+The toy Gen-1 (method=gen1 model=toy), under gen1/ (`stylevid/models/gen1.py` save_gen1_weights' layout), on toy
+clips with the toy world's ground-truth depth:
+  gen1_depth         gen1/depth/          `stylevid train toy_depth`: the depth annotator (a small DPT) for toy videos
+  gen1_prior         gen1/prior/          `stylevid train gen1_prior experiment=toy_gen1_prior` on the toy CLIP
+  gen1_content       -                    `stylevid train gen1 experiment=toy_gen1 gen1.stage=content` from the toy UNet
+  gen1_temporal      -                    ... gen1.stage=temporal from the content stage
+  gen1_structure     -                    ... gen1.stage=structure from the temporal stage
+  gen1_structure_ts  gen1/unet/, image_encoder/   ... gen1.stage=structure_ts from the structure stage
 Each run goes to --work/<stage>_run; the stage records its steps, wall time, threads, final loss (the last step's)
 and the command in manifest.json beside the weights.
 """
@@ -39,14 +47,22 @@ sys.path.insert(0, str(ROOT))
 from stylevid.data import toy_world  # noqa: E402
 from stylevid.toy import WEIGHTS, judge  # noqa: E402
 
-STAGES = ("vae", "clip", "unet", "motion", "vg_decoder", "vg_flow", "vg_refiner", "vg_base", "vg_sr")
 VIDEOGEN = ("vg_decoder", "vg_flow", "vg_refiner", "vg_base", "vg_sr")
+GEN1_UNET = ("gen1_content", "gen1_temporal", "gen1_structure", "gen1_structure_ts")  # in training order
+GEN1 = ("gen1_depth", "gen1_prior", *GEN1_UNET)
+STAGES = ("vae", "clip", "unet", "motion", *VIDEOGEN, *GEN1)
+# --stage also takes a family: its stages, in order (all: every stage).
+GROUPS = {"all": STAGES, "toy": ("vae", "clip", "unet", "motion"), "videogen": VIDEOGEN, "gen1": GEN1}
+# Steps of each Gen-1 UNet stage (conf/experiment/toy_gen1.yaml holds the rest; --steps overrides all of them).
+GEN1_STEPS = {"gen1_content": 600, "gen1_temporal": 500, "gen1_structure": 800, "gen1_structure_ts": 900}
 # The stages trained on a stage's output (the UNet on the VAE and the CLIP text tower, the motion module and the
 # VideoGen stages on the UNet, every VideoGen part on the VAE's latents, the refiner on the flow net, the
 # super-resolution stage on the base): rebuilding a stage makes them stale.
-DEPENDENTS = {"vae": ("unet", "motion", *VIDEOGEN), "clip": ("unet", "motion", "vg_base", "vg_sr"),
-              "unet": ("motion", "vg_base", "vg_sr"), "motion": (), "vg_decoder": (), "vg_flow": ("vg_refiner",),
-              "vg_refiner": (), "vg_base": ("vg_sr",), "vg_sr": ()}
+DEPENDENTS = {"vae": ("unet", "motion", *VIDEOGEN, "gen1_prior", *GEN1_UNET),
+              "clip": ("unet", "motion", "vg_base", "vg_sr", "gen1_prior", *GEN1_UNET),
+              "unet": ("motion", "vg_base", "vg_sr", *GEN1_UNET), "motion": (), "vg_decoder": (), "vg_flow": ("vg_refiner",),
+              "vg_refiner": (), "vg_base": ("vg_sr",), "vg_sr": (), "gen1_depth": (), "gen1_prior": (),
+              **{name: GEN1_UNET[i + 1:] for i, name in enumerate(GEN1_UNET)}}
 # Where each VideoGen stage's part lands in videogen/, and the directory its run exports.
 VIDEOGEN_PARTS = {"vg_decoder": ("video_decoder", "video_decoder"), "vg_flow": ("latent_flow", "latent_flow"),
                   "vg_refiner": ("tsr_refiner", "tsr_refiner"), "vg_base": ("base", "videogen_stage"),
@@ -194,6 +210,65 @@ def stage_vg_sr(out: Path, work: Path, args) -> dict:
     return videogen_stage("vg_sr", "videogen_sr", "toy_videogen_sr", out, work, args, f"videogen.init={base}")
 
 
+def stage_gen1_depth(out: Path, work: Path, args) -> dict:
+    run_dir = work / "gen1_depth_run"
+    result, command = train("toy_depth", run_dir, steps_overrides(args))
+    replace_dir(run_dir / "depth", out / "gen1" / "depth")
+    write_gen1_manifest(out)
+    return stage_summary(result, command)
+
+
+def stage_gen1_prior(out: Path, work: Path, args) -> dict:
+    run_dir = work / "gen1_prior_run"
+    result, command = train("gen1_prior", run_dir, ["experiment=toy_gen1_prior", *steps_overrides(args)])
+    replace_dir(run_dir / "prior", out / "gen1" / "prior")
+    write_gen1_manifest(out)
+    return stage_summary(result, command)
+
+
+def gen1_unet_stage(name: str, out: Path, work: Path, args) -> dict:
+    """One Gen-1 UNet stage, from the toy T2I UNet (content) or the previous stage's run; the last one's export
+    becomes gen1/unet/ and gen1/image_encoder/, and gen1/manifest.json is written."""
+    index = GEN1_UNET.index(name)
+    run_dir = work / f"{name}_run"
+    init = [f"gen1.init={work / (GEN1_UNET[index - 1] + '_run')}"] if index else []
+    stage = name.removeprefix("gen1_")
+    result, command = train("gen1", run_dir, ["experiment=toy_gen1", f"gen1.stage={stage}", f"model.path={out / 'pipeline'}",
+                                              f"trainer.max_steps={GEN1_STEPS[name]}", *init, *steps_overrides(args)])
+    if name == GEN1_UNET[-1]:
+        for part in ("unet", "image_encoder"):
+            replace_dir(run_dir / part, out / "gen1" / part)
+        write_gen1_manifest(out)
+    return stage_summary(result, command)
+
+
+def write_gen1_manifest(out: Path) -> None:
+    """gen1/manifest.json (models/gen1.py's format): its parts, and the depth annotator the UNet's structure comes
+    from on toy videos (gen1/depth/, which method=gen1 model=toy runs when annotator.path is unset)."""
+    from stylevid.models.gen1 import MANIFEST, WEIGHTS_FORMAT
+
+    root = out / "gen1"
+    parts = {part: part for part in ("unet", "image_encoder", "prior") if (root / part).is_dir()}
+    manifest = {"format": WEIGHTS_FORMAT, "parts": parts, "depth_annotator": "depth"}
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def stage_gen1_content(out: Path, work: Path, args) -> dict:
+    return gen1_unet_stage("gen1_content", out, work, args)
+
+
+def stage_gen1_temporal(out: Path, work: Path, args) -> dict:
+    return gen1_unet_stage("gen1_temporal", out, work, args)
+
+
+def stage_gen1_structure(out: Path, work: Path, args) -> dict:
+    return gen1_unet_stage("gen1_structure", out, work, args)
+
+
+def stage_gen1_structure_ts(out: Path, work: Path, args) -> dict:
+    return gen1_unet_stage("gen1_structure_ts", out, work, args)
+
+
 def replace_dir(source: Path, target: Path) -> None:
     """Move a finished directory into place; the old one goes only once the new one is complete."""
     old = target.with_name(target.name + ".old")
@@ -206,7 +281,8 @@ def replace_dir(source: Path, target: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", choices=[*STAGES, "all"], default="all")
+    parser.add_argument("--stage", choices=[*STAGES, *GROUPS], default="all",
+                        help="a stage, or a family of them: " + ", ".join(f"{k} ({' '.join(v)})" for k, v in GROUPS.items() if k != "all"))
     parser.add_argument("--force", action="store_true", help="rebuild the named stage even if the manifest has it")
     parser.add_argument("--out", type=Path, default=WEIGHTS)
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "toy")
@@ -221,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(args.out)
-    stages = STAGES if args.stage == "all" else (args.stage,)
+    stages = GROUPS.get(args.stage, (args.stage,))
     for name in stages:
         if name in manifest["stages"] and not (args.force and args.stage == name):
             log.info("stage %s already built (%s); --force to rebuild", name, manifest["stages"][name].get("wall_s"))

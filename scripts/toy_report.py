@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from stylevid.models.loading import load_pipeline  # noqa: E402
 from stylevid.models.motion_module import load_motion_adapter  # noqa: E402
-from stylevid.toy import judge, manifest, toy_path  # noqa: E402
+from stylevid.toy import WEIGHTS, judge, manifest, toy_path  # noqa: E402
 
 STYLES = judge.example_styles(ROOT)
 # (figure, key in the measurement, target, higher is better)
@@ -77,7 +77,17 @@ TARGETS = {
     "sr": [("videogen x2 stage: PSNR to the true 64-px clip (dB, no target)", "psnr_sr_stage", None),
            ("bilinearly upsampled 32-px clip: PSNR (dB, no target)", "psnr_bilinear", None),
            ("x2 stage minus bilinear (dB, no target)", "sr_gain_db", None)],
+    "gen1": [("gen1: silhouette IoU with the input at t_s = 0", "iou_ts0", 0.70),
+             ("gen1: IoU falls as t_s grows, 0 1 3 5 7 (1 = yes)", "iou_decreases_with_ts", 1.0),
+             ("gen1: prompt consistency rises with t_s (1 = yes)", "prompt_consistency_rises_with_ts", 1.0),
+             ("gen1: object takes the prompt's colour (text content)", "text_colour_followed", 0.80),
+             ("gen1: object takes the content image's colour", "image_colour_followed", 0.70),
+             ("gen1: frame consistency rises with omega_t 0..2 (1 = yes)", "consistency_rises_with_wt", 1.0),
+             ("gen1: warp error falls with omega_t 0..2 (1 = yes)", "warp_error_falls_with_wt", 1.0),
+             ("gen1 masked: outside error / the VAE round trip's (<= 1.1)", "masked_outside_ratio", -1.1),
+             ("gen1 masked: inside takes the prompt's colour", "masked_inside_colour_followed", 0.80)],
 }
+# A negative target -x reads "at most x" (a ratio to stay under); the others are "at least".
 # The toy VideoGen's parts: only measured once `scripts/build_toy_world.py` has built them.
 VIDEOGEN_PARTS = ("videogen", "tsr", "video_decoder", "sr")
 
@@ -95,6 +105,10 @@ def main(argv=None) -> int:
     figures, failed = {}, []
     for part in args.only:
         started = time.perf_counter()
+        family = "gen1" if part == "gen1" else "videogen" if part in VIDEOGEN_PARTS else None
+        if family and not (WEIGHTS / family / "manifest.json").exists():
+            print(f"{part}: the toy {family} is not built (python scripts/build_toy_world.py --stage {family}); skipped")
+            continue
         if part == "clip":
             result = judge.clip_zero_shot(embedder)
         elif part == "t2i":
@@ -103,6 +117,10 @@ def main(argv=None) -> int:
                 from PIL import Image
 
                 Image.fromarray(np.concatenate(list(result["images"]), axis=1)).save(args.strip)
+        elif part == "gen1":
+            from stylevid.toy import judge_gen1
+
+            result = judge_gen1.measure_gen1()
         elif part in VIDEOGEN_PARTS:
             from stylevid.toy import judge_videogen
 
@@ -138,10 +156,12 @@ def main(argv=None) -> int:
         result["seconds"] = round(time.perf_counter() - started, 1)
         figures[part] = result
         for label, key, target in TARGETS[part]:
-            value = result[key]
-            verdict = "" if target is None else ("  ok" if value >= target else "  BELOW TARGET")
-            print(f"{label:<78} {value:7.3f}" + (f"  (target >= {target:.2f}){verdict}" if target is not None else ""))
-            if target is not None and value < target:
+            value = float(result[key])
+            met = None if target is None else (value <= -target if target < 0 else value >= target)
+            verdict = "" if met is None else ("  ok" if met else "  MISSED")
+            bound = "" if target is None else f"  (target {'<=' if target < 0 else '>='} {abs(target):.2f}){verdict}"
+            print(f"{label:<78} {value:7.3f}{bound}")
+            if met is False:
                 failed.append(label)
         print(f"{'':<78} ({result['count']} samples, {result['seconds']} s)")
     print("\nbuild manifest:")

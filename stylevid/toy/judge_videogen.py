@@ -95,10 +95,14 @@ def measure_videogen(count: int = 16, *overrides: str) -> dict:
 # --- temporal super-resolution --------------------------------------------------------------------------------------
 
 
-def measure_tsr(count: int = 16, keys: int = 3, factor: int = 8, seed: int = 70_002) -> dict:
+TSR_MODES = (("flow", True), ("linear", True), ("slerp", True), ("flow", False), ("linear", False))
+
+
+def measure_tsr(count: int = 16, keys: int = 3, factor: int = 8, seed: int = 70_002, modes=TSR_MODES) -> dict:
     """`keys` key frames at the cascade's rate (`key_frame_gap` sub-frames apart), raised x`factor` by method=tsr's back end in each
     mode; PSNR of the in-between frames (decoded by the image decoder, so the decoder is not measured here) to the
-    true frames rendered at 8x the rate. The key frames go through the same VAE round trip in every mode."""
+    true frames rendered at 8x the rate. The key frames go through the same VAE round trip in every mode. `modes`:
+    (method.tsr.mode, method.tsr.refine) pairs (the coarse ones need no refiner)."""
     from ..methods.videogen import LatentVideoSettings, decode_latent_video, load_latent_video, temporal_super_resolution
     from ..models.loading import load_pipeline
     from ..sampling.vae import encode_images
@@ -107,7 +111,7 @@ def measure_tsr(count: int = 16, keys: int = 3, factor: int = 8, seed: int = 70_
     rng = np.random.default_rng(seed)
     clips = [held_out_clip(rng, (keys - 1) * factor + 1, key_frame_gap() // factor)[0] for _ in range(count)]
     figures: dict = {"count": count, "factor": factor}
-    for mode, refine in (("flow", True), ("linear", True), ("slerp", True), ("flow", False), ("linear", False)):
+    for mode, refine in modes:
         cfg = _cfg("tsr", "input=unused", f"method.tsr.mode={mode}", f"method.tsr.factor={factor}",
                    f"method.tsr.refine={str(refine).lower()}", "method.decoder=image")
         back = LatentVideoSettings.from_config(cfg)
@@ -120,7 +124,9 @@ def measure_tsr(count: int = 16, keys: int = 3, factor: int = 8, seed: int = 70_
             between = [i for i in range(len(clip)) if i % factor]
             scores.append(_mean_psnr(clip[between], frames[between]))
         figures[f"psnr_{mode}" + ("" if refine else "_coarse")] = float(np.mean(scores))
-    figures["flow_gain_db"] = figures["psnr_flow"] - figures["psnr_linear"]
+    for suffix in ("", "_coarse"):
+        if f"psnr_flow{suffix}" in figures and f"psnr_linear{suffix}" in figures:
+            figures[f"flow_gain{suffix}_db"] = figures[f"psnr_flow{suffix}"] - figures[f"psnr_linear{suffix}"]
     return figures
 
 

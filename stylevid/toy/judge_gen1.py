@@ -1,0 +1,172 @@
+"""The toy Gen-1, measured against its paper's claims on held-out toy videos.
+
+Every edit runs `method=gen1 model=toy` through the method's own functions on the config the CLI composes
+(`judge.cli_configs`), on a held-out toy video written to a folder of frames (`input=`), its depth from the toy
+Gen-1's own depth annotator (the manifest's, as the CLI uses it), so a figure is what a user typing those overrides
+gets:
+
+  * `measure_gen1`: structure kept (the edit's object silhouette against the input's, IoU over frames) as t_s grows
+    (Fig. 10), prompt consistency as t_s grows (Section 4.3), the object taking the prompt's colour (text content
+    through the prior) and a content image's colour (Fig. 9), temporal guidance ω_t against frame consistency and
+    warp error (Fig. 4), and masked editing (Fig. 8): outside the edited region the input's VAE round trip.
+
+Held-out data: scenes from numpy streams seeded 80_000 and up, a path the build never draws from (data=toy draws
+from (seed, epoch, index) with the experiments' seed 0).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data import toy_world
+from ..metrics.clip import clipsim
+from ..metrics.flow import warp_error
+from ..progress import StageReporter
+from . import judge
+
+TS_VALUES = (0, 1, 3, 5, 7)
+TEMPORAL_GUIDANCE = (0.0, 0.5, 1.0, 1.5, 2.0)
+DEFAULT_TS = 3  # conf/method/gen1.yaml's method.ts: the colour and guidance figures are at the CLI's default
+FRAMES = 8
+
+
+def foreground_mask(frame: np.ndarray, min_chroma: float = 80.0) -> np.ndarray:
+    """bool (H, W): the toy object's pixels, by chroma (objects are saturated, backgrounds are not; the trail, at
+    most 45 % opaque, stays under 3/4 of the object's chroma), as `toy_world.foreground_centroid` separates them."""
+    pixels = frame.astype(np.float32)
+    chroma = pixels.max(-1) - pixels.min(-1)
+    return chroma >= max(min_chroma, 0.75 * float(chroma.max()))
+
+
+def silhouette_iou(source: np.ndarray, edited: np.ndarray) -> float:
+    """Mean over frames of IoU(object of the input frame, object of the edited frame)."""
+    scores = []
+    for a, b in zip(source, edited):
+        first, second = foreground_mask(a), foreground_mask(b)
+        union = np.logical_or(first, second).sum()
+        scores.append(float(np.logical_and(first, second).sum() / union) if union else 1.0)
+    return float(np.mean(scores))
+
+
+def held_out_video(rng: np.random.Generator) -> tuple[np.ndarray, toy_world.Scene]:
+    """uint8 (FRAMES, 64, 64, 3) of a fresh scene, one toy frame apart (the rate the toy Gen-1 trains on)."""
+    scene = toy_world.random_scene(rng)
+    start = int(rng.integers(0, toy_world.FRAMES - FRAMES + 1))
+    background = toy_world.background_image(scene)
+    frames = [toy_world.render_frame(scene, start + k, toy_world.FRAMES, background).image for k in range(FRAMES)]
+    return np.stack(frames), scene
+
+
+def write_frames(frames: np.ndarray, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"{index:04d}.png")
+    return folder
+
+
+def other_colour(rng: np.random.Generator, colour: str) -> str:
+    options = [c for c in toy_world.COLOURS if c != colour]
+    return options[int(rng.integers(len(options)))]
+
+
+def _majority_colour(embedder, frames: np.ndarray) -> str:
+    votes = judge.classify(embedder, frames, "colour")
+    return max(set(votes), key=votes.count)
+
+
+class _Editor:
+    """method=gen1 model=toy on one loaded set of weights; each edit composes its own CLI config."""
+
+    def __init__(self, *overrides: str):
+        from ..methods.gen1 import Gen1
+
+        self.method, self.loaded, self.overrides = Gen1(), None, overrides
+
+    def __call__(self, *overrides: str) -> np.ndarray:
+        cfg = judge.cli_configs("gen1", [[*self.overrides, *overrides]])[0]
+        settings = self.method.settings(cfg)
+        if self.loaded is None:  # every edit uses the same weights; only the settings differ
+            self.loaded = self.method.load(cfg, settings, torch.device("cpu"), torch.float32, None)
+        return self.method.generate(self.loaded, settings, StageReporter()).frames
+
+
+def measure_gen1(count: int = 8, seed: int = 80_000, steps: int = 20, *overrides: str) -> dict:
+    """Every Gen-1 figure on `count` held-out toy videos (see the module's docstring); `overrides` go to every edit
+    (method.weights=<a build elsewhere>, ...)."""
+    from ..sampling.vae import decode_to_uint8, encode_images
+
+    embedder = judge.toy_clip_embedder()
+    rng = np.random.default_rng(seed)
+    edit = _Editor(f"steps={steps}", *overrides)
+    iou = {ts: [] for ts in TS_VALUES}
+    consistency_to_prompt = {ts: [] for ts in TS_VALUES}
+    text_colour, image_colour = [], []
+    guidance = {w: {"consistency": [], "warp_error": []} for w in TEMPORAL_GUIDANCE}
+    outside_error, round_trip_error, masked_colour = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for index in range(count):
+            frames, scene = held_out_video(rng)
+            source = write_frames(frames, Path(tmp) / f"input_{index}")
+            colour = other_colour(rng, scene.colour)
+            prompt = toy_world.phrase("a", colour, scene.shape, toy_world.MOTIONS[scene.motion])
+            common = [f"input={source}", f"seed={seed + index}"]
+            # Text content at every t_s: structure kept, prompt consistency; the colour at the CLI's default t_s.
+            for ts in TS_VALUES:
+                edited = edit(*common, f"prompt='{prompt}'", f"method.ts={ts}")
+                iou[ts].append(silhouette_iou(frames, edited))
+                consistency_to_prompt[ts].append(clipsim(embedder, edited, prompt))
+                if ts == DEFAULT_TS:
+                    text_colour.append(_majority_colour(embedder, edited) == colour)
+                    guidance[1.0]["consistency"].append(judge.frame_consistency(embedder, edited))
+                    guidance[1.0]["warp_error"].append(warp_error(edited))
+            # Temporal guidance ω_t (ω_t = 1, plain classifier-free guidance, is the default-t_s edit above).
+            for weight in TEMPORAL_GUIDANCE:
+                if weight == 1.0:
+                    continue
+                edited = edit(*common, f"prompt='{prompt}'", f"method.temporal_guidance={weight}")
+                guidance[weight]["consistency"].append(judge.frame_consistency(embedder, edited))
+                guidance[weight]["warp_error"].append(warp_error(edited))
+            # Content from an image: a toy frame of another scene in a third colour.
+            image_scene = toy_world.random_scene(rng, colour=other_colour(rng, scene.colour))
+            image = toy_world.render_frame(image_scene, float(rng.uniform(0, toy_world.FRAMES - 1))).image
+            image_path = Path(tmp) / f"content_{index}.png"
+            Image.fromarray(image).save(image_path)
+            edited = edit(*common, f"content_image={image_path}")
+            image_colour.append(_majority_colour(embedder, edited) == image_scene.colour)
+            # Masked editing: the object (its silhouette, dilated by 4 px) edited to the prompt's colour.
+            masks = np.stack([cv2.dilate(foreground_mask(f).astype(np.uint8) * 255, np.ones((9, 9), np.uint8)) for f in frames])
+            mask_dir = write_frames(np.repeat(masks[..., None], 3, axis=-1), Path(tmp) / f"mask_{index}")
+            edited = edit(*common, f"prompt='{prompt}'", f"mask={mask_dir}", "method.edit_region=foreground")
+            # Outside: pixels of latent cells with no masked pixel (the cells the sampler keeps from the input).
+            cells = masks.reshape(FRAMES, 8, 8, 8, 8).max(axis=(2, 4)) > 0
+            outside = ~np.repeat(np.repeat(cells, 8, axis=1), 8, axis=2)
+            round_trip = decode_to_uint8(edit.loaded.vae, encode_images(edit.loaded.vae, frames))
+            error = np.abs(edited.astype(np.float32) - frames).mean(-1)
+            outside_error.append(float(error[outside].mean()))
+            round_trip_error.append(float(np.abs(round_trip.astype(np.float32) - frames).mean(-1)[outside].mean()))
+            inside = np.stack([m > 0 for m in masks])
+            masked_colour.append(_majority_colour(embedder, np.where(inside[..., None], edited, 128).astype(np.uint8)) == colour)
+    means = lambda table: [float(np.mean(table[key])) for key in table]  # noqa: E731
+    iou_by_ts, prompt_by_ts = means(iou), means(consistency_to_prompt)
+    consistency = [float(np.mean(guidance[w]["consistency"])) for w in TEMPORAL_GUIDANCE]
+    warp = [float(np.mean(guidance[w]["warp_error"])) for w in TEMPORAL_GUIDANCE]
+    return {
+        "count": count, "ts": list(TS_VALUES), "temporal_guidance": list(TEMPORAL_GUIDANCE),
+        "iou_by_ts": iou_by_ts, "iou_ts0": iou_by_ts[0],
+        "iou_decreases_with_ts": bool(all(a > b for a, b in zip(iou_by_ts, iou_by_ts[1:]))),
+        "prompt_consistency_by_ts": prompt_by_ts,
+        "prompt_consistency_rises_with_ts": bool(all(a < b for a, b in zip(prompt_by_ts, prompt_by_ts[1:]))),
+        "text_colour_followed": float(np.mean(text_colour)), "image_colour_followed": float(np.mean(image_colour)),
+        "frame_consistency_by_wt": consistency, "warp_error_by_wt": warp,
+        "consistency_rises_with_wt": bool(all(a < b for a, b in zip(consistency, consistency[1:]))),
+        "warp_error_falls_with_wt": bool(all(a > b for a, b in zip(warp, warp[1:]))),
+        "masked_outside_error": float(np.mean(outside_error)), "masked_round_trip_error": float(np.mean(round_trip_error)),
+        "masked_outside_ratio": float(np.mean(outside_error) / np.mean(round_trip_error)),
+        "masked_inside_colour_followed": float(np.mean(masked_colour)),
+    }
