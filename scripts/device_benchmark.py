@@ -476,7 +476,7 @@ def measure(plan: Plan, ctx: Context) -> dict:
         same = runs[first]["work_digest"] is not None and runs[first]["work_digest"] == runs[second]["work_digest"]
         checks.append({"name": f"same model calls: {second}", "numerator": first, "denominator": second,
                        "quantity": "work_digest", "value": None, "target": "identical", "limit": None, "pass": same})
-    return {"work": plan.work, "runs": runs, "checks": checks}
+    return {"work": plan.work, "repeats": repeats, "runs": runs, "checks": checks}
 
 
 def overhead_checks(stylevid: str, peer: str | None, bare: str, limit: float | None = None) -> list[Check]:
