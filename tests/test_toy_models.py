@@ -55,7 +55,7 @@ def test_packaged_models_are_small_complete_and_load_with_the_real_loaders(toy_p
     assert isinstance(adapter, MotionAdapter)
     assert tuple(adapter.config.block_out_channels) == tuple(toy_pipe.unet.config.block_out_channels)
     stages = manifest()["stages"]
-    assert set(stages) == {"vae", "clip", "unet", "motion"}
+    assert {"vae", "clip", "unet", "motion"} <= set(stages)  # plus the trained methods' parts shipped so far
     for summary in stages.values():
         assert summary["steps"] > 0 and summary["wall_s"] > 0 and np.isfinite(summary["final_loss"])
 
