@@ -292,8 +292,11 @@ def prompt_inputs(video_pipe, settings: AnimateDiffSettings):
 
 
 def sample(video_pipe, settings: AnimateDiffSettings, reporter: StageReporter | None = None,
-           control: Control | None = None) -> VideoOutput:
-    """One video from an assembled AnimateDiff pipeline (`animatediff_pipeline`), as diffusers' own loop samples it."""
+           control: Control | None = None, text_inputs: dict | None = None) -> VideoOutput:
+    """One video from an assembled AnimateDiff pipeline (`animatediff_pipeline`), as diffusers' own loop samples it.
+
+    `text_inputs`: the pipeline's text arguments when the caller made them (method=image_prompt's composed
+    `prompt_embeds`); None: `prompt_inputs(video_pipe, settings)`."""
     reporter = reporter or StageReporter()
     settings.validate(int(video_pipe.unet.config.motion_max_seq_length))
     configure(video_pipe, settings)
@@ -313,7 +316,7 @@ def sample(video_pipe, settings: AnimateDiffSettings, reporter: StageReporter | 
     # Noise from a CPU generator: the same video on any device (diffusers draws on the generator's device).
     generator = torch.Generator("cpu").manual_seed(settings.seed)
     with sharing, reporter.stage("denoising", total=settings.steps * iterations), \
-            prompt_inputs(video_pipe, settings) as text:
+            (nullcontext(text_inputs) if text_inputs is not None else prompt_inputs(video_pipe, settings)) as text:
         latents = video_pipe(
             **text,
             num_frames=settings.frames,

@@ -1,0 +1,200 @@
+"""method=image_prompt (VideoBooth-style paper, Sections 3.1-3.4): the exemplar attention against the paper's
+equations by hand, the subject-row hook, the equivalence with plain AnimateDiff, the unconditional branch, bad input."""
+
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import run_stylevid
+
+from stylevid.errors import UserInputError
+from stylevid.methods import animatediff
+from stylevid.methods import image_prompt as method
+from stylevid.models import image_prompt as ip
+from stylevid.models.gen1 import tiny_image_encoder
+from stylevid.models.motion_module import inflate, tiny_motion_adapter
+from stylevid.models.tiny import tiny_pipeline
+from stylevid.progress import StageReporter
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = ["model=tiny", "frames=3", "steps=2", "height=64", "width=64"]
+
+
+@pytest.fixture(scope="module")
+def star_image(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ip") / "star.png"
+    image = np.full((48, 40, 3), 230, np.uint8)
+    cv2.circle(image, (20, 24), 12, (200, 60, 150), -1)
+    cv2.imwrite(str(path), image)
+    return path
+
+
+def attention_by_hand(q, k, v):
+    """softmax(q kᵀ / √d) v, written out."""
+    weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+    return weights @ v
+
+
+def test_exemplar_attention_is_the_papers_equations():
+    torch.manual_seed(0)
+    frames, heads, tokens, d = 4, 2, 6, 8
+    q, k, v = (torch.randn(frames, heads, tokens, d) for _ in range(3))
+    k_i, v_i = torch.randn(heads, 5, d), torch.randn(heads, 5, d)
+    out = ip.exemplar_attention(q, k, v, k_i, v_i)
+    # V_0^new = softmax(Q_0 [K_I, K_0]ᵀ/√d) [V_I, V_0]
+    v0_new = attention_by_hand(q[0], torch.cat([k_i, k[0]], -2), torch.cat([v_i, v[0]], -2))
+    expected = [v0_new]
+    for i in range(1, frames):  # V_i^new = softmax(Q_i [K_0, K_{i-1}]ᵀ/√d) [V_0^new, V_{i-1}]
+        expected.append(attention_by_hand(q[i], torch.cat([k[0], k[i - 1]], -2), torch.cat([v0_new, v[i - 1]], -2)))
+    torch.testing.assert_close(out, torch.stack(expected), atol=1e-5, rtol=1e-5)
+    # without the image prompt (the unconditional branch) frame 0 attends to itself alone
+    plain = ip.exemplar_attention(q, k, v)
+    v0 = attention_by_hand(q[0], k[0], v[0])
+    torch.testing.assert_close(plain[0], v0, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(plain[2], attention_by_hand(q[2], torch.cat([k[0], k[1]], -2), torch.cat([v0, v[1]], -2)),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_position_encodings_are_sincos_scaled_to_the_top_grid():
+    top = ip.spatial_position_encoding(8, 4, 4, (4, 4))
+    half = ip.spatial_position_encoding(8, 2, 2, (4, 4))
+    # a token of the half-size map at (y, x) sits where the top map's token (2y, 2x) sits
+    torch.testing.assert_close(half.view(2, 2, 8)[1, 1], top.view(4, 4, 8)[2, 2])
+    # PE_{pos,2i} = sin(pos / 10000^(2i/d)): diffusers lays the sines in the first half of each axis's channels
+    temporal = ip.temporal_position_encoding(4, 3)
+    assert torch.allclose(temporal[2], torch.tensor([math.sin(2), math.sin(2 / 100), math.cos(2), math.cos(2 / 100)]))
+
+
+def tiny_parts(num_tokens=1):
+    pipe = tiny_pipeline(0)
+    unet = inflate(pipe.unet, tiny_motion_adapter(0))
+    torch.manual_seed(0)
+    mapper = ip.ImagePromptMapper(vision_dim=32, text_dim=32, clip_layers=[1, 2], num_tokens=num_tokens, hidden_dim=16)
+    return pipe, unet, mapper
+
+
+def test_subject_hook_replaces_exactly_the_subject_rows():
+    pipe = tiny_pipeline(0)
+    composed = ip.compose_prompt(pipe.tokenizer, "a red star moving right", "star", num_tokens=4)  # 4 byte tokens
+    assert composed.positions == [5, 6, 7, 8]  # after <bos> a</w> r e d</w>
+    assert torch.equal(composed.input_ids, pipe.tokenizer("a red star moving right", padding="max_length",
+                                                          max_length=77, return_tensors="pt").input_ids[0])
+    tokens = torch.randn(1, 4, 32)
+    seen = {}
+    embedding = pipe.text_encoder.get_input_embeddings()
+    with torch.no_grad(), ip.subject_rows_replaced(pipe.text_encoder, [composed.positions], tokens):
+        # registered after the replacing hook, so it sees what the text encoder goes on with
+        hook = embedding.register_forward_hook(lambda module, args, output: seen.setdefault("rows", output))
+        pipe.text_encoder(composed.input_ids[None])
+    hook.remove()
+    own = embedding(composed.input_ids[None])
+    rows = seen["rows"][0]
+    assert torch.equal(rows[5:9], tokens[0])
+    others = [r for r in range(77) if r not in composed.positions]
+    assert torch.equal(rows[others], own[0, others])  # bit-identical elsewhere
+    # a mapper of another length rewrites the span to its number of slots; the rest of the prompt shifts with it
+    one = ip.compose_prompt(pipe.tokenizer, "a red star moving right", "star", num_tokens=1)
+    assert one.positions == [5] and torch.equal(one.input_ids[6:20], composed.input_ids[9:23])
+
+
+def test_a_subject_not_in_the_prompt_names_the_prompts_words():
+    pipe = tiny_pipeline(0)
+    with pytest.raises(UserInputError, match="subject='dog' is not a word of the prompt; its words are: a, star, moving, right"):
+        ip.compose_prompt(pipe.tokenizer, "a star moving right", "dog", 1)
+
+
+def identity_mapper(mapper, text_encoder, tokenizer, word):
+    """The mapper's output layer set to return the word's own token embeddings (weights zero, bias = embedding)."""
+    ids = tokenizer(word, add_special_tokens=False, return_tensors="pt").input_ids[0]
+    with torch.no_grad():
+        own = text_encoder.get_input_embeddings()(ids)
+        mapper.output_layer.weight.zero_()
+        mapper.output_layer.bias.copy_(own.flatten())
+    return mapper
+
+
+def test_coarse_only_with_the_words_own_embedding_is_plain_animatediff_bit_for_bit(star_image):
+    settings = method.ImagePromptSettings(prompt="a star moving right", negative_prompt="blurry", frames=3, height=64,
+                                          width=64, steps=2, guidance_scale=7.5, seed=3, image_prompt=str(star_image),
+                                          subject="star", fine=False)
+    plain_pipe = animatediff.animatediff_pipeline(tiny_pipeline(0), tiny_motion_adapter(0))
+    plain = animatediff.sample(plain_pipe, settings, StageReporter())
+    pipe = tiny_pipeline(0)
+    video_pipe = animatediff.animatediff_pipeline(pipe, tiny_motion_adapter(0))
+    torch.manual_seed(0)
+    mapper = ip.ImagePromptMapper(vision_dim=32, text_dim=32, clip_layers=[1, 2], num_tokens=4, hidden_dim=16)
+    identity_mapper(mapper, pipe.text_encoder, pipe.tokenizer, "star")
+    encoder, processor = tiny_image_encoder(0)
+    loaded = method.ImagePromptModels(video_pipe, ip.ImagePromptAdapter(mapper, video_pipe.unet, fine=False), encoder, processor)
+    out = method.ImagePrompt().generate(loaded, settings, StageReporter())
+    assert settings.token_positions == [2, 3, 4, 5]
+    assert torch.equal(out.latents, plain.latents)
+    # a mapper whose tokens differ changes the video: the composed text really reaches the UNet
+    with torch.no_grad():
+        mapper.output_layer.bias.add_(0.5)
+    assert not torch.equal(method.ImagePrompt().generate(loaded, settings, StageReporter()).latents, plain.latents)
+
+
+def test_unconditional_branch_has_no_exemplar_and_the_conditional_one_uses_it():
+    pipe, unet, mapper = tiny_parts()
+    adapter = ip.ImagePromptAdapter(mapper, unet, fine=True)
+    with torch.no_grad():  # exemplar projections that matter: any change of K_I, V_I shows in conditioned rows
+        for parameter in adapter.exemplar.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    state = ip.ImagePromptState(position_encoding=True)
+    torch.manual_seed(1)
+    video, context = torch.randn(1, 4, 3, 8, 8), torch.randn(3, 77, 32)
+    exemplar = torch.randn(1, 4, 8, 8)
+
+    def run(conditioned, exemplar_latent):
+        batch = torch.cat([video] * len(conditioned))
+        with ip.installed(unet, adapter, state), torch.no_grad():
+            state.conditioned, state.latent_size = torch.tensor(conditioned), (8, 8)
+            if any(conditioned):
+                ip.run_exemplar_pass(unet, state, exemplar_latent, torch.tensor([400]), context[:1])
+            return unet(batch, 400, encoder_hidden_states=context.repeat(len(conditioned), 1, 1)).sample
+
+    both = run([False, True], exemplar)
+    other_exemplar = run([False, True], exemplar + 1)
+    alone = run([False], None)
+    assert torch.allclose(both[0], alone[0], atol=1e-5)  # the unconditional row does not see the exemplar
+    assert torch.allclose(other_exemplar[0], alone[0], atol=1e-5)
+    assert not torch.allclose(both[1], other_exemplar[1], atol=1e-3)  # the conditional row does
+
+
+def test_generate_writes_the_record_and_fine_and_position_encoding_change_the_video(star_image, tmp_path, capsys):
+    runs = {}
+    for name, extra in (("full", []), ("no_pe", ["method.position_encoding=false"]), ("coarse", ["method.fine=false"])):
+        code, out, err = run_stylevid(["generate", "method=image_prompt", *TINY, f"image_prompt={star_image}", "subject=star",
+                                       "prompt=a star moving right", f"output_dir={tmp_path / name}", *extra], capsys)
+        assert code == 0, err
+        runs[name] = json.loads((tmp_path / name / "result.json").read_text())
+    full = runs["full"]
+    assert full["image_prompt"] == str(star_image) and full["subject"] == "star"
+    assert full["subject_token_positions"] == [2] and full["fine"] is True and full["position_encoding"] is True
+    assert runs["no_pe"]["position_encoding"] is False and runs["coarse"]["fine"] is False
+    frames = {name: cv2.VideoCapture(str(tmp_path / name / "video.mp4")).read()[1] for name in runs}
+    assert not np.array_equal(frames["full"], frames["no_pe"]) and not np.array_equal(frames["full"], frames["coarse"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["image_prompt=BROKEN", "subject=star", "prompt=a star moving right"], "image_prompt BROKEN cannot be read as an image"),
+    (["image_prompt=STAR", "subject=dog", "prompt=a star moving right"],
+     "subject='dog' is not a word of the prompt; its words are: a, star, moving, right"),
+    (["image_prompt=STAR", "prompt=a star moving right"], "needs subject="),
+    (["subject=star", "prompt=a star moving right"], "needs image_prompt="),
+    (["image_prompt=STAR", "subject=star", "prompt=a star", "model=toy"], "the toy image_prompt weights are not built"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(args, message, star_image, tmp_path, capsys):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    args = [a.replace("BROKEN", str(broken)).replace("STAR", str(star_image)) for a in args]
+    code, out, err = run_stylevid(["generate", "method=image_prompt", *TINY, *args, f"output_dir={tmp_path / 'run'}"], capsys)
+    assert code == 2
+    message = message.replace("BROKEN", str(broken))
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
