@@ -3,6 +3,7 @@ equations by hand, the subject-row hook, the equivalence with plain AnimateDiff,
 
 import json
 import math
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -198,3 +199,82 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(args, message, star_ima
     message = message.replace("BROKEN", str(broken))
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "run").exists()
+
+
+# --- training (stylevid train image_prompt) ------------------------------------------------------------------------------
+
+TRAIN = ["target=image_prompt", "model=tiny", "data=toy", "data.frames=3", "data.stride=8", "data.size=32", "data.count=8",
+         "device=cpu", "target.image_encoder=tiny", "target.mapper_width=16", "motion.num_attention_heads=2",
+         "trainer.batch_size=2", "trainer.grad_accum=1", "trainer.lr=1.0e-2", "trainer.log_every=1",
+         "trainer.mixed_precision=no", "trainer.gradient_checkpointing=false", "trainer.tensorboard=false",
+         "diffusion.caption_dropout=0.3"]
+
+
+def train_cfg(overrides):
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("stylevid.conf", version_base="1.3"):
+        return compose("train", overrides=[*TRAIN, *overrides])
+
+
+def weights_of(run):
+    from safetensors.torch import load_file
+
+    mapper = ip.load_mapper(run).state_dict()
+    return {**{f"mapper.{k}": v for k, v in mapper.items()}, **load_file(str(run / ip.PROCESSORS_FILE))}
+
+
+def test_each_stage_trains_only_its_parameters_and_resumes_exactly(tmp_path):
+    from stylevid.train import run_train
+
+    coarse = run_train(train_cfg(["target.stage=coarse", "trainer.max_steps=2", f"output_dir={tmp_path / 'coarse'}"]))
+    manifest = ip.read_manifest(coarse)
+    assert manifest["stages"] == ["coarse"] and manifest["fine"] is False and (coarse / "image_encoder").is_dir()
+    initial = ip.ImagePromptAdapter(ip.load_mapper(coarse), inflate(tiny_pipeline(0).unet, tiny_motion_adapter(0)), fine=True)
+    trained = weights_of(coarse)
+    fresh_kv = {k: v for k, v in initial.projection_state_dict().items() if k.startswith("kv.")}
+    assert any(not torch.equal(trained[k], v) for k, v in fresh_kv.items())  # the K, V copies trained
+    assert not any(k.startswith("exemplar.") for k in trained)  # no injection in the coarse stage
+
+    common = ["target.stage=fine", f"target.init={coarse}", "trainer.max_steps=4", "trainer.checkpoint_every=2"]
+    fine = run_train(train_cfg(common + [f"output_dir={tmp_path / 'fine'}"]))
+    tuned = weights_of(fine)
+    assert ip.read_manifest(fine)["stages"] == ["coarse", "fine"]
+    for key, value in trained.items():  # the mapper and the K, V copies stay the coarse stage's
+        assert torch.equal(tuned[key], value), key
+    fresh = {k: v for k, v in initial.projection_state_dict().items() if k.startswith("exemplar.")}
+    assert fresh and all(k in tuned for k in fresh)
+    assert any(not torch.equal(tuned[k], v) for k, v in fresh.items())  # the exemplar projections trained
+
+    losses = [json.loads(line)["loss"] for line in (fine / "metrics.jsonl").read_text().splitlines()]
+    resumed = run_train(train_cfg(common + [f"output_dir={tmp_path / 'resumed'}",
+                                            f"trainer.resume={fine / 'checkpoints' / 'step_0000002'}"]))
+    again = [json.loads(line)["loss"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert again == losses[2:]
+    assert all(torch.equal(v, tuned[k]) for k, v in weights_of(resumed).items())
+
+    # the exported run is a weights directory method=image_prompt reads; the coarse one refuses method.fine=true
+    from stylevid.generate import run_generate
+    from hydra import compose, initialize_config_module
+
+    def generate_cfg(weights, *extra):
+        with initialize_config_module("stylevid.conf", version_base="1.3"):
+            return compose("generate", overrides=["method=image_prompt", "model=tiny", "frames=3", "steps=2", "height=32",
+                                                  "width=32", f"image_prompt={STAR_PNG}", "subject=star",
+                                                  "prompt=a star moving right", f"method.weights={weights}", *extra])
+
+    cv2.imwrite(str(tmp_path / "star.png"), np.full((16, 16, 3), 200, np.uint8))
+    STAR_PNG = tmp_path / "star.png"
+    run = Path(run_generate(generate_cfg(fine, f"output_dir={tmp_path / 'video'}")))
+    record = json.loads((run / "result.json").read_text())
+    assert record["weights"]["stages"] == ["coarse", "fine"] and record["weights"]["path"] == str(fine)
+    with pytest.raises(UserInputError, match="has no fine stage"):
+        run_generate(generate_cfg(coarse, f"output_dir={tmp_path / 'refused'}"))
+
+
+def test_fine_without_init_and_a_bad_stage_are_one_line_exit_2(tmp_path, capsys):
+    for args, message in ((["target.stage=fine"], "target.stage=fine trains the injection on a trained coarse stage"),
+                          (["target.stage=late"], "target.stage must be one of coarse, fine, joint")):
+        code, out, err = run_stylevid(["train", "image_prompt", *TRAIN[1:], *args, f"output_dir={tmp_path / 'run'}"], capsys)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "run").exists()

@@ -467,14 +467,15 @@ def run_exemplar_pass(unet, state: ImagePromptState, latents: torch.Tensor, time
 
 def save_image_prompt_weights(directory: str | Path, adapter: ImagePromptAdapter, image_encoder, feature_extractor,
                               manifest: dict, projections: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write mapper/, image_encoder/, attention_processors.safetensors and manifest.json (see the module doc)."""
+    """Write mapper/, image_encoder/ (unless None), attention_processors.safetensors and manifest.json (module doc)."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     adapter.mapper.save_pretrained(str(directory / "mapper"), safe_serialization=True)
-    image_encoder.save_pretrained(str(directory / "image_encoder"), safe_serialization=True)
-    feature_extractor.save_pretrained(str(directory / "image_encoder"))
+    if image_encoder is not None:  # None: a training checkpoint (the frozen tower is the run's, not saved each time)
+        image_encoder.save_pretrained(str(directory / "image_encoder"), safe_serialization=True)
+        feature_extractor.save_pretrained(str(directory / "image_encoder"))
     tensors = projections if projections is not None else adapter.projection_state_dict()
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(directory / PROCESSORS_FILE))
     record = {"format": FORMAT, "fine": adapter.fine, "clip_layers": list(adapter.mapper.config.clip_layers),
