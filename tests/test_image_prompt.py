@@ -278,3 +278,52 @@ def test_fine_without_init_and_a_bad_stage_are_one_line_exit_2(tmp_path, capsys)
         code, out, err = run_stylevid(["train", "image_prompt", *TRAIN[1:], *args, f"output_dir={tmp_path / 'run'}"], capsys)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "run").exists()
+
+
+# --- the dataset builder (Section 4.1) -------------------------------------------------------------------------------
+
+
+def test_dataset_builder_filters_by_keyword_writes_crops_and_counts_the_skips(tmp_path, capsys):
+    import importlib.util
+
+    from stylevid.data import toy_world
+
+    spec = importlib.util.spec_from_file_location("build_ipd", "scripts/build_image_prompt_dataset.py")
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    videos = tmp_path / "videos"
+    paths = toy_world.write_videos(videos, 3, seed=0, frames=6, shape="star", colour="red")
+    (videos / "broken.mp4").write_bytes(b"not a video")
+    captions = ["a red star moving right", "a red star on a gray background", "a circle", "a red star"]
+    ids = [p.stem for p in paths[:2]] + [paths[2].stem, "broken"]
+    (tmp_path / "webvid.csv").write_text("videoid,name,page_dir\n" + "".join(f"{i},{c},\n" for i, c in zip(ids, captions)))
+    asked = []
+
+    def fake(image, keyword):  # the detector is pluggable: sees the keyword, finds nothing in the second clip
+        asked.append(keyword)
+        return None if len(asked) == 2 else builder.toy_detector(image, keyword)
+
+    from stylevid.data.videos import webvid_records
+
+    records = webvid_records(tmp_path / "webvid.csv", videos)
+    summary = builder.build_dataset(records, ["dog", "star"], fake, tmp_path / "out")
+    assert asked == ["star", "star"]
+    assert summary["kept"] == 1 and summary["skipped"] == {"no keyword": 1, "unreadable video": 1, "not detected": 1}
+    rows = list(csv_rows(tmp_path / "out" / "dataset.csv"))
+    assert [(r["subject"], r["caption"]) for r in rows] == [("star", "a red star moving right")]
+    crop = cv2.imread(str(tmp_path / "out" / rows[0]["crop"]))[..., ::-1]
+    x0, y0, x1, y1 = map(int, rows[0]["box"].split())
+    assert crop.shape[:2] == (y1 - y0, x1 - x0) and (crop.max(-1).astype(int) - crop.min(-1)).max() >= 140  # the red star
+    # a missing local detector: one line, exit 2, nothing written
+    code = builder.main(["--csv", str(tmp_path / "webvid.csv"), "--videos", str(videos), "--keywords", "star",
+                         "--detector", str(tmp_path / "no_owlv2"), "--out", str(tmp_path / "out2")])
+    err = capsys.readouterr().err
+    assert code == 2 and "is not a local directory" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out2").exists() and not list(tmp_path.glob(".out2-*"))
+
+
+def csv_rows(path):
+    import csv
+
+    with open(path, newline="") as file:
+        yield from csv.DictReader(file)
