@@ -53,7 +53,7 @@ from .io.run_dir import RESULT_FILE, check_output_dir, default_run_dir, run_dire
 from .io.video_input import GIF_SUFFIXES, VIDEO_SUFFIXES, iter_frames, natural_sort_key, read_image
 from .metrics import PER_VIDEO_METRICS, SET_METRICS, MetricsConfig, aggregate, compute_metrics, compute_set_metrics
 from .metrics import describe_metrics
-from .metrics.api import _NEEDS_PROMPT, _NEEDS_STYLE, _USES_CLIP
+from .metrics.api import _NEEDS_IMAGE_PROMPT, _NEEDS_PROMPT, _NEEDS_STYLE, _USES_CLIP
 from .progress import StageReporter
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,8 @@ class VideoItem:
     path: Path  # the video file
     prompt: str | None = None
     style: str | None = None  # style image path
+    image_prompt: str | None = None  # method=image_prompt's subject image (image_fidelity), and its mask
+    image_prompt_mask: str | None = None
     run: str | None = None  # the run directory it came from
     overrides: dict[str, Any] = field(default_factory=dict)  # method, seed, swept keys
 
@@ -366,6 +368,8 @@ def run_item(run_dir: Path, name: str) -> VideoItem:
         path=video,
         prompt=str(prompt) if prompt else None,
         style=_resolve_style(str(style), run_dir) if style else None,
+        image_prompt=_resolve_style(str(result["image_prompt"]), run_dir) if result.get("image_prompt") else None,
+        image_prompt_mask=_resolve_style(str(result["image_prompt_mask"]), run_dir) if result.get("image_prompt_mask") else None,
         run=str(run_dir),
         overrides={"method": method, "seed": result.get("seed", config.get("seed"))},
     )
@@ -582,6 +586,14 @@ def read_prompts(path: Path, videos: Sequence[Path], folder: str) -> list[tuple[
     return found  # type: ignore[return-value]
 
 
+def image_prompt_of(item: VideoItem) -> np.ndarray:
+    """The run's image prompt as the method saw it: masked to the subject when the run had a mask."""
+    from .methods.image_prompt import ImagePromptSettings, read_image_prompt
+
+    return read_image_prompt(ImagePromptSettings(prompt="", image_prompt=item.image_prompt,
+                                                 image_prompt_mask=item.image_prompt_mask))
+
+
 def load_style_images(items: Sequence[VideoItem]) -> dict[str, np.ndarray]:
     """Each distinct style image once, as uint8 [H, W, 3] (stylevid's one image reader, with its size limit);
     a missing or unreadable one names its video."""
@@ -658,6 +670,8 @@ def applicable_metrics(names: Sequence[str], item: VideoItem, num_frames: int) -
             not_applicable[name] = "no prompt"
         elif name in _NEEDS_STYLE and not item.style:
             not_applicable[name] = "no style image"
+        elif name in _NEEDS_IMAGE_PROMPT and not item.image_prompt:
+            not_applicable[name] = "no image prompt"
         elif name in _NEEDS_PAIRS and num_frames < 2:
             not_applicable[name] = "needs at least 2 frames"
         else:
@@ -688,7 +702,8 @@ def evaluate_videos(
                 continue
             applicable, not_applicable = applicable_metrics(names, item, len(frames))
             style = style_images.get(item.style) if item.style else None
-            values = compute_metrics(frames, item.prompt, style, applicable, config) if applicable else {}
+            subject = image_prompt_of(item) if _NEEDS_IMAGE_PROMPT.intersection(applicable) else None
+            values = compute_metrics(frames, item.prompt, style, applicable, config, subject) if applicable else {}
             records.append({
                 "video": item.name,
                 "path": str(item.path),

@@ -134,7 +134,7 @@ def test_task_help_names_the_task_and_its_keys(capsys):
     code, out, _ = run(["generate", "--help"], capsys)
     assert code == 0
     assert out.startswith("stylevid generate: ")
-    for key in ("method: animatediff, gen1, stylet2v0, t2v_zero, tsr, videogen", "prompt: null", "chunk_size: 8", "strength: 1.0", "-m runs a sweep"):
+    for key in ("method: animatediff, gen1, image_prompt, stylet2v0, t2v_zero, tsr, videogen", "prompt: null", "chunk_size: 8", "strength: 1.0", "-m runs a sweep"):
         assert key in out
 
 

@@ -181,6 +181,20 @@ def test_generate_writes_the_record_and_fine_and_position_encoding_change_the_vi
     frames = {name: cv2.VideoCapture(str(tmp_path / name / "video.mp4")).read()[1] for name in runs}
     assert not np.array_equal(frames["full"], frames["no_pe"]) and not np.array_equal(frames["full"], frames["coarse"])
 
+    # stylevid evaluate reads the run's image prompt for image_fidelity: the CLIP image cosine of its frames to it
+    code, out, err = run_stylevid(["evaluate", f"run={tmp_path / 'full'}", "metrics.clip.model=tiny",
+                                   "metrics=[image_fidelity,clipsim]"], capsys)
+    assert code == 0, err
+    evaluation = json.loads((tmp_path / "full" / "evaluation" / "metrics.json").read_text())
+    from stylevid.evaluate import tiny_clip_dir
+    from stylevid.io.video_input import iter_frames
+    from stylevid.metrics.clip import load_clip, style_fidelity
+
+    video = np.stack(list(iter_frames(tmp_path / "full" / "video.mp4")))
+    subject = method.read_image_prompt(method.ImagePromptSettings(prompt="", image_prompt=str(star_image)))
+    expected = style_fidelity(load_clip(str(tiny_clip_dir())), video, subject)
+    assert evaluation["aggregate"]["image_fidelity"]["mean"] == pytest.approx(expected, abs=1e-5)
+
 
 @pytest.mark.parametrize("args, message", [
     (["image_prompt=BROKEN", "subject=star", "prompt=a star moving right"], "image_prompt BROKEN cannot be read as an image"),

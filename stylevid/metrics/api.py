@@ -29,6 +29,8 @@ PER_VIDEO_METRICS: dict[str, tuple[bool, str]] = {
     "prompt_consistency": (True, "Gen-1: mean over frames of cos(CLIP image, CLIP text of the edit prompt)"),
     "frame_consistency": (True, "Gen-1: mean cos of CLIP image embeddings of consecutive frames"),
     "style_fidelity": (True, "mean over frames of cos(CLIP image, CLIP image of the style image)"),
+    "image_fidelity": (True, "image prompts: mean over frames of cos(CLIP image, CLIP image of the image prompt, "
+                             "masked to its subject when a mask is given)"),
     "style_gram": (False, "mean over frames of sum over VGG-19 layers of ||Gram(frame) - Gram(style)||_F^2"),
     "style_csd": (True, "mean over frames of cos(CSD style embedding, CSD style embedding of the style image)"),
     "warp_error": (False, "masked MSE in [0,1] between frame t and DIS-flow-warped frame t+1, occlusions masked"),
@@ -41,7 +43,8 @@ SET_METRICS: dict[str, tuple[bool, str]] = {
 }
 _NEEDS_PROMPT = {"clipsim", "clip_score", "prompt_consistency"}
 _NEEDS_STYLE = {"style_fidelity", "style_gram", "style_csd"}
-_USES_CLIP = {"clipsim", "clip_score", "prompt_consistency", "frame_consistency", "style_fidelity"}
+_NEEDS_IMAGE_PROMPT = {"image_fidelity"}
+_USES_CLIP = {"clipsim", "clip_score", "prompt_consistency", "frame_consistency", "style_fidelity", "image_fidelity"}
 _USES_FLOW = {"warp_error", "motion"}
 
 
@@ -68,8 +71,10 @@ def compute_metrics(
     style_image: np.ndarray | None = None,
     metrics: Sequence[str] = ("clipsim", "frame_consistency"),
     config: MetricsConfig | Mapping | None = None,
+    image_prompt: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Per-video metrics of uint8 [T, H, W, 3] frames; CLIP embeddings and flows are computed once and shared."""
+    """Per-video metrics of uint8 [T, H, W, 3] frames; CLIP embeddings and flows are computed once and shared.
+    `image_prompt`: the image-prompt method's subject image (uint8 [H, W, 3], already masked), for image_fidelity."""
     config = MetricsConfig.from_dict(config)
     names = _check_names(metrics, PER_VIDEO_METRICS, "per-video")
     frames = check_video(frames)
@@ -80,6 +85,10 @@ def compute_metrics(
         raise UserInputError(f"{', '.join(sorted(_NEEDS_STYLE.intersection(names)))} need a style image; pass style=")
     if style_image is not None:
         style_image = check_image(style_image)
+    if image_prompt is None and _NEEDS_IMAGE_PROMPT.intersection(names):
+        raise UserInputError("image_fidelity needs the image prompt (a method=image_prompt run records it)")
+    if image_prompt is not None:
+        image_prompt = check_image(image_prompt)
 
     frame_embeddings = text_embedding = style_embedding = None
     if _USES_CLIP.intersection(names):
@@ -91,6 +100,8 @@ def compute_metrics(
             text_embedding = clip.embed_texts([str(prompt)])
         if "style_fidelity" in names:
             style_embedding = clip.embed_images(style_image[None])
+        if "image_fidelity" in names:
+            image_prompt_embedding = clip.embed_images(image_prompt[None])
     flows = None
     if _USES_FLOW.intersection(names):
         flows = flow_metrics.pair_flows(frames, config.flow.preset) if len(frames) > 1 else None
@@ -105,6 +116,8 @@ def compute_metrics(
             results[name] = clip_metrics.frame_consistency_of(frame_embeddings, config.frame_consistency.pairs)
         elif name == "style_fidelity":
             results[name] = clip_metrics.style_fidelity_of(frame_embeddings, style_embedding)
+        elif name == "image_fidelity":  # the same image-image cosine, against the subject instead of a style
+            results[name] = clip_metrics.style_fidelity_of(frame_embeddings, image_prompt_embedding)
         elif name == "style_gram":
             # Cached per (weights, layers, device) like CLIP: a set of videos loads VGG once.
             extractor = style_metrics.load_vgg_features(config.style.vgg_path, config.style.vgg_layers, config.device)

@@ -50,6 +50,7 @@ from diffusers.models.embeddings import get_1d_sincos_pos_embed_from_grid, get_2
 from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
 
 from ..errors import UserInputError
+from .components import load_component
 
 FORMAT = "stylevid-image-prompt-weights"
 MANIFEST = "manifest.json"
@@ -500,7 +501,8 @@ def read_manifest(root: Path, key: str = "method.weights") -> dict:
 def load_mapper(root: Path, key: str = "method.weights") -> ImagePromptMapper:
     if not (Path(root) / "mapper" / "config.json").is_file():
         raise UserInputError(f"{key}={root} has no mapper/ (looked for {Path(root) / 'mapper' / 'config.json'})")
-    return ImagePromptMapper.from_pretrained(str(Path(root) / "mapper")).eval()
+    return load_component(Path(root) / "mapper", key=key, pretrained=ImagePromptMapper.from_pretrained,
+                          what="an image-prompt mapper").eval()
 
 
 def load_projections(root: Path, adapter: ImagePromptAdapter, key: str = "method.weights") -> None:

@@ -214,3 +214,17 @@ def test_config_from_hydra_style_mapping():
         MetricsConfig.from_dict({"fdv": {}})
     with pytest.raises(UserInputError, match=r"metrics\.clip\.clamp=max"):
         MetricsConfig.from_dict({"clip": {"clamp": "max"}})
+
+
+def test_image_fidelity_is_the_clip_cosine_to_the_image_prompt(config, video):
+    """image_fidelity (image prompts) = mean over frames of cos(CLIP frame, CLIP image prompt): 1 for a video of the
+    image prompt itself, the style cosine's value against the same image, and refused without an image prompt."""
+    embedder = load_clip(config.clip.model, batch_size=2)
+    subject = video[0]
+    same = compute_metrics(np.stack([subject] * 3), None, None, ["image_fidelity"], config, image_prompt=subject)
+    assert same["image_fidelity"] == pytest.approx(1.0, abs=1e-5)
+    value = compute_metrics(video, None, None, ["image_fidelity"], config, image_prompt=video[3])["image_fidelity"]
+    assert value == pytest.approx(style_fidelity(embedder, video, video[3]), abs=1e-6)
+    assert value < 1.0 - 1e-4  # frames 0-2 are not the image prompt
+    with pytest.raises(UserInputError, match="image_fidelity needs the image prompt"):
+        compute_metrics(video, None, None, ["image_fidelity"], config)
