@@ -25,6 +25,11 @@ clips with the toy world's ground-truth depth:
   gen1_temporal      -                    ... gen1.stage=temporal from the content stage
   gen1_structure     -                    ... gen1.stage=structure from the temporal stage
   gen1_structure_ts  gen1/unet/, image_encoder/   ... gen1.stage=structure_ts from the structure stage
+The toy image prompts (method=image_prompt model=toy), on the toy AnimateDiff model (pipeline/ + motion_module/,
+frozen) and toy clips whose captions never name the object's colour (conf/experiment/toy_image_prompt.yaml):
+  ip_coarse   -                    `stylevid train image_prompt experiment=toy_image_prompt target.stage=coarse`
+  ip_fine     image_prompt/        ... target.stage=fine from the coarse run (Section 3.3's coarse-to-fine)
+  ip_joint    image_prompt_joint/  ... target.stage=joint, as many steps as both (the paper's ablation)
 Each run goes to --work/<stage>_run; the stage records its steps, wall time, threads, final loss (the last step's)
 and the command in manifest.json beside the weights.
 """
@@ -50,17 +55,22 @@ from stylevid.toy import WEIGHTS, judge  # noqa: E402
 VIDEOGEN = ("vg_decoder", "vg_flow", "vg_refiner", "vg_base", "vg_sr")
 GEN1_UNET = ("gen1_content", "gen1_temporal", "gen1_structure", "gen1_structure_ts")  # in training order
 GEN1 = ("gen1_depth", "gen1_prior", *GEN1_UNET)
-STAGES = ("vae", "clip", "unet", "motion", *VIDEOGEN, *GEN1)
+IMAGE_PROMPT = ("ip_coarse", "ip_fine", "ip_joint")
+STAGES = ("vae", "clip", "unet", "motion", *VIDEOGEN, *GEN1, *IMAGE_PROMPT)
 # --stage also takes a family: its stages, in order (all: every stage).
-GROUPS = {"all": STAGES, "toy": ("vae", "clip", "unet", "motion"), "videogen": VIDEOGEN, "gen1": GEN1}
+GROUPS = {"all": STAGES, "toy": ("vae", "clip", "unet", "motion"), "videogen": VIDEOGEN, "gen1": GEN1,
+          "image_prompt": IMAGE_PROMPT}
+# Steps of each image-prompt stage; the joint ablation gets the two stages' steps together.
+IMAGE_PROMPT_STEPS = {"ip_coarse": 1500, "ip_fine": 1500, "ip_joint": 3000}
 # Steps of each Gen-1 UNet stage (conf/experiment/toy_gen1.yaml holds the rest; --steps overrides all of them).
 GEN1_STEPS = {"gen1_content": 600, "gen1_temporal": 500, "gen1_structure": 800, "gen1_structure_ts": 900}
 # The stages trained on a stage's output (the UNet on the VAE and the CLIP text tower, the motion module and the
 # VideoGen stages on the UNet, every VideoGen part on the VAE's latents, the refiner on the flow net, the
 # super-resolution stage on the base): rebuilding a stage makes them stale.
-DEPENDENTS = {"vae": ("unet", "motion", *VIDEOGEN, "gen1_prior", *GEN1_UNET),
-              "clip": ("unet", "motion", "vg_base", "vg_sr", "gen1_prior", *GEN1_UNET),
-              "unet": ("motion", "vg_base", "vg_sr", *GEN1_UNET), "motion": (), "vg_decoder": (), "vg_flow": ("vg_refiner",),
+DEPENDENTS = {"vae": ("unet", "motion", *VIDEOGEN, "gen1_prior", *GEN1_UNET, *IMAGE_PROMPT),
+              "clip": ("unet", "motion", "vg_base", "vg_sr", "gen1_prior", *GEN1_UNET, *IMAGE_PROMPT),
+              "unet": ("motion", "vg_base", "vg_sr", *GEN1_UNET, *IMAGE_PROMPT), "motion": IMAGE_PROMPT,
+              "ip_coarse": ("ip_fine",), "ip_fine": (), "ip_joint": (), "vg_decoder": (), "vg_flow": ("vg_refiner",),
               "vg_refiner": (), "vg_base": ("vg_sr",), "vg_sr": (), "gen1_depth": (), "gen1_prior": (),
               **{name: GEN1_UNET[i + 1:] for i, name in enumerate(GEN1_UNET)}}
 # Where each VideoGen stage's part lands in videogen/, and the directory its run exports.
@@ -267,6 +277,41 @@ def stage_gen1_structure(out: Path, work: Path, args) -> dict:
 
 def stage_gen1_structure_ts(out: Path, work: Path, args) -> dict:
     return gen1_unet_stage("gen1_structure_ts", out, work, args)
+
+
+def image_prompt_stage(name: str, out: Path, work: Path, args) -> dict:
+    """One image-prompt stage on the toy AnimateDiff model under --out; ip_fine's export (mapper/, image_encoder/,
+    attention_processors.safetensors, manifest.json) becomes image_prompt/, ip_joint's image_prompt_joint/."""
+    run_dir = work / f"{name}_run"
+    stage = name.removeprefix("ip_")
+    init = [f"target.init={work / 'ip_coarse_run'}"] if stage == "fine" else []
+    result, command = train("image_prompt", run_dir, [
+        "experiment=toy_image_prompt", f"target.stage={stage}", f"model.path={out / 'pipeline'}",
+        f"motion.path={out / 'motion_module'}", f"trainer.max_steps={IMAGE_PROMPT_STEPS[name]}",
+        f"trainer.checkpoint_every={IMAGE_PROMPT_STEPS[name]}", *init, *steps_overrides(args)])
+    shipped = {"ip_fine": "image_prompt", "ip_joint": "image_prompt_joint"}.get(name)
+    if shipped:
+        export = work / f"{name}_export"
+        shutil.rmtree(export, ignore_errors=True)
+        export.mkdir(parents=True)
+        for part in ("mapper", "image_encoder"):
+            shutil.copytree(run_dir / part, export / part)
+        for part in ("attention_processors.safetensors", "manifest.json"):
+            shutil.copy2(run_dir / part, export / part)
+        replace_dir(export, out / shipped)
+    return stage_summary(result, command)
+
+
+def stage_ip_coarse(out: Path, work: Path, args) -> dict:
+    return image_prompt_stage("ip_coarse", out, work, args)
+
+
+def stage_ip_fine(out: Path, work: Path, args) -> dict:
+    return image_prompt_stage("ip_fine", out, work, args)
+
+
+def stage_ip_joint(out: Path, work: Path, args) -> dict:
+    return image_prompt_stage("ip_joint", out, work, args)
 
 
 def replace_dir(source: Path, target: Path) -> None:

@@ -74,6 +74,19 @@ TARGETS = {
                       ("flicker error, video decoder (|flicker - clean clip's|, no target)", "flicker_error_video_decoder", None),
                       ("flicker error, image decoder (no target)", "flicker_error_image_decoder", None),
                       ("flicker error, image minus video decoder (> 0: video closer to the clean clip)", "flicker_error_gain", 0.0)],
+    "image_prompt": [
+        ("image_prompt: object takes the image prompt's colour, coarse + fine", "colour_coarse_fine", 0.70),
+        ("image_prompt: ... text alone (method=animatediff, same prompt; chance 1/6, no target)", "colour_text_alone", None),
+        ("image_prompt: ... coarse only (method.fine=false, no target)", "colour_coarse", None),
+        ("image_prompt: image fidelity, coarse + fine (no target)", "fidelity_coarse_fine", None),
+        ("image_prompt: image fidelity, coarse only (no target)", "fidelity_coarse", None),
+        ("image_prompt: image fidelity, coarse + fine minus coarse only (> 0)", "fidelity_fine_gain", 0.0),
+        ("image_prompt: image fidelity, joint training ablation (no target)", "fidelity_joint", None),
+        ("image_prompt: image fidelity, coarse-to-fine minus joint (the paper: > 0; reported)", "fidelity_staged_gain", None),
+        ("image_prompt: image fidelity, method.position_encoding=false (no target)", "fidelity_no_position_encoding", None),
+        ("image_prompt: CLIP-Score (toy CLIP, colour named), with position encoding (no target)", "clip_score_coarse_fine", None),
+        ("image_prompt: CLIP-Score without position encoding (the paper: 25.69 vs 25.70; no target)",
+         "clip_score_no_position_encoding", None)],
     "sr": [("videogen x2 stage: PSNR to the true 64-px clip (dB, no target)", "psnr_sr_stage", None),
            ("bilinearly upsampled 32-px clip: PSNR (dB, no target)", "psnr_bilinear", None),
            ("x2 stage minus bilinear (dB, no target)", "sr_gain_db", None)],
@@ -105,7 +118,7 @@ def main(argv=None) -> int:
     figures, failed = {}, []
     for part in args.only:
         started = time.perf_counter()
-        family = "gen1" if part == "gen1" else "videogen" if part in VIDEOGEN_PARTS else None
+        family = part if part in ("gen1", "image_prompt") else "videogen" if part in VIDEOGEN_PARTS else None
         if family and not (WEIGHTS / family / "manifest.json").exists():
             print(f"{part}: the toy {family} is not built (python scripts/build_toy_world.py --stage {family}); skipped")
             continue
@@ -121,6 +134,10 @@ def main(argv=None) -> int:
             from stylevid.toy import judge_gen1
 
             result = judge_gen1.measure_gen1()
+        elif part == "image_prompt":
+            from stylevid.toy import judge_image_prompt
+
+            result = judge_image_prompt.report_figures(judge_image_prompt.measure_image_prompt())
         elif part in VIDEOGEN_PARTS:
             from stylevid.toy import judge_videogen
 

@@ -11,7 +11,8 @@ The items are those of `stylevid.data.videos.VideoClipDataset`: pixel_values (F,
 fps (the toy world's `fps` per toy frame, times subframes / stride) and skipped (always 0: nothing is unreadable).
 With `depth=True` (Gen-1's structure stages) an item also carries `depth`, float32 (F, size, size) in [0, 1], larger
 is nearer: the toy world's ground-truth depth of the same frames, resized and flipped as they are, so a target needs
-no depth estimator on toy data.
+no depth estimator on toy data. `caption_colour=False` leaves the object's colour out of the captions (the toy image
+prompts, where appearance must come from the image).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ TOY_FPS = 8.0  # the rate a toy-world clip plays at, one toy frame per 1/8 s
 
 class ToyClipDataset(Dataset):
     def __init__(self, count: int, frames: int, stride: int | list[int], size: int = toy_world.SIZE, seed: int = 0,
-                 subframes: int = 8, flip: bool = False, depth: bool = False):
+                 subframes: int = 8, flip: bool = False, depth: bool = False, caption_colour: bool = True):
         strides = [int(s) for s in (stride if isinstance(stride, (list, tuple)) else [stride])]
         if count < 1 or frames < 1 or subframes < 1 or any(s < 1 for s in strides):
             raise UserInputError("data=toy: data.count, data.frames, data.subframes and data.stride must be >= 1")
@@ -44,6 +45,7 @@ class ToyClipDataset(Dataset):
             raise UserInputError(f"data=toy: data.size must be a multiple of 8 up to {toy_world.SIZE}, got {size}")
         self.count, self.frames, self.strides, self.size = count, frames, strides, size
         self.seed, self.subframes, self.flip, self.depth = seed, subframes, flip, bool(depth)
+        self.caption_colour = bool(caption_colour)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -79,7 +81,7 @@ class ToyClipDataset(Dataset):
             depth = np.stack([resize(d) for d in depth])
         if self.flip and rng.random() < 0.5:  # off by default: a flip turns "moving right" into a wrong caption
             frames, depth = frames[:, :, ::-1], depth[:, :, ::-1]
-        return frames, np.ascontiguousarray(depth), scene, scene.random_caption(rng), stride
+        return frames, np.ascontiguousarray(depth), scene, scene.random_caption(rng, self.caption_colour), stride
 
     def __getitem__(self, index: int) -> dict:
         frames, depth, _, caption, stride = self.clip_with_depth(index)
@@ -95,5 +97,6 @@ def toy_clip_dataset(data, seed: int, depth: bool = False) -> ToyClipDataset:
     stride = data.stride
     stride = list(stride) if not isinstance(stride, (int, str)) else int(stride)
     return ToyClipDataset(count=int(data.count), frames=int(data.frames), stride=stride, size=int(data.size),
-                          seed=seed, subframes=int(data.subframes), flip=bool(data.get("flip", False)), depth=depth)
+                          seed=seed, subframes=int(data.subframes), flip=bool(data.get("flip", False)), depth=depth,
+                          caption_colour=bool(data.get("caption_colour", True)))
 

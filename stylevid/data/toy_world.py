@@ -76,16 +76,20 @@ class Scene:
     y: float
     phase: float = 0.0  # stick figures: arm swing phase
 
-    def caption(self, size: bool = True, background: bool = True, background_colour: bool = True) -> str:
-        """'a [small] red circle moving right [on a [gray] [striped] background]' ('an orange ...', 'an olive ...')."""
-        words = ["a"] + ([self.size] if size else []) + [self.colour, self.shape, MOTIONS[self.motion]]
+    def caption(self, size: bool = True, background: bool = True, background_colour: bool = True,
+                colour: bool = True) -> str:
+        """'a [small] [red] circle moving right [on a [gray] [striped] background]' ('an orange ...', 'an olive ...');
+        `colour=False` leaves the object's colour out (the toy image prompts: appearance from the image)."""
+        words = ["a"] + ([self.size] if size else []) + ([self.colour] if colour else []) + [self.shape, MOTIONS[self.motion]]
         if background:
             words += ["on", "a"] + ([self.background] if background_colour else []) + [PATTERNS[self.pattern], "background"]
         return phrase(*words)
 
-    def random_caption(self, rng: np.random.Generator) -> str:
-        """A caption with optional parts dropped: the size half of the time, the background or its colour a third."""
-        return self.caption(size=rng.random() < 0.5, background=rng.random() > 0.3, background_colour=rng.random() > 0.3)
+    def random_caption(self, rng: np.random.Generator, colour: bool = True) -> str:
+        """A caption with optional parts dropped: the size half of the time, the background or its colour a third
+        (the same draws whether or not the object's colour is named)."""
+        return self.caption(size=rng.random() < 0.5, background=rng.random() > 0.3, background_colour=rng.random() > 0.3,
+                            colour=colour)
 
 
 def phrase(*words: str) -> str:

@@ -32,6 +32,7 @@ from ...models.motion_module import inflate
 from ..checkpoint import base_model_record, check_same_base
 from ..diffusion import DiffusionObjective, caption_ids
 from . import Step, TrainingTarget, register
+from .gen1 import load_clip
 
 
 class _Trainable(torch.nn.Module):
@@ -88,8 +89,9 @@ class ImagePromptTarget(TrainingTarget):
             self.image_encoder, self.processor = load_image_encoder(self.init / "image_encoder", "target.init")
         elif encoder_source == "tiny":
             self.image_encoder, self.processor = tiny_image_encoder(int(cfg.seed))
-        else:
-            self.image_encoder, self.processor = load_image_encoder(encoder_source, "target.image_encoder")
+        else:  # toy (the toy world's CLIP), a hub id or a directory of a CLIPModel or a CLIP vision tower
+            parts = load_clip(encoder_source, "target.image_encoder", vision=True)
+            self.image_encoder, self.processor = parts["image_encoder"], parts["feature_extractor"]
         self.encoder_source = encoder_source if self.init is None else str(self.init / "image_encoder")
         for module in (self.vae, self.text_encoder, self.unet, self.image_encoder):
             module.requires_grad_(False)
