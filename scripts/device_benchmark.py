@@ -2,7 +2,8 @@
 
 Speed and memory do not depend on the weights' values, so every component is randomly initialised with SD 1.5's
 exact configs (UNet 860M, VAE, CLIP ViT-L/14 text encoder, ControlNet, MotionAdapter v1-5-2, CLIP ViT-L/14 vision
-tower), built directly on the device: no download, no CPU initialisation of 860M parameters.
+tower, the image-prompt mapper), built directly on the device: no download, no CPU initialisation of 860M
+parameters.
 
 Rows (`--rows`, in this order; a row that does not fit `--time-budget` is skipped and says so):
   t2v_zero               stylevid t2v_zero vs diffusers' TextToVideoZeroPipeline: 512², 8 frames, 50 steps
@@ -15,12 +16,19 @@ Rows (`--rows`, in this order; a row that does not fit `--time-budget` is skippe
   train_videogen_base    one optimizer step of VideoGen's base stage (16x128², its resolution), checkpointing off/on
   train_videogen_sr      ... of its first super-resolution stage (16x256²)
   train_gen1             ... of Gen-1's structure stage (8x256², content + structure), checkpointing off/on
-  image_prompt           skipped until that method exists
+  image_prompt           stylevid image_prompt (fine stage and position encodings on: the image prompt's CLIP layers,
+                         mapper and VAE latent, an exemplar UNet pass per step, the injection in every spatial
+                         self-attention) vs stylevid animatediff on the same prompt, 512², 16 frames, 25 steps
+  train_image_prompt     one optimizer step of `stylevid train image_prompt` target.stage=joint (mapper, K, V copies
+                         and exemplar projections: the stage with the most trained parameters) at 16x256², batch 1,
+                         checkpointing off vs the target's switch
 
 Every generation row also times the bare model loop: the model calls the stylevid run made (recorded with forward
 hooks during its warm-up: the same number, the same batch shapes, CFG doubling and ControlNet included), replayed on
 ready-made random inputs with a scheduler step after each UNet call and nothing else. stylevid / bare loop is then the
-pipeline's overhead, and "same model calls" checks that stylevid and its peer did identical work.
+pipeline's overhead, and "same model calls" checks that stylevid and its peer did identical work. (image_prompt's
+bare loop replays its video and exemplar UNet calls with the UNet's plain attention: what the injection's attention,
+the image-prompt encoding and the pipeline add to the same calls.)
 
 Method: each run once as warm-up (`--compile`: twice, so compilation stays out of the figures; the first-call
 times are kept in the JSON), then `--repeats` rounds alternating the runs of a row, median time. Peak memory is
@@ -92,12 +100,16 @@ SD15 = {
         hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=224,
         patch_size=14, projection_dim=768, hidden_act="quick_gelu", layer_norm_eps=1e-5,
     ),
+    # The image-prompt mapper as `stylevid train image_prompt` makes it (conf/target/image_prompt.yaml: mapper_width,
+    # num_tokens); it reads five CLIP layers of the vision tower above, its width and the text encoder's set the rest.
+    "image_prompt_mapper": dict(hidden_dim=1024, num_tokens=1),
 }
 
 
 def smoke_configs() -> dict:
     """The same components at the sizes of stylevid's tiny models (`stylevid.models.tiny`), read off those models so
     that the smoke run follows them when they change."""
+    from stylevid.methods.image_prompt import TINY_MAPPER_WIDTH
     from stylevid.models.gen1 import tiny_image_encoder
     from stylevid.models.motion_module import tiny_motion_adapter
     from stylevid.models.tiny import TINY_TEXT_DIM, tiny_text_encoder, tiny_unet, tiny_vae
@@ -109,6 +121,7 @@ def smoke_configs() -> dict:
         "motion_adapter": dict(tiny_motion_adapter().config),
         "controlnet": dict(conditioning_embedding_out_channels=(8, 16, 32, 32)),  # as models.controlnet.tiny_controlnet
         "image_encoder": tiny_image_encoder(embed_dim=TINY_TEXT_DIM)[0].config.to_dict(),
+        "image_prompt_mapper": dict(hidden_dim=TINY_MAPPER_WIDTH, num_tokens=1),  # model=tiny's random mapper
     }
 
 
@@ -119,15 +132,16 @@ WORK = {
         # Peak memory does not grow with the number of steps: 3 are enough to see the 64-frame peak.
         "long_video": (512, 64, 3), "long_context": (16, 4),  # FreeNoise window and stride (the method's defaults)
         "train_motion_module": (256, 16, 1), "train_videogen_base": (128, 16, 1), "train_videogen_sr": (256, 16, 1),
-        "train_gen1": (256, 8, 1),
+        "train_gen1": (256, 8, 1), "train_image_prompt": (256, 16, 1),
     },
     "smoke": {
         "t2v": (64, 3, 4), "animatediff": (64, 4, 2), "long_video": (64, 16, 2), "long_context": (4, 2),
         "train_motion_module": (64, 4, 1), "train_videogen_base": (32, 4, 1), "train_videogen_sr": (64, 4, 1),
-        "train_gen1": (64, 4, 1),
+        "train_gen1": (64, 4, 1), "train_image_prompt": (64, 4, 1),
     },
 }
 PROMPT = "a panda surfing on a wave"
+SUBJECT = "panda"  # the prompt's word an image prompt replaces
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
@@ -216,6 +230,21 @@ class Components:
         config = CLIPVisionConfig(**self.configs["image_encoder"])
         encoder = self.built(lambda: CLIPVisionModelWithProjection(config), convolutional=False)
         return encoder, default_feature_extractor(encoder)
+
+    def image_prompt_adapter(self, unet) -> torch.nn.Module:
+        """A fresh `ImagePromptAdapter` for the AnimateDiff `unet` (rows do not share one: a training row trains
+        its own): the mapper reading the image encoder's default CLIP layers, as `stylevid train image_prompt` makes
+        it, and copies of the spatial attention layers' K, V projections (fine stage included), frozen."""
+        from stylevid.models.image_prompt import ImagePromptAdapter, ImagePromptMapper, default_clip_layers
+
+        encoder, _ = self.image_encoder
+        mapper = self.built(lambda: ImagePromptMapper(
+            vision_dim=encoder.config.hidden_size, text_dim=self.pipe.text_encoder.config.hidden_size,
+            clip_layers=default_clip_layers(encoder.config.num_hidden_layers), **self.configs["image_prompt_mapper"]),
+            convolutional=False)
+        with torch.device(self.device):
+            adapter = ImagePromptAdapter(mapper, unet, fine=True)
+        return self.finished(adapter, convolutional=False)
 
 
 # --- recording and replaying model calls -------------------------------------------------------------------------
@@ -351,17 +380,21 @@ class Run:
     call: Callable[[], object]
     models: dict[str, torch.nn.Module] = field(default_factory=dict)  # whose calls are counted (and replayed)
     prepare: Callable[[], None] | None = None  # untimed, before every call (e.g. switching checkpointing on)
+    # Stages of the call's own timings (a VideoOutput's, from its StageReporter) to report per timed run: only
+    # stages that end in a device sync (a .cpu()), or their time would be the host's alone.
+    stages: tuple[str, ...] = ()
     calls: list[Call] = field(default_factory=list)
     warmup_s: list[float] = field(default_factory=list)
     times_s: list[float] = field(default_factory=list)
     peaks_mib: list[float] = field(default_factory=list)
+    stages_s: dict[str, list[float]] = field(default_factory=dict)
 
     def record(self) -> dict:
         counts = {}
         for call in self.calls:
             counts[call.model] = counts.get(call.model, 0) + 1
         work = repr([call.work() for call in self.calls]).encode()
-        return {
+        record = {
             "time_s": statistics.median(self.times_s) if self.times_s else None,
             "times_s": self.times_s,
             "warmup_s": self.warmup_s,
@@ -369,6 +402,10 @@ class Run:
             "model_calls": counts,
             "work_digest": hashlib.sha1(work).hexdigest()[:16] if self.calls else None,
         }
+        if self.stages:
+            record["stages_s"] = {name: statistics.median(times) if times else None
+                                  for name, times in ((name, self.stages_s.get(name, [])) for name in self.stages)}
+        return record
 
 
 @dataclass
@@ -451,10 +488,13 @@ def warm_up(run: Run, ctx: Context) -> None:
 def time_once(run: Run, ctx: Context) -> None:
     if run.prepare:
         run.prepare()
-    seconds, peak = measured(run.call, ctx.device)
+    outputs = []
+    seconds, peak = measured(lambda: outputs.append(run.call()), ctx.device)
     run.times_s.append(seconds)
     if peak is not None:
         run.peaks_mib.append(peak)
+    for stage in run.stages:
+        run.stages_s.setdefault(stage, []).append(outputs[0].timings[stage])
 
 
 def measure(plan: Plan, ctx: Context) -> dict:
@@ -702,10 +742,16 @@ def target_for_step(target_cls, cfg, ctx: Context, **parts):
     return target
 
 
-def training_plan(name: str, ctx: Context, cfg, target, batch: dict, work: dict) -> Plan:
-    """One optimizer step of `target` on `batch`, gradient checkpointing off against the target's own switch."""
+def training_plan(name: str, ctx: Context, cfg, target, batch: dict, work: dict,
+                  checkpointed: torch.nn.Module | None = None, teardown: Callable[[], None] | None = None) -> Plan:
+    """One optimizer step of `target` on `batch`, gradient checkpointing off against the target's own switch.
+
+    `checkpointed`: the UNet the switch acts on, when it is not `target.model` (a target whose trained module is an
+    adapter beside a frozen UNet); `teardown`: what the row undoes after it, besides the optimizer's state."""
     from stylevid.models.checkpointing import disable_gradient_checkpointing
-    from stylevid.training.targets import Step
+    from stylevid.training.targets import Step, TrainingTarget
+
+    checkpointed = target.model if checkpointed is None else checkpointed
 
     # The trainer's precision (as every target's constructor sets it): frozen weights in the low dtype, trained
     # ones in float32, under autocast.
@@ -728,14 +774,24 @@ def training_plan(name: str, ctx: Context, cfg, target, batch: dict, work: dict)
         optimizer.zero_grad(set_to_none=True)
 
     # stylevid's disable undoes both its own wraps and diffusers' flags, whichever the target's switch set.
-    off = Run("gradient checkpointing off", step, prepare=lambda: disable_gradient_checkpointing(target.model))
+    off = Run("gradient checkpointing off", step, prepare=lambda: disable_gradient_checkpointing(checkpointed))
     on = Run("gradient checkpointing on (the target's)", step, prepare=target.enable_gradient_checkpointing)
     trained = sum(p.numel() for p in trainable)
-    return Plan(work={**work, "trained_parameters": trained, "optimizer": "AdamW", "target": name},
+    # A target without its own switch inherits TrainingTarget's no-op: `trainer.gradient_checkpointing=true` then
+    # changes nothing, and "on" measures the same step as "off" (the memory check misses, as it should).
+    switch = type(target).enable_gradient_checkpointing is not TrainingTarget.enable_gradient_checkpointing
+
+    def finish():
+        optimizer.state.clear()
+        if teardown:
+            teardown()
+
+    return Plan(work={**work, "trained_parameters": trained, "optimizer": "AdamW", "target": name,
+                      "checkpointing_switch": "the target's own" if switch else "none (TrainingTarget's no-op: on = off)"},
                 runs=[off, on],
                 checks=[Check("peak memory: on / off", on.name, off.name, "peak_mib", limit=0.6, target="<= 0.60 (>= 40 % lower)"),
                         Check("step time: on / off", on.name, off.name)],
-                teardown=lambda: optimizer.state.clear())
+                teardown=finish)
 
 
 def clip_batch(ctx: Context, key: str, captions: bool = True) -> dict:
@@ -822,12 +878,88 @@ def train_gen1_row(ctx: Context) -> Plan:
                          {"size": size, "frames": frames, "batch": batch, "stage": "structure"})
 
 
-def image_prompt_row(ctx: Context) -> Plan:
-    from stylevid.methods.base import registered_methods
+def train_image_prompt_row(ctx: Context) -> Plan:
+    from stylevid.models.checkpointing import disable_gradient_checkpointing
+    from stylevid.models.image_prompt import ImagePromptState
+    from stylevid.training.diffusion import DiffusionObjective
+    from stylevid.training.targets.image_prompt import ImagePromptTarget, _Trainable
 
-    if "image_prompt" in registered_methods():
-        raise Skip("method image_prompt exists, but this benchmark has no row for it yet")
-    raise Skip("method image_prompt does not exist in stylevid yet")
+    # joint: coarse's mapper and K, V copies plus fine's exemplar projections, the stage with the most trained
+    # parameters and the costliest backward (through the text encoder, and through the exemplar pass, which reads
+    # the K, V copies). Caption dropout off: a dropped sample trains without its image prompt (no mapper, no
+    # exemplar), the cheap step; the row times the one with it (as the Gen-1 row times video batches only).
+    stage = "joint"
+    cfg = train_config("image_prompt", f"target.stage={stage}", "diffusion.caption_dropout=0")
+    pipe = ctx.components.pipe
+    unet = ctx.components.animatediff.unet  # the frozen AnimateDiff model: shared, the target trains none of it
+    encoder, processor = ctx.components.image_encoder
+    adapter = ctx.components.image_prompt_adapter(unet)  # fresh, as the target's constructor makes it
+    adapter.requires_grad_(False)
+    for parameter in adapter.stage_parameters(stage):
+        parameter.requires_grad_(True)
+    state = ImagePromptState(position_encoding=bool(cfg.target.position_encoding))
+    original = unet.attn_processors
+    unet.set_attn_processor({**original, **adapter.processors(state)})  # persistent, as the target sets them
+    target = target_for_step(
+        ImagePromptTarget, cfg, ctx, stage=stage, objective=DiffusionObjective.from_config(cfg.diffusion),
+        vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=unet, image_encoder=encoder,
+        processor=processor, adapter=adapter, state=state)
+    target.trainable = _Trainable(adapter, target.predict)
+    size, frames, batch = ctx.work["train_image_prompt"]
+    # Subject crops as the dataset gives them (uint8 (h, w, 3), any size: padded and resized to the frame, and to
+    # CLIP's input, in the loss).
+    crops = [(torch.rand(size // 2, size // 2, 3, generator=generator(1)) * 255).to(torch.uint8).numpy()] * batch
+    items = {**clip_batch(ctx, "train_image_prompt"), "subjects": [SUBJECT] * batch, "crops": crops}
+
+    def teardown():  # the shared UNet as the other rows use it
+        disable_gradient_checkpointing(unet)
+        unet.set_attn_processor(original)
+        unet.eval()
+
+    return training_plan(f"image_prompt (stage={stage})", ctx, cfg, target, items,
+                         {"size": size, "frames": frames, "batch": batch, "stage": stage, "caption_dropout": 0.0,
+                          "clip_layers": list(adapter.mapper.config.clip_layers),
+                          "mapper_width": int(adapter.mapper.config.hidden_dim)},
+                         checkpointed=unet, teardown=teardown)
+
+
+def image_prompt_row(ctx: Context) -> Plan:
+    from stylevid.methods.animatediff import AnimateDiffModels
+    from stylevid.methods.image_prompt import ImagePromptModels
+    from stylevid.progress import StageReporter
+
+    size, frames, steps = ctx.work["animatediff"]
+    image = style_image(Path(tempfile.mkdtemp(prefix="device_benchmark_")) / "subject.png")
+    base_method, base = generate_settings("animatediff", size, frames, steps)
+    method, settings = generate_settings("image_prompt", size, frames, steps, f"image_prompt={image}",
+                                         f"subject={SUBJECT}", "method.fine=true", "method.position_encoding=true")
+    video_pipe = animatediff_pipe(ctx, settings)
+    encoder, processor = ctx.components.image_encoder
+    # The method's parts at this scale (what `ImagePrompt.load` returns): the shared AnimateDiff pipeline, a random
+    # mapper + K, V copies + exemplar projections, the CLIP ViT-L/14 vision tower. `generate` installs the adapter's
+    # processors on the shared UNet and puts the originals back after every video.
+    loaded = ImagePromptModels(video_pipe, ctx.components.image_prompt_adapter(video_pipe.unet), encoder, processor)
+    models = {"unet": video_pipe.unet}  # the exemplar passes are UNet calls too (one frame, the conditional video)
+    animatediff_run = Run("stylevid animatediff", lambda: base_method.generate(
+        AnimateDiffModels(video_pipe, None), base, StageReporter()), models)
+    # Its "image prompt" stage (CLIP layers, mapper, composed text, the exemplar's VAE latent) ends in a .cpu().
+    image_prompt_run = Run("stylevid image_prompt", lambda: method.generate(loaded, settings, StageReporter()), models,
+                           stages=("image prompt",))
+    bare = Run("bare loop (image_prompt's calls, plain attention)",
+               BareLoop(models, image_prompt_run, video_pipe.scheduler.config), models)
+    mapper = loaded.adapter.mapper.config
+    return Plan(
+        work={"size": size, "frames": frames, "steps": steps, "guidance_scale": settings.guidance_scale,
+              "beta_schedule": settings.beta_schedule, "subject": SUBJECT, "fine": settings.fine,
+              "position_encoding": settings.position_encoding, "clip_layers": list(mapper.clip_layers),
+              "num_tokens": int(mapper.num_tokens), "mapper_width": int(mapper.hidden_dim)},
+        runs=[animatediff_run, image_prompt_run, bare],
+        checks=[Check("stylevid image_prompt / animatediff", image_prompt_run.name, animatediff_run.name, limit=1.3,
+                      target="<= 1.30"),
+                Check("peak memory: image_prompt / animatediff", image_prompt_run.name, animatediff_run.name, "peak_mib"),
+                Check("stylevid image_prompt / bare loop: injection + encoding + pipeline", image_prompt_run.name, bare.name)],
+        same_work=[(image_prompt_run.name, bare.name)],
+    )
 
 
 ROWS: dict[str, Callable[[Context], Plan]] = {
@@ -841,6 +973,7 @@ ROWS: dict[str, Callable[[Context], Plan]] = {
     "train_videogen_sr": functools.partial(videogen_row, kind="sr"),
     "train_gen1": train_gen1_row,
     "image_prompt": image_prompt_row,
+    "train_image_prompt": train_image_prompt_row,
 }
 
 
@@ -871,6 +1004,8 @@ def table(result: dict) -> str:
         for name, run in row["runs"].items():
             calls = ", ".join(f"{model} {count}" for model, count in run["model_calls"].items())
             lines.append(f"| {row['name']} | {name} | {_number(run['time_s'], 3)} | {_number(run['peak_mib'], 0)} | {calls} | | | |")
+            for stage, seconds in run.get("stages_s", {}).items():
+                lines.append(f"| {row['name']} | {name}: its {stage} stage | {_number(seconds, 3)} | | | | | |")
         for check in row["checks"]:
             value = "" if check["quantity"] == "work_digest" else _number(check["value"], 3)
             lines.append(f"| {row['name']} | {check['name']} | | | | {value} | {check['target']} | {verdicts[check['pass']]} |")

@@ -30,9 +30,6 @@ def test_smoke_measures_every_row_and_writes_the_record(smoke):
     assert written["date"] and written["elapsed_s"] > 0
     assert [row["name"] for row in written["rows"]] == list(ROWS)
     for row in written["rows"]:
-        if row["name"] == "image_prompt":  # not a stylevid method yet: skipped, saying why
-            assert row["status"] == "skipped" and "image_prompt" in row["reason"]
-            continue
         assert row["status"] == "measured", (row["name"], row["reason"])
         # the long-video row is about memory: one timed run of each length (see long_video_row)
         assert row["repeats"] == (1 if row["name"] == "long_video" else written["options"]["repeats"])
@@ -41,6 +38,9 @@ def test_smoke_measures_every_row_and_writes_the_record(smoke):
             assert all(math.isfinite(t) and t > 0 for t in run["times_s"] + run["warmup_s"]), name
             assert run["time_s"] == statistics.median(run["times_s"])
             assert run["peak_mib"] is None  # no resettable peak on the CPU: n/a, not a made-up figure
+    # The image-prompt step's own time (CLIP layers, mapper, composed text, exemplar latent), one per timed run
+    image_prompt = next(row for row in written["rows"] if row["name"] == "image_prompt")["runs"]["stylevid image_prompt"]
+    assert 0 < image_prompt["stages_s"]["image prompt"] < image_prompt["time_s"]
 
 
 def test_ratios_are_the_times_ratios_as_printed(smoke):
@@ -75,6 +75,60 @@ def test_stylevid_and_its_peers_make_the_same_model_calls(smoke):
     assert rows["animatediff"]["runs"]["stylevid animatediff"]["model_calls"] == {"unet": steps}
     assert rows["animatediff_controlnet"]["runs"]["stylevid animatediff + ControlNet"]["model_calls"] == {
         "unet": steps, "controlnet": steps}
+    # image_prompt: the video call and one exemplar pass per step, replayed exactly by its bare loop
+    image_prompt = rows["image_prompt"]
+    assert image_prompt["runs"]["stylevid animatediff"]["model_calls"] == {"unet": steps}
+    assert image_prompt["runs"]["stylevid image_prompt"]["model_calls"] == {"unet": 2 * steps}
+    same = [check for check in image_prompt["checks"] if check["quantity"] == "work_digest"]
+    assert len(same) == 1 and same[0]["pass"]
+
+
+def smoke_context() -> device_benchmark.Context:
+    components = device_benchmark.Components(device_benchmark.smoke_configs(), torch.device("cpu"), torch.float32,
+                                             channels_last=False, compile_unet=False)
+    return device_benchmark.Context(components, device_benchmark.WORK["smoke"], torch.device("cpu"), torch.float32,
+                                    repeats=1, warmups=1, deadline=float("inf"))
+
+
+def test_image_prompt_makes_animatediffs_video_calls_and_one_exemplar_pass_per_step():
+    """The ratio to animatediff compares like with like: the same video calls (batch, CFG doubling, timesteps, text
+    shapes), plus the fine stage's exemplar pass: the conditional video's image prompt alone, one frame, at the step's
+    timestep."""
+    ctx = smoke_context()
+    plan = ROWS["image_prompt"](ctx)
+    runs = {run.name: run for run in plan.runs}
+    animatediff, image_prompt = runs["stylevid animatediff"], runs["stylevid image_prompt"]
+    for run in (animatediff, image_prompt):
+        device_benchmark.warm_up(run, ctx)
+    size, frames, steps = device_benchmark.WORK["smoke"]["animatediff"]
+    video = [call for call in image_prompt.calls if call.bound["sample"].shape[2] == frames]
+    exemplar = [call for call in image_prompt.calls if call.bound["sample"].shape[2] != frames]
+    assert len(animatediff.calls) == len(video) == len(exemplar) == steps
+    assert [call.work() for call in video] == [call.work() for call in animatediff.calls]
+    for video_call, exemplar_call in zip(video, exemplar):
+        batch, channels, _, height, width = video_call.bound["sample"].shape
+        assert batch == 2  # CFG: [unconditional, conditional]
+        assert exemplar_call.bound["sample"].shape == (1, channels, 1, height, width)
+        assert exemplar_call.bound["timestep"].value == video_call.bound["timestep"].value
+
+
+def test_train_image_prompt_trains_every_parameter_of_the_joint_stage(smoke):
+    """The mapper plus a K, V copy of every spatial attention layer of the UNet (cross: coarse; self: the exemplar
+    projections, fine), counted here from the modules, not through the adapter."""
+    from stylevid.models.image_prompt import ImagePromptMapper, default_clip_layers
+
+    work = next(row for row in smoke[0]["rows"] if row["name"] == "train_image_prompt")["work"]
+    components = smoke_context().components
+    count = lambda modules: sum(p.numel() for module in modules for p in module.parameters())  # noqa: E731
+    spatial = {name: module for name, module in components.animatediff.unet.named_modules()
+               if name.endswith((".attn1", ".attn2")) and ".motion_modules." not in name}
+    assert len(spatial) > 2 and all(".attentions." in name for name in spatial)  # the image model's transformers
+    encoder = components.image_encoder[0].config
+    mapper = ImagePromptMapper(vision_dim=encoder.hidden_size, text_dim=components.pipe.text_encoder.config.hidden_size,
+                               clip_layers=default_clip_layers(encoder.num_hidden_layers),
+                               **device_benchmark.smoke_configs()["image_prompt_mapper"])
+    assert work["stage"] == "joint"
+    assert work["trained_parameters"] == count([mapper]) + count(m for a in spatial.values() for m in (a.to_k, a.to_v))
 
 
 @pytest.mark.parametrize("row_name", ["t2v_zero", "animatediff"])
@@ -104,8 +158,8 @@ def test_bare_loop_makes_exactly_the_pipelines_unet_calls(row_name):
 
 
 def test_rows_selects_rows_in_the_given_order(tmp_path):
-    result = main(["--smoke", "--rows", "image_prompt,train_motion_module", "--repeats", "1", "--out", str(tmp_path / "b.json")])
-    assert [row["name"] for row in result["rows"]] == ["image_prompt", "train_motion_module"]
+    result = main(["--smoke", "--rows", "train_videogen_base,train_motion_module", "--repeats", "1", "--out", str(tmp_path / "b.json")])
+    assert [row["name"] for row in result["rows"]] == ["train_videogen_base", "train_motion_module"]
     runs = result["rows"][1]["runs"]
     assert set(runs) == {"gradient checkpointing off", "gradient checkpointing on (the target's)"}
     assert all(len(run["times_s"]) == 1 for run in runs.values())
@@ -152,3 +206,6 @@ def test_sd15_configs_are_sd15s():
     keys = ("block_out_channels", "motion_layers_per_block", "motion_num_attention_heads", "motion_norm_num_groups",
             "motion_max_seq_length", "use_motion_mid_block", "motion_transformer_layers_per_block")
     assert {key: adapter.config[key] for key in keys} == {key: trained.config[key] for key in keys}
+    # the image-prompt mapper is the one `stylevid train image_prompt` makes
+    target = device_benchmark.train_config("image_prompt").target
+    assert device_benchmark.SD15["image_prompt_mapper"] == {"hidden_dim": target.mapper_width, "num_tokens": target.num_tokens}
