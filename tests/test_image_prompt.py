@@ -202,7 +202,8 @@ def test_generate_writes_the_record_and_fine_and_position_encoding_change_the_vi
      "subject='dog' is not a word of the prompt; its words are: a, star, moving, right"),
     (["image_prompt=STAR", "prompt=a star moving right"], "needs subject="),
     (["subject=star", "prompt=a star moving right"], "needs image_prompt="),
-    (["image_prompt=STAR", "subject=star", "prompt=a star", "model=toy"], "the toy image_prompt weights are not built"),
+    (["image_prompt=STAR", "subject=star", "prompt=a star", "model=toy", "method.weights=/no/such/ip_weights"],
+     "method.weights=/no/such/ip_weights is not a directory"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(args, message, star_image, tmp_path, capsys):
     broken = tmp_path / "broken.png"
@@ -284,6 +285,63 @@ def test_each_stage_trains_only_its_parameters_and_resumes_exactly(tmp_path):
     assert record["weights"]["stages"] == ["coarse", "fine"] and record["weights"]["path"] == str(fine)
     with pytest.raises(UserInputError, match="has no fine stage"):
         run_generate(generate_cfg(coarse, f"output_dir={tmp_path / 'refused'}"))
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tmp_path):
+    """trainer.gradient_checkpointing=true checkpoints the frozen video UNet (main pass in train mode, the exemplar
+    pass whole): the joint stage's loss and every trained parameter's gradient are those of the plain step, and the
+    UNet's segments really are checkpointed (recomputed in backward)."""
+    from stylevid.training.targets import Step
+    from stylevid.training.targets.image_prompt import ImagePromptTarget
+
+    cfg = train_cfg(["target.stage=joint", "diffusion.caption_dropout=0.5", f"output_dir={tmp_path}"])
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        target = ImagePromptTarget(cfg, torch.device("cpu"), torch.float32, 0)
+        if checkpointing:
+            target.enable_gradient_checkpointing()
+        batch = target.collate([target.dataset()[i] for i in range(2)])
+        calls = []  # forwards of a layer inside the first spatial transformer (a checkpointed segment when on)
+        transformer = target.unet.down_blocks[0].attentions[0]
+        hook = transformer.proj_in.register_forward_hook(lambda *args: calls.append(1))
+        target.model.train()
+        loss = target.loss(target.model, batch, Step(0, 0, 0, 1, torch.Generator().manual_seed(3)))
+        forward_calls = len(calls)
+        loss.backward()
+        hook.remove()
+        grads = [p.grad.clone() if p.grad is not None else None for p in target.trainable_parameters()]
+        results.append((float(loss), grads, forward_calls, len(calls)))
+    (plain_loss, plain_grads, plain_forward, plain_calls), (loss, grads, forward_calls, calls) = results
+    assert loss == pytest.approx(plain_loss, rel=1e-6)
+    assert any(g is not None and g.abs().sum() > 0 for g in plain_grads)
+    for plain, checked in zip(plain_grads, grads):
+        assert (plain is None) == (checked is None)
+        if plain is not None:
+            assert torch.allclose(plain, checked, atol=1e-6, rtol=1e-5)
+    assert plain_calls == plain_forward == forward_calls  # the exemplar pass and the main pass
+    assert calls == forward_calls + 1  # checkpointed: the main pass's segment is recomputed once in backward
+
+
+def test_a_fine_step_whose_samples_all_drop_the_image_prompt_still_trains(tmp_path):
+    """caption dropout 1: no sample reads the exemplar projections (the fine stage's only trained parameters); the
+    step still runs backward, with zero gradients for them (a rare batch in a real run, which used to stop it)."""
+    from stylevid.train import run_train
+    from stylevid.training.targets import Step
+    from stylevid.training.targets.image_prompt import ImagePromptTarget
+
+    coarse = run_train(train_cfg(["target.stage=coarse", "trainer.max_steps=1", f"output_dir={tmp_path / 'coarse'}"]))
+    cfg = train_cfg(["target.stage=fine", f"target.init={coarse}", "diffusion.caption_dropout=1.0",
+                     f"output_dir={tmp_path / 'fine'}"])
+    target = ImagePromptTarget(cfg, torch.device("cpu"), torch.float32, 0)
+    batch = target.collate([target.dataset()[i] for i in range(2)])
+    loss = target.loss(target.model, batch, Step(0, 0, 0, 1, torch.Generator().manual_seed(0)))
+    loss.backward()
+    grads = [p.grad for p in target.trainable_parameters()]
+    assert grads and all(g is not None and torch.count_nonzero(g) == 0 for g in grads)
+    run_train(train_cfg(["target.stage=fine", f"target.init={coarse}", "diffusion.caption_dropout=1.0",
+                         "trainer.max_steps=2", f"output_dir={tmp_path / 'fine_run'}"]))
+    assert (tmp_path / "fine_run" / ip.PROCESSORS_FILE).is_file()
 
 
 def test_fine_without_init_and_a_bad_stage_are_one_line_exit_2(tmp_path, capsys):

@@ -125,6 +125,20 @@ class ImagePromptTarget(TrainingTarget):
     def trainable_parameters(self):
         return self.adapter.stage_parameters(self.stage)
 
+    checkpointing = False
+
+    def enable_gradient_checkpointing(self) -> None:
+        """stylevid's checkpointing of the frozen video UNet (`models.checkpointing`: resnets, whole spatial
+        transformers, motion modules), through which the trained projections' gradients flow. It acts in train mode
+        only, so `predict` runs the main pass in train mode (the UNet has no dropout: the same numbers) and the
+        exemplar pass in eval mode: that pass records into the processors' shared state, which a recomputation in
+        backward would redo under the main pass's settings. The main pass's recomputations read the exemplar
+        features again, so they are kept until the next step rather than dropped when the forward returns."""
+        from ...models.checkpointing import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(self.unet)
+        self.checkpointing = True
+
     # --- data and loss ----------------------------------------------------------------------------------------
 
     def dataset(self):
@@ -171,15 +185,25 @@ class ImagePromptTarget(TrainingTarget):
             context[kept.to(self.device)] = composed
         state = self.state
         state.latent_size = tuple(noisy.shape[-2:])
+        state.exemplars = {}
         if self.adapter.fine and bool(kept.any()):
+            self.unet.eval()  # never checkpointed (see enable_gradient_checkpointing)
             ip.run_exemplar_pass(self.unet, state, noisy_exemplar.to(self.unet.dtype), timesteps[kept.to(timesteps.device)],
                                  context[kept.to(self.device)].to(self.unet.dtype))
         state.conditioned = kept.clone()
+        self.unet.train(self.checkpointing)
         try:
-            return self.unet(noisy.to(self.unet.dtype), timesteps,
-                             encoder_hidden_states=context.repeat_interleave(frames, dim=0).to(self.unet.dtype)).sample
+            prediction = self.unet(noisy.to(self.unet.dtype), timesteps,
+                                   encoder_hidden_states=context.repeat_interleave(frames, dim=0).to(self.unet.dtype)).sample
+            if self.adapter.fine and not bool(kept.any()):
+                # Every sample dropped its image prompt (caption dropout), so nothing read the exemplar projections:
+                # a zero term keeps them in this forward's graph, so the fine stage (which trains nothing else) can
+                # run backward, and every DDP rank reduces the same parameters.
+                prediction = prediction + 0.0 * sum(p.sum() for p in self.adapter.exemplar.parameters())
+            return prediction
         finally:
-            state.exemplars = {}
+            if not self.checkpointing:  # else kept for the recomputations in backward (dropped at the next step)
+                state.exemplars = {}
 
     # --- weights ----------------------------------------------------------------------------------------------
 
