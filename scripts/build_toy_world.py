@@ -63,7 +63,7 @@ GROUPS = {"all": STAGES, "toy": ("vae", "clip", "unet", "motion"), "videogen": V
 # Steps of each image-prompt stage; the joint ablation gets the two stages' steps together.
 IMAGE_PROMPT_STEPS = {"ip_coarse": 1500, "ip_fine": 1500, "ip_joint": 3000}
 # Steps of each Gen-1 UNet stage (conf/experiment/toy_gen1.yaml holds the rest; --steps overrides all of them).
-GEN1_STEPS = {"gen1_content": 600, "gen1_temporal": 500, "gen1_structure": 800, "gen1_structure_ts": 900}
+GEN1_STEPS = {"gen1_content": 600, "gen1_temporal": 500, "gen1_structure": 1500, "gen1_structure_ts": 1500}
 # The stages trained on a stage's output (the UNet on the VAE and the CLIP text tower, the motion module and the
 # VideoGen stages on the UNet, every VideoGen part on the VAE's latents, the refiner on the flow net, the
 # super-resolution stage on the base): rebuilding a stage makes them stale.
@@ -296,8 +296,13 @@ def image_prompt_stage(name: str, out: Path, work: Path, args) -> dict:
         export.mkdir(parents=True)
         for part in ("mapper", "image_encoder"):
             shutil.copytree(run_dir / part, export / part)
-        for part in ("attention_processors.safetensors", "manifest.json"):
-            shutil.copy2(run_dir / part, export / part)
+        shutil.copy2(run_dir / "attention_processors.safetensors", export / "attention_processors.safetensors")
+        # The manifest names the base model, motion module and image encoder it trained with: as paths inside the
+        # package and the build folder, not this machine's.
+        text = (run_dir / "manifest.json").read_text()
+        for folder, shown in ((work.resolve(), "build/toy"), (out.resolve(), "stylevid/toy/weights")):
+            text = text.replace(str(folder), shown)
+        (export / "manifest.json").write_text(text)
         replace_dir(export, out / shipped)
     return stage_summary(result, command)
 

@@ -114,7 +114,8 @@ def test_image_prompt_makes_animatediffs_video_calls_and_one_exemplar_pass_per_s
 
 def test_train_image_prompt_trains_every_parameter_of_the_joint_stage(smoke):
     """The mapper plus a K, V copy of every spatial attention layer of the UNet (cross: coarse; self: the exemplar
-    projections, fine), counted here from the modules, not through the adapter."""
+    projections, fine) and two gates per self-attention layer, counted here from the modules, not through the
+    adapter."""
     from stylevid.models.image_prompt import ImagePromptMapper, default_clip_layers
 
     work = next(row for row in smoke[0]["rows"] if row["name"] == "train_image_prompt")["work"]
@@ -128,7 +129,8 @@ def test_train_image_prompt_trains_every_parameter_of_the_joint_stage(smoke):
                                clip_layers=default_clip_layers(encoder.num_hidden_layers),
                                **device_benchmark.smoke_configs()["image_prompt_mapper"])
     assert work["stage"] == "joint"
-    assert work["trained_parameters"] == count([mapper]) + count(m for a in spatial.values() for m in (a.to_k, a.to_v))
+    gates = 2 * sum(name.endswith(".attn1") for name in spatial)
+    assert work["trained_parameters"] == count([mapper]) + count(m for a in spatial.values() for m in (a.to_k, a.to_v)) + gates
 
 
 @pytest.mark.parametrize("row_name", ["t2v_zero", "animatediff"])

@@ -140,6 +140,36 @@ def test_coarse_only_with_the_words_own_embedding_is_plain_animatediff_bit_for_b
     assert not torch.equal(method.ImagePrompt().generate(loaded, settings, StageReporter()).latents, plain.latents)
 
 
+def test_zero_gates_are_the_coarse_model_and_open_gates_change_it():
+    """A fresh fine adapter (gates at zero) computes what the coarse-only adapter computes, exemplar or not; opening
+    the injection gate changes the conditioned video, and the position gate changes what the injection gives (the
+    encodings live in the injected attention only)."""
+    pipe, unet, mapper = tiny_parts()
+    fine, coarse = ip.ImagePromptAdapter(mapper, unet, fine=True), ip.ImagePromptAdapter(mapper, unet, fine=False)
+    state = ip.ImagePromptState(position_encoding=True)
+    torch.manual_seed(1)
+    video, context, exemplar = torch.randn(1, 4, 3, 8, 8), torch.randn(1, 77, 32), torch.randn(1, 4, 8, 8)
+
+    def run(adapter):
+        with ip.installed(unet, adapter, state), torch.no_grad():
+            state.conditioned, state.latent_size = torch.tensor([True]), (8, 8)
+            if adapter.fine:
+                ip.run_exemplar_pass(unet, state, exemplar, torch.tensor([400]), context)
+            return unet(video, 400, encoder_hidden_states=context.repeat(3, 1, 1)).sample  # one row per frame
+
+    plain = run(coarse)
+    torch.testing.assert_close(run(fine), plain, atol=1e-5, rtol=1e-5)
+    outputs = {}
+    for injection, position in ((1.0, 0.0), (1.0, 1.0), (0.0, 1.0)):
+        with torch.no_grad():
+            for gates in fine.gates():
+                gates.injection.fill_(injection), gates.position.fill_(position)
+        outputs[injection, position] = run(fine)
+    assert not torch.allclose(outputs[1.0, 0.0], plain, atol=1e-3)
+    assert not torch.allclose(outputs[1.0, 1.0], outputs[1.0, 0.0], atol=1e-3)
+    torch.testing.assert_close(outputs[0.0, 1.0], plain, atol=1e-5, rtol=1e-5)
+
+
 def test_unconditional_branch_has_no_exemplar_and_the_conditional_one_uses_it():
     pipe, unet, mapper = tiny_parts()
     adapter = ip.ImagePromptAdapter(mapper, unet, fine=True)
@@ -324,7 +354,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tmp_path):
 
 
 def test_a_fine_step_whose_samples_all_drop_the_image_prompt_still_trains(tmp_path):
-    """caption dropout 1: no sample reads the exemplar projections (the fine stage's only trained parameters); the
+    """caption dropout 1: no sample reads the exemplar projections (trained in the fine stage beside the gates); the
     step still runs backward, with zero gradients for them (a rare batch in a real run, which used to stop it)."""
     from stylevid.train import run_train
     from stylevid.training.targets import Step
@@ -337,8 +367,9 @@ def test_a_fine_step_whose_samples_all_drop_the_image_prompt_still_trains(tmp_pa
     batch = target.collate([target.dataset()[i] for i in range(2)])
     loss = target.loss(target.model, batch, Step(0, 0, 0, 1, torch.Generator().manual_seed(0)))
     loss.backward()
-    grads = [p.grad for p in target.trainable_parameters()]
-    assert grads and all(g is not None and torch.count_nonzero(g) == 0 for g in grads)
+    projections = [p for entry in target.adapter.exemplar.values() for m in (entry.to_k, entry.to_v) for p in m.parameters()]
+    assert projections and all(p.grad is not None and torch.count_nonzero(p.grad) == 0 for p in projections)
+    assert all(p.grad is not None for p in target.trainable_parameters())
     run_train(train_cfg(["target.stage=fine", f"target.init={coarse}", "diffusion.caption_dropout=1.0",
                          "trainer.max_steps=2", f"output_dir={tmp_path / 'fine_run'}"]))
     assert (tmp_path / "fine_run" / ip.PROCESSORS_FILE).is_file()

@@ -177,6 +177,11 @@ def test_structure_is_ground_truth_depth_and_t_s_is_drawn_per_clip(runs):
     assert batch["depth"].shape == (2, 4, 16, 16) and 0 <= float(batch["depth"].min()) < float(batch["depth"].max()) <= 1
     frames, depth, *_ = ts_target.videos.clip_with_depth(0)
     assert np.array_equal(batch["depth"][0].numpy(), depth)  # the toy world's own depth of the frames
+    # ... which the model sees normalised once per clip and quantised, as the depth annotator's maps at sampling
+    seen_depth = ts_target.clip_depth(batch)
+    assert all(float(clip.min()) == 0 and float(clip.max()) == 1 for clip in seen_depth)
+    expected = (depth - depth.min()) / (depth.max() - depth.min())
+    assert np.abs(seen_depth[0] - expected).max() <= 0.5 / 255 + 1e-6
     seen = []
     original = ts_target.structure_input
     ts_target.structure_input = lambda d, ts: seen.extend(ts) or original(d, ts)

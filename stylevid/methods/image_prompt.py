@@ -200,6 +200,11 @@ class ImagePrompt(VideoMethod):
         adapter = model.ImagePromptAdapter(mapper, video_pipe.unet, fine=settings.fine)
         if settings.root is not None:
             model.load_projections(settings.root, adapter)
+        else:  # model=tiny's random parts run the paper's equations and encodings as written (gates of 1)
+            with torch.no_grad():
+                for gates in adapter.gates():
+                    gates.injection.fill_(1.0)
+                    gates.position.fill_(1.0)
         video_pipe = place(video_pipe, cfg, device)
         adapter.to(device=device, dtype=dtype).eval()
         encoder.to(device=device, dtype=dtype)

@@ -12,8 +12,9 @@
 
 A video batch: every frame VAE-encoded (the target z_0); content c = the CLIP image embedding of a random frame of
 the clip ("we encode a random frame in each input video with CLIP"), one cross-attention token; structure s = the
-clip's depth (data=toy: the toy world's ground truth; real clips: `gen1.depth_model`, MiDaS DPT-Large in the paper),
-t_s-blurred, VAE-encoded, with t_s's sinusoidal channels (`models.gen1.structure_condition`). An image batch: the
+clip's depth (data=toy: the toy world's ground truth; real clips: `gen1.depth_model`, MiDaS DPT-Large in the paper;
+either normalised once per clip as the depth annotator's maps are at inference: the toy truth's background 0.25 and
+objects 0.9 would otherwise meet maps in [0, 1] at sampling), t_s-blurred, VAE-encoded, with t_s's sinusoidal channels (`models.gen1.structure_condition`). An image batch: the
 same frames, each its own image with its own content embedding, through the image model (the image half of the
 temporal guidance of eq. 8). Content and structure are each dropped (content to the zero token, as the sampler's
 unconditional ∅ and diffusers' image-variation pipeline; structure to zero channels, what a model without the
@@ -48,6 +49,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import Dataset
 
 from ... import values
+from ...conditions.depth import normalize_depth_per_clip
 from ...data.depth_clips import batch_depth, clip_depth, load_depth_annotator, uint8_frames
 from ...data.sources import check_video_source
 from ...data.videos import collate_clips
@@ -58,6 +60,7 @@ from ...models.gen1 import (
     build_gen1_unet,
     check_content_dim,
     content_embeddings,
+    depth_from_maps,
     has_structure,
     load_gen1,
     read_gen1_info,
@@ -415,8 +418,10 @@ class Gen1(TrainingTarget):
         return torch.stack(conditions).permute(0, 2, 1, 3, 4).float()
 
     def clip_depth(self, batch) -> np.ndarray:
+        """(B, F, H, W) in [0, 1]: the toy world's ground truth or the annotator's estimate, either way normalised
+        once per clip and quantised as the annotator's maps are, which is what the sampler gives the model."""
         if "depth" in batch:
-            return batch["depth"].numpy()
+            return np.stack([depth_from_maps(normalize_depth_per_clip(clip)) for clip in batch["depth"].numpy()])
         return batch_depth(self.annotator, batch["pixel_values"])
 
     def conditions(self, pixels: torch.Tensor, depth: np.ndarray | None, image_batch: bool, generator: torch.Generator):
