@@ -20,7 +20,8 @@ image_prompt`:
       V_i^new = softmax(Q_i [K_0, K_{i-1}]ᵀ / √d) [V_0^new, V_{i-1}]      (i ≥ 1)
   A video without the image prompt (the unconditional guidance branch, a dropped training sample) has no K_I, V_I:
   frame 0 attends to itself, the other frames as above. Each layer's trained `ExemplarGates` blend this with the
-  layer's own self-attention, from 0 at the start (the coarse model exactly) to 1 (the equations exactly).
+  layer's own self-attention, from 0 at the start (the coarse model exactly) to 1 (the equations exactly), in the
+  videos that have their exemplar; the others keep the layer's own attention.
 * Position encoding (Section 3.4): 2D sine-cosine spatial encodings (positions scaled to the top level's grid, so
   every UNet scale shares one coordinate frame) plus 1D temporal ones over the frame index, added to Q, K, V in
   those layers (`position_encodings`); the exemplar gets the spatial part only (it has no time).
@@ -392,7 +393,10 @@ class ExemplarAttnProcessor:
         injected = torch.cat(outputs)
         if self.gates is None:  # the paper's equations as they stand (tests)
             return injected
-        return own + self.gates.injection * (injected - own)
+        # Only a video with its exemplar is injected: one without (the unconditional branch, a dropped sample) keeps
+        # the frozen layer's own attention, so the gate learns from the videos the exemplar can help.
+        gate = self.gates.injection * state.row_mask(hidden_states.shape[0], own.device).to(own.dtype)
+        return own + gate.view(-1, 1, 1, 1) * (injected - own)
 
     def spatial_encoding(self, tokens: int, dim: int, like: torch.Tensor) -> torch.Tensor:
         top = self.state.latent_size
