@@ -185,29 +185,11 @@ def one_case(case: str, device_name: str, tiny: bool, repeat: int, frames: int, 
 
 
 def save_tiny_llm(path: Path) -> Path:
-    """A random 2-layer Llama with a word-level tokenizer and a chat template (as tests/test_prompt_refiner.py builds
-    one), saved to `path`. Its end-of-text token is suppressed, so every answer is llm.max_new_tokens tokens long."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    """stylevid's tiny random causal LM over LLM_WORDS, its end-of-text suppressed: every answer is
+    llm.max_new_tokens words long."""
+    from stylevid.models.tiny import save_tiny_causal_lm
 
-    vocab = {token: index for index, token in enumerate(["<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>", *LLM_WORDS])}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer.decoder = decoders.WordPiece()  # joins words with spaces
-    chat = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} {% endfor %}"
-            "{% if add_generation_prompt %}<|assistant|>{% endif %}")
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                   pad_token="</s>", additional_special_tokens=["<|user|>", "<|assistant|>"],
-                                   chat_template=chat)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
-                                         bos_token_id=1, eos_token_id=2, pad_token_id=2))
-    model.generation_config.suppress_tokens = [0, 1, 2, 3, 4]  # only words: a fixed length, never an empty answer
-    fast.save_pretrained(path)
-    model.save_pretrained(path)
-    return path
+    return save_tiny_causal_lm(path, list(LLM_WORDS), max_positions=2048, words_only=True)
 
 
 def llm_case(device_name: str, tiny: bool, repeat: int, frames: int, steps: int, size: int, seed: int,

@@ -237,26 +237,9 @@ WORDS = "a the man guitar playing plays smiles video shows standing in park red 
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory):
     """A random 2-layer Llama with a word-level tokenizer and a chat template, built and saved offline."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from stylevid.models.tiny import save_tiny_causal_lm
 
-    vocab = {token: index for index, token in enumerate(["<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>", *WORDS])}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer.decoder = decoders.WordPiece()  # joins words with spaces
-    chat = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} {% endfor %}"
-            "{% if add_generation_prompt %}<|assistant|>{% endif %}")
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                   pad_token="</s>", additional_special_tokens=["<|user|>", "<|assistant|>"],
-                                   chat_template=chat)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                                         bos_token_id=1, eos_token_id=2, pad_token_id=2))
-    path = tmp_path_factory.mktemp("llm") / "tiny-llama"
-    fast.save_pretrained(path)
-    model.save_pretrained(path)
-    return path
+    return save_tiny_causal_lm(tmp_path_factory.mktemp("llm") / "tiny-llama", WORDS)
 
 
 def greedy_reply(path, text, max_new_tokens):

@@ -115,3 +115,30 @@ def save_tiny_pipeline(directory: str, seed: int = 0) -> str:
     """Write the tiny pipeline as a diffusers directory (safetensors), loadable by any diffusers tool."""
     tiny_pipeline(seed).save_pretrained(directory, safe_serialization=True)
     return directory
+
+
+def save_tiny_causal_lm(path, words: list[str], max_positions: int = 512, words_only: bool = False):
+    """A random 2-layer Llama with a word-level tokenizer over `words` and a chat template, saved offline to `path`
+    (tests and benchmarks of `prompt_refiner=llm llm.path=`). `words_only`: special tokens are never generated, so
+    every answer is exactly llm.max_new_tokens words long."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {token: index for index, token in enumerate(["<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>", *words])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.decoder = decoders.WordPiece()  # joins words with spaces
+    chat = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} {% endfor %}"
+            "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="</s>", additional_special_tokens=["<|user|>", "<|assistant|>"],
+                                   chat_template=chat)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=max_positions,
+                                         bos_token_id=1, eos_token_id=2, pad_token_id=2))
+    if words_only:
+        model.generation_config.suppress_tokens = [0, 1, 2, 3, 4]
+    fast.save_pretrained(path)
+    model.save_pretrained(path)
+    return path
