@@ -81,6 +81,8 @@ TARGETS = {
         ("image_prompt: image fidelity, coarse + fine (no target)", "fidelity_coarse_fine", None),
         ("image_prompt: image fidelity, coarse only (no target)", "fidelity_coarse", None),
         ("image_prompt: image fidelity, coarse + fine minus coarse only (> 0)", "fidelity_fine_gain", 0.0),
+        ("image_prompt: ... its standard error, paired by subject (no target)", "fine_gain_standard_error", None),
+        ("image_prompt: ... subjects where coarse + fine is higher (no target)", "fine_gain_subjects_higher", None),
         ("image_prompt: image fidelity, joint training ablation (no target)", "fidelity_joint", None),
         ("image_prompt: image fidelity, coarse-to-fine minus joint (the paper: > 0; reported)", "fidelity_staged_gain", None),
         ("image_prompt: image fidelity, method.position_encoding=false (no target)", "fidelity_no_position_encoding", None),

@@ -110,6 +110,9 @@ def test_the_video_takes_the_image_prompts_colour_which_the_text_does_not_name(f
 @pytest.mark.slow
 @built
 def test_fine_embeddings_raise_image_fidelity_over_coarse_only(figures):
-    assert figures["fine_above_coarse"], figures
+    # clearly above: the paired gain more than two standard errors over zero (a higher mean alone can be noise;
+    # README, "The toy image prompts": not met yet)
+    gain = figures["image_fidelity"]["coarse_fine"] - figures["image_fidelity"]["coarse"]
+    assert figures["fine_above_coarse"] and gain > 2 * figures["fine_gain_standard_error"], figures
     # reported either way (README): coarse-to-fine against joint training, and the position-encoding ablation
     assert set(figures["image_fidelity"]) >= {"coarse_fine", "coarse", "no_position_encoding", "text_alone"}

@@ -38,6 +38,7 @@ copies; exemplar.<layer>.to_k/to_v: the exemplar projections, exemplar.<layer>.g
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
 from contextlib import contextmanager
@@ -210,6 +211,7 @@ def composed_text_embeddings(text_encoder, prompts: list[ComposedPrompt], tokens
 # --- position encodings (Section 3.4) ----------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=64)  # every layer asks for the same few grids at every UNet call
 def spatial_position_encoding(dim: int, height: int, width: int, top: tuple[int, int]) -> torch.Tensor:
     """(height*width, dim) 2D sine-cosine encodings (half the channels for each axis, diffusers' own
     `get_2d_sincos_pos_embed_from_grid`), the positions scaled to the `top` (height, width) grid: a token of a
@@ -220,6 +222,7 @@ def spatial_position_encoding(dim: int, height: int, width: int, top: tuple[int,
     return get_2d_sincos_pos_embed_from_grid(dim, grid).float()
 
 
+@functools.lru_cache(maxsize=64)
 def temporal_position_encoding(dim: int, frames: int) -> torch.Tensor:
     """(frames, dim) 1D sine-cosine encodings of the frame index."""
     return get_1d_sincos_pos_embed_from_grid(dim, torch.arange(frames, dtype=torch.float32)).float()
@@ -360,7 +363,7 @@ class ExemplarAttnProcessor:
         videos = len(state.conditioned)
         frames = hidden_states.shape[0] // videos
         query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
-        own = F.scaled_dot_product_attention(*(_heads(attn, t) for t in (query, key, value))) if self.gates else None
+        own = F.scaled_dot_product_attention(*(_heads(attn, t) for t in (query, key, value))) if self.gates is not None else None
         exemplar = state.exemplars.get(self.name)
         wanted = int(state.conditioned.sum())
         if wanted and (exemplar is None or exemplar.shape[0] != wanted):
@@ -385,18 +388,20 @@ class ExemplarAttnProcessor:
         outputs, used = [], 0
         for video in range(videos):
             if bool(state.conditioned[video]):
-                outputs.append(exemplar_attention(query[video], key[video], value[video],
-                                                  exemplar_key[used], exemplar_value[used]))
+                injected = exemplar_attention(query[video], key[video], value[video],
+                                              exemplar_key[used], exemplar_value[used])
                 used += 1
-            else:
+                if self.gates is not None:
+                    mine = own[video * frames:(video + 1) * frames]
+                    injected = mine + self.gates.injection * (injected - mine)
+                outputs.append(injected)
+            elif self.gates is None:  # the paper's equations as they stand (tests)
                 outputs.append(exemplar_attention(query[video], key[video], value[video]))
-        injected = torch.cat(outputs)
-        if self.gates is None:  # the paper's equations as they stand (tests)
-            return injected
-        # Only a video with its exemplar is injected: one without (the unconditional branch, a dropped sample) keeps
-        # the frozen layer's own attention, so the gate learns from the videos the exemplar can help.
-        gate = self.gates.injection * state.row_mask(hidden_states.shape[0], own.device).to(own.dtype)
-        return own + gate.view(-1, 1, 1, 1) * (injected - own)
+            else:
+                # Only a video with its exemplar is injected: one without (the unconditional branch, a dropped
+                # sample) keeps the frozen layer's own attention, so the gate learns from the videos it can help.
+                outputs.append(own[video * frames:(video + 1) * frames])
+        return torch.cat(outputs)
 
     def spatial_encoding(self, tokens: int, dim: int, like: torch.Tensor) -> torch.Tensor:
         top = self.state.latent_size

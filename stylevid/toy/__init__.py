@@ -7,6 +7,8 @@ Layout of `weights/`:
   pipeline/       a diffusers `StableDiffusionPipeline` directory (VAE, CLIP text tower, tokenizer, UNet, DDIM)
   clip/           a transformers `CLIPModel` + `CLIPProcessor` (the judge for `stylevid evaluate metrics.clip=toy`)
   motion_module/  a diffusers `MotionAdapter` trained with `stylevid train motion_module` on toy videos
+  image_prompt/   method=image_prompt's weights (`stylevid train image_prompt`, coarse then fine, on the two above);
+                  image_prompt_joint/ the same trained in one joint stage (the paper's ablation)
   manifest.json   per stage: steps, wall time on the build machine, final loss
 """
 

@@ -97,6 +97,8 @@ def measure_image_prompt(count: int = 16, seed: int = 90_000, steps: int = 20, a
                 colour[arm].append(_majority_colour(embedder, frames) == scene.colour)
                 fidelity[arm].append(clip_metrics.style_fidelity_of(embedder.embed_images(frames), subject_embedding))
                 score[arm].append(100 * clip_metrics.clipsim(embedder, frames, named))
+    # The fine stage's gain in image fidelity, paired by subject (the same prompt, seed and image in both arms).
+    paired = np.array(fidelity.get("coarse_fine", [])) - np.array(fidelity.get("coarse", []))
     mean = lambda table: {arm: float(np.mean(values)) for arm, values in table.items()}  # noqa: E731
     colour, fidelity, score = mean(colour), mean(fidelity), mean(score)
     return {
@@ -104,6 +106,8 @@ def measure_image_prompt(count: int = 16, seed: int = 90_000, steps: int = 20, a
         "colour_followed": colour, "image_fidelity": fidelity, "clip_score": score,
         "missing": [arm for arm in ARMS if arm not in arms],
         "fine_above_coarse": bool(fidelity.get("coarse_fine", 0) > fidelity.get("coarse", 0)),
+        "fine_gain_subjects_higher": float(np.mean(paired > 0)) if paired.size else float("nan"),
+        "fine_gain_standard_error": float(paired.std(ddof=1) / np.sqrt(paired.size)) if paired.size > 1 else float("nan"),
         "coarse_to_fine_above_joint": (bool(fidelity["coarse_fine"] > fidelity["joint"]) if "joint" in fidelity else None),
     }
 
