@@ -86,8 +86,9 @@ def load_manifest(out: Path) -> dict:
 
 
 def save_manifest(out: Path, manifest: dict) -> None:
+    """The manifest, its commands' paths relative to the repository (as a user types them there)."""
     path = out / "manifest.json"
-    path.with_suffix(".tmp").write_text(json.dumps(manifest, indent=2) + "\n")
+    path.with_suffix(".tmp").write_text(json.dumps(manifest, indent=2).replace(str(ROOT) + "/", "") + "\n")
     path.with_suffix(".tmp").replace(path)
 
 

@@ -111,7 +111,7 @@ def test_the_toy_gen1_is_within_40_mib_and_every_part_loads_offline():
     size = sum(path.stat().st_size for path in GEN1.rglob("*") if path.is_file())
     assert size < 40 * 2**20
     unet, info = gen1.load_gen1(gen1.part_dir(GEN1, "unet"))
-    assert info["stage"] == "structure_ts" and gen1.has_structure(unet)
+    assert info["stage"] == "ts" and gen1.has_structure(unet)  # models.gen1.STAGES' name of structure_ts
     gen1.load_image_encoder(gen1.part_dir(GEN1, "image_encoder"), "toy")
     gen1.load_prior(gen1.part_dir(GEN1, "prior"), "toy")
     DepthAnnotator.from_pretrained(str(GEN1 / "depth"), local_files_only=True)

@@ -39,7 +39,7 @@ def test_packaged_models_are_small_complete_and_load_with_the_real_loaders(toy_p
     from transformers import CLIPModel, CLIPTextModel
 
     size = sum(p.stat().st_size for p in WEIGHTS.rglob("*") if p.is_file())
-    assert size < 50 * 2**20, f"toy weights take {size / 2**20:.1f} MiB"
+    assert size < 160 * 2**20, f"toy weights take {size / 2**20:.1f} MiB"  # the whole toy family, every method's
     assert isinstance(toy_pipe.vae, AutoencoderKL) and toy_pipe.vae.config.latent_channels == 4
     assert isinstance(toy_pipe.unet, UNet2DConditionModel) and isinstance(toy_pipe.text_encoder, CLIPTextModel)
     assert toy_pipe.vae_scale_factor == 8
