@@ -85,10 +85,15 @@ def load_manifest(out: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {"stages": {}}
 
 
+def repository_relative(text: str) -> str:
+    """`text` with this repository's absolute paths made relative to it (as a user types them there), so what the
+    build ships names no machine's folders."""
+    return text.replace(str(ROOT) + "/", "")
+
+
 def save_manifest(out: Path, manifest: dict) -> None:
-    """The manifest, its commands' paths relative to the repository (as a user types them there)."""
     path = out / "manifest.json"
-    path.with_suffix(".tmp").write_text(json.dumps(manifest, indent=2).replace(str(ROOT) + "/", "") + "\n")
+    path.with_suffix(".tmp").write_text(repository_relative(json.dumps(manifest, indent=2)) + "\n")
     path.with_suffix(".tmp").replace(path)
 
 
@@ -298,12 +303,8 @@ def image_prompt_stage(name: str, out: Path, work: Path, args) -> dict:
         for part in ("mapper", "image_encoder"):
             shutil.copytree(run_dir / part, export / part)
         shutil.copy2(run_dir / "attention_processors.safetensors", export / "attention_processors.safetensors")
-        # The manifest names the base model, motion module and image encoder it trained with: as paths inside the
-        # package and the build folder, not this machine's.
-        text = (run_dir / "manifest.json").read_text()
-        for folder, shown in ((work.resolve(), "build/toy"), (out.resolve(), "stylevid/toy/weights")):
-            text = text.replace(str(folder), shown)
-        (export / "manifest.json").write_text(text)
+        # It names the base model, motion module and image encoder it trained with.
+        (export / "manifest.json").write_text(repository_relative((run_dir / "manifest.json").read_text()))
         replace_dir(export, out / shipped)
     return stage_summary(result, command)
 

@@ -71,6 +71,12 @@ def classify(embedder: ClipEmbedder, images: np.ndarray, attribute: str) -> list
     return [values[index] for index in scores.argmax(1).tolist()]
 
 
+def majority_colour(embedder: ClipEmbedder, frames: np.ndarray) -> str:
+    """The colour the judge sees in most of a video's frames."""
+    votes = classify(embedder, frames, "colour")
+    return max(set(votes), key=votes.count)
+
+
 def clip_zero_shot(embedder: ClipEmbedder, count: int = 400, seed: int = 10_000) -> dict:
     """Zero-shot accuracy on `count` held-out frames (seeds the training never drew)."""
     images, scenes, _ = toy_world.frame_dataset(count, seed=seed)

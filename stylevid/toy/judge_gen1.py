@@ -75,11 +75,6 @@ def other_colour(rng: np.random.Generator, colour: str) -> str:
     return options[int(rng.integers(len(options)))]
 
 
-def _majority_colour(embedder, frames: np.ndarray) -> str:
-    votes = judge.classify(embedder, frames, "colour")
-    return max(set(votes), key=votes.count)
-
-
 class _Editor:
     """method=gen1 model=toy on one loaded set of weights; each edit composes its own CLI config."""
 
@@ -122,7 +117,7 @@ def measure_gen1(count: int = 8, seed: int = 80_000, steps: int = 20, *overrides
                 iou[ts].append(silhouette_iou(frames, edited))
                 consistency_to_prompt[ts].append(clipsim(embedder, edited, prompt))
                 if ts == DEFAULT_TS:
-                    text_colour.append(_majority_colour(embedder, edited) == colour)
+                    text_colour.append(judge.majority_colour(embedder, edited) == colour)
                     guidance[1.0]["consistency"].append(judge.frame_consistency(embedder, edited))
                     guidance[1.0]["warp_error"].append(warp_error(edited))
             # Temporal guidance ω_t (ω_t = 1, plain classifier-free guidance, is the default-t_s edit above).
@@ -138,7 +133,7 @@ def measure_gen1(count: int = 8, seed: int = 80_000, steps: int = 20, *overrides
             image_path = Path(tmp) / f"content_{index}.png"
             Image.fromarray(image).save(image_path)
             edited = edit(*common, f"content_image={image_path}")
-            image_colour.append(_majority_colour(embedder, edited) == image_scene.colour)
+            image_colour.append(judge.majority_colour(embedder, edited) == image_scene.colour)
             # Masked editing: the object (its silhouette, dilated by 4 px) edited to the prompt's colour.
             masks = np.stack([cv2.dilate(foreground_mask(f).astype(np.uint8) * 255, np.ones((9, 9), np.uint8)) for f in frames])
             mask_dir = write_frames(np.repeat(masks[..., None], 3, axis=-1), Path(tmp) / f"mask_{index}")
@@ -157,7 +152,7 @@ def measure_gen1(count: int = 8, seed: int = 80_000, steps: int = 20, *overrides
                 if region.any():  # a large object's margin can cover a whole clip
                     table.append((float(error[region].mean()), float(trip_error[region].mean())))
             inside = np.stack([m > 0 for m in masks])
-            masked_colour.append(_majority_colour(embedder, np.where(inside[..., None], edited, 128).astype(np.uint8)) == colour)
+            masked_colour.append(judge.majority_colour(embedder, np.where(inside[..., None], edited, 128).astype(np.uint8)) == colour)
     means = lambda table: [float(np.mean(table[key])) for key in table]  # noqa: E731
     iou_by_ts, prompt_by_ts = means(iou), means(consistency_to_prompt)
     consistency = [float(np.mean(guidance[w]["consistency"])) for w in TEMPORAL_GUIDANCE]

@@ -46,11 +46,6 @@ ARMS = {
 }
 
 
-def _majority_colour(embedder, frames: np.ndarray) -> str:
-    votes = judge.classify(embedder, frames, "colour")
-    return max(set(votes), key=votes.count)
-
-
 class _Generator:
     """One method on one loaded set of weights; each video composes its own CLI config."""
 
@@ -94,7 +89,7 @@ def measure_image_prompt(count: int = 16, seed: int = 90_000, steps: int = 20, a
                       for arm, generate in generators.items()}
             videos["text_alone"] = text_alone(*common)
             for arm, frames in videos.items():
-                colour[arm].append(_majority_colour(embedder, frames) == scene.colour)
+                colour[arm].append(judge.majority_colour(embedder, frames) == scene.colour)
                 fidelity[arm].append(clip_metrics.style_fidelity_of(embedder.embed_images(frames), subject_embedding))
                 score[arm].append(100 * clip_metrics.clipsim(embedder, frames, named))
     # The fine stage's gain in image fidelity, paired by subject (the same prompt, seed and image in both arms).
