@@ -80,6 +80,7 @@ TARGETS = {
         ("image_prompt: ... coarse only (method.fine=false, no target)", "colour_coarse", None),
         ("image_prompt: image fidelity, coarse + fine (no target)", "fidelity_coarse_fine", None),
         ("image_prompt: image fidelity, coarse only (no target)", "fidelity_coarse", None),
+        ("image_prompt: image fidelity, the true toy clip of the subject (the ceiling; no target)", "fidelity_ground_truth", None),
         ("image_prompt: image fidelity, coarse + fine minus coarse only (> 0)", "fidelity_fine_gain", 0.0),
         ("image_prompt: ... its standard error, paired by subject (no target)", "fine_gain_standard_error", None),
         ("image_prompt: ... subjects where coarse + fine is higher (no target)", "fine_gain_subjects_higher", None),
@@ -100,6 +101,7 @@ TARGETS = {
              ("gen1: frame consistency rises with omega_t 0..2 (1 = yes)", "consistency_rises_with_wt", 1.0),
              ("gen1: warp error falls with omega_t 0..2 (1 = yes)", "warp_error_falls_with_wt", 1.0),
              ("gen1 masked: outside error / the VAE round trip's (<= 1.1)", "masked_outside_ratio", -1.1),
+             ("gen1 masked, keep_outside=latents: outside error / the round trip's (no target)", "masked_outside_ratio_latents", None),
              ("gen1 masked: inside takes the prompt's colour", "masked_inside_colour_followed", 0.80)],
 }
 # A negative target -x reads "at most x" (a ratio to stay under); the others are "at least".

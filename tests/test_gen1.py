@@ -86,20 +86,49 @@ def test_text_content_through_the_prior_with_temporal_guidance_and_windows(tmp_p
     assert both["gen1"]["content"]["source"] == "prompt+image" and both["gen1"]["content"]["mix"] == 0.25
 
 
-def test_outside_an_empty_edit_region_the_output_is_the_inputs_vae_round_trip(tmp_path, capsys, clip):
+def test_outside_an_empty_edit_region_the_output_is_the_input_or_its_vae_round_trip(tmp_path, capsys, clip):
     """Masked editing keeps the input's latents outside the edited region: with nothing to edit (an all-black mask,
-    edit_region=foreground) the whole output is the input encoded and decoded by the VAE."""
+    edit_region=foreground) the whole output is the input encoded and decoded by the VAE (keep_outside=latents), or
+    the input's own frames (keep_outside=pixels, the default)."""
     from stylevid.io.video_input import read_frames
     from stylevid.models.tiny import tiny_vae
     from stylevid.sampling.vae import decode_to_uint8, encode_images
 
     Image.fromarray(np.zeros((SIZE, SIZE, 3), np.uint8)).save(tmp_path / "mask.png")
-    run_dir, result = generate(tmp_path, capsys, clip, "prompt=x", f"mask={tmp_path / 'mask.png'}")
-    assert result["gen1"]["mask"] == {"path": str(tmp_path / "mask.png"), "edit_region": "foreground"}
     vae = tiny_vae(0)
     frames = read_frames(clip, FRAMES, height=SIZE, width=SIZE)
     round_trip = decode_to_uint8(vae, encode_images(vae, frames), 8)
+    run_dir, result = generate(tmp_path, capsys, clip, "prompt=x", f"mask={tmp_path / 'mask.png'}",
+                               "method.keep_outside=latents", name="latents")
+    assert result["gen1"]["mask"] == {"path": str(tmp_path / "mask.png"), "edit_region": "foreground",
+                                      "keep_outside": "latents", "feather": None}
     assert np.array_equal(frames_of(run_dir), round_trip)
+    run_dir, result = generate(tmp_path, capsys, clip, "prompt=x", f"mask={tmp_path / 'mask.png'}", name="pixels")
+    assert result["gen1"]["mask"]["keep_outside"] == "pixels" and result["gen1"]["mask"]["feather"] == 2
+    assert np.array_equal(frames_of(run_dir), frames) and not np.array_equal(frames, round_trip)
+
+
+def test_pasting_the_input_outside_keeps_every_resampled_pixel_and_blends_over_the_feather():
+    """paste_outside: the decoded edit in every pixel of a resampled latent cell, the input exactly from `feather`
+    pixels past it on, a blend of the two in between (and a hard seam at feather=0)."""
+    from stylevid.methods.gen1 import paste_outside
+
+    rng = np.random.default_rng(0)
+    decoded, frames = (rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8) for _ in range(2))
+    mask = torch.zeros(1, 1, 2, 4, 4)
+    mask[..., 1, 1] = 1  # pixels 8-15 in both directions
+    pasted = paste_outside(decoded, frames, mask, feather=3)
+    assert np.array_equal(pasted[:, 8:16, 8:16], decoded[:, 8:16, 8:16])
+    far = np.ones((32, 32), bool)
+    far[8 - 3:16 + 3, 8 - 3:16 + 3] = False
+    assert np.array_equal(pasted[:, far], frames[:, far])
+    ring = pasted[:, 6, 10].astype(int)  # 2 px outside the cell: between the two
+    low, high = np.minimum(decoded[:, 6, 10], frames[:, 6, 10]), np.maximum(decoded[:, 6, 10], frames[:, 6, 10])
+    assert ((ring >= low) & (ring <= high)).all() and not np.array_equal(pasted[:, 6, 10], frames[:, 6, 10])
+    hard = paste_outside(decoded, frames, mask, feather=0)
+    inside = np.zeros((32, 32), bool)
+    inside[8:16, 8:16] = True
+    assert np.array_equal(hard[:, inside], decoded[:, inside]) and np.array_equal(hard[:, ~inside], frames[:, ~inside])
 
 
 def test_a_masked_edit_keeps_the_input_latents_outside_the_region_and_changes_them_inside(tmp_path, clip):
@@ -351,6 +380,8 @@ def bad_files(tmp_path_factory, clip):
     (["method.weights={bad}/empty_weights"], "method.weights={bad}/empty_weights has no unet"),
     (["method.weights={bad}/nowhere"], "is not a directory"),
     (["method.edit_region=middle"], "method.edit_region must be foreground or background, got 'middle'"),
+    (["method.keep_outside=both"], "method.keep_outside must be pixels or latents, got 'both'"),
+    (["method.feather=-1"], "method.feather must be between 0 and 64, got -1"),
     (["method.window_overlap=2"], "method.window_overlap=2 must be smaller than method.window=2"),
     (["method.temporal_guidance=nan"], "method.temporal_guidance must be a finite number"),
     (["annotator.path=nobody/no-such-depth-model"],

@@ -105,6 +105,7 @@ def test_the_video_takes_the_image_prompts_colour_which_the_text_does_not_name(f
     colour = figures["colour_followed"]
     assert colour["coarse_fine"] >= 0.7, figures
     assert colour["coarse_fine"] > colour["text_alone"], figures
+    assert colour["ground_truth"] == 1.0, figures  # the judge reads the true clip's colour right
 
 
 @pytest.mark.slow

@@ -392,3 +392,23 @@ def test_a_relative_and_an_absolute_path_to_one_base_model_are_the_same_model(tm
     absolute = model_identity(OmegaConf.create({"name": "custom", "path": str(tmp_path / "models" / "x")}))
     assert relative == absolute == {"name": "custom", "path": str((tmp_path / "models" / "x").resolve())}
     assert model_identity(OmegaConf.create({"name": "tiny", "path": None, "seed": 3})) == {"name": "tiny", "path": None, "seed": 3}
+
+
+def test_packaged_toy_weights_keep_one_name_on_every_machine():
+    """The shipped toy models record their base model as stylevid/toy/weights/pipeline (the build's repository-relative
+    name); a run here on the same packaged model, by any path to it, records the same name, so the shipped toy Gen-1
+    can be continued with gen1.init= (it was refused: the recorded relative path differed from this machine's absolute one)."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from stylevid.toy import WEIGHTS
+    from stylevid.training.checkpoint import describe_model, model_identity
+
+    recorded = json.loads((WEIGHTS / "gen1" / "unet" / "gen1.json").read_text())["base_model"]
+    for path in (WEIGHTS / "pipeline", WEIGHTS.resolve() / "pipeline", WEIGHTS / ".." / "weights" / "pipeline"):
+        here = model_identity(OmegaConf.create({"name": "toy", "path": str(path)}))
+        assert here["path"] == "stylevid/toy/weights/pipeline"
+        assert describe_model(here) == describe_model(recorded)
+    other = model_identity(OmegaConf.create({"name": "toy", "path": str(WEIGHTS.parent)}))
+    assert other["path"] == str(WEIGHTS.parent.resolve())  # outside the weights: the resolved path as before

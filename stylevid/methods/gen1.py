@@ -19,7 +19,9 @@ An input video y is edited to x ~ p(z | s(y), c), x = D(z) (eq. 7), top to botto
    noise tensor, blended at every step.
 4. Masked editing (Fig. 8, `mask=`, `method.edit_region=foreground|background`): outside the edited region the
    latents are replaced at every step by the input's latents noised to that step (the inpainting recipe of a
-   4-channel UNet), so that region comes back as the input's VAE round trip.
+   4-channel UNet), so that region comes back as the input's VAE round trip; after decoding, the input's own pixels
+   are put back outside the resampled latent cells (`method.keep_outside=pixels`, blended over `method.feather`
+   pixels), since the decoder spreads the edit into kept cells (`keep_outside=latents`: the round trip as decoded).
 5. Decoding: SD's VAE decoder frame by frame, in chunks.
 
 Weights (`method.weights=`, `models.gen1.save_gen1_weights` writes them): unet/ (a Gen-1 VideoUNet + gen1.json),
@@ -55,6 +57,7 @@ log = logging.getLogger(__name__)
 
 
 EDIT_REGIONS = ("foreground", "background")
+KEEP_OUTSIDE = ("pixels", "latents")  # with a mask: what stands outside the edit (see paste_outside)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 STRUCTURE_FILE = "structure.png"
 FRAMES_PER_VAE_CALL = 8  # encode and decode in chunks, so VAE memory stays flat in the clip's length
@@ -77,6 +80,8 @@ class Gen1Settings(VideoSettings):
     prior_guidance_scale: float = 4.0
     mask: str | None = None
     edit_region: str = "foreground"
+    keep_outside: str = "pixels"  # with a mask: the input's own pixels outside the edit (pixels) or its VAE round trip (latents)
+    feather: int = 2  # pixels over which the edit blends into the kept input (keep_outside=pixels)
     depth_maps: str | None = None
     annotator: str | None = None  # annotator.path (None: the default depth model; "tiny": a random tiny one)
     window: int | None = 8
@@ -182,6 +187,9 @@ def settings_from_config(cfg: DictConfig) -> Gen1Settings:
         raise UserInputError(f"method.edit_region must be foreground or background, got {edit_region!r}")
     mask = cfg.get("mask")
     mask = check_companion(mask, "mask", path, input_size, total, single_image=True) if mask else None
+    keep_outside = str(method.get("keep_outside", "pixels"))
+    if keep_outside not in KEEP_OUTSIDE:
+        raise UserInputError(f"method.keep_outside must be pixels or latents, got {keep_outside!r}")
     depth_maps = method.get("depth_maps")
     depth_maps = check_companion(depth_maps, "method.depth_maps", path, input_size, total, single_image=False) if depth_maps else None
 
@@ -211,7 +219,8 @@ def settings_from_config(cfg: DictConfig) -> Gen1Settings:
         content_image=content_image, content_mix=values.number(method.content_mix, "method.content_mix", 0, 1),
         prior_steps=values.integer(method.prior_steps, "method.prior_steps", 1, 1000),
         prior_guidance_scale=values.number(method.prior_guidance_scale, "method.prior_guidance_scale", 0),
-        mask=mask, edit_region=edit_region, depth_maps=depth_maps,
+        mask=mask, edit_region=edit_region, depth_maps=depth_maps, keep_outside=keep_outside,
+        feather=values.integer(method.get("feather", 2), "method.feather", 0, 64),
         annotator=depth_annotator_path(cfg, root),
         window=window, window_overlap=overlap, spans=[list(span) for span in windows(frames, window, overlap)],
         root=root, weights_info=info,
@@ -324,6 +333,24 @@ def content_token(models: Gen1Models, settings: Gen1Settings, generator: torch.G
     return sum(weight * embedding for weight, embedding in embeddings)
 
 
+def paste_outside(decoded: np.ndarray, frames: np.ndarray, mask: torch.Tensor, feather: int) -> np.ndarray:
+    """uint8 (F, H, W, 3): the decoded edit inside the resampled latent cells (`mask`, (1, 1, F, h, w)), the input's
+    own frames outside them, blended over `feather` pixels on the kept side. Why: the sampler keeps the outside
+    latents exactly, but decoding is not local (the VAE decoder's convolutions and mid-block attention carry the edit
+    into kept cells) and the round trip itself blurs the input; inpainting pipelines put the original image back the
+    same way (diffusers' `VaeImageProcessor.apply_overlay`), with `method.keep_outside=latents` for the bare recipe."""
+    import cv2
+
+    scale = frames.shape[1] // mask.shape[-2]
+    cells = mask[0, 0].float().cpu().numpy()  # (F, h, w)
+    alpha = np.repeat(np.repeat(cells, scale, axis=1), scale, axis=2)  # (F, H, W), 1 in every resampled pixel
+    if feather:
+        size = 2 * feather + 1  # the blur reaches `feather` pixels past an edited cell, never into it (max below)
+        alpha = np.maximum(alpha, np.stack([cv2.blur(a, (size, size), borderType=cv2.BORDER_REPLICATE) for a in alpha]))
+    blended = alpha[..., None] * decoded.astype(np.float32) + (1 - alpha[..., None]) * frames.astype(np.float32)
+    return np.clip(blended.round(), 0, 255).astype(np.uint8)
+
+
 def edit_mask(settings: Gen1Settings, device: torch.device) -> torch.Tensor:
     """(1, 1, F, h, w): 1 where latents are resampled. White in the mask is the foreground; a latent cell is edited
     when any of its 8x8 pixels is in the edited region (max pooling), so the edit covers every marked pixel."""
@@ -380,6 +407,8 @@ def generate(models: Gen1Models, settings: Gen1Settings, reporter: StageReporter
     with reporter.stage("decoding"):
         per_frame = latents[0].permute(1, 0, 2, 3)
         video = decode_to_uint8(models.vae, per_frame, FRAMES_PER_VAE_CALL, device)
+        if mask is not None and settings.keep_outside == "pixels":
+            video = paste_outside(video, frames, mask, settings.feather)
     blurred = model.blur_structure(depth[:1], settings.ts)[0]
     structure_image = np.repeat((np.clip(blurred, 0, 1) * 255).round().astype(np.uint8)[..., None], 3, axis=-1)
     shown = [frames[0]]
@@ -426,7 +455,8 @@ class Gen1(VideoMethod):
                 "structure": {"depth": "maps" if settings.depth_maps else "annotator", "maps": settings.depth_maps,
                               "annotator": None if settings.depth_maps else (settings.annotator or DEFAULT_DEPTH_MODEL),
                               "file": STRUCTURE_FILE},
-                "mask": {"path": settings.mask, "edit_region": settings.edit_region} if settings.mask else None,
+                "mask": {"path": settings.mask, "edit_region": settings.edit_region, "keep_outside": settings.keep_outside,
+                         "feather": settings.feather if settings.keep_outside == "pixels" else None} if settings.mask else None,
                 "windows": {"window": settings.window, "overlap": settings.window_overlap, "spans": settings.spans},
                 "weights": {"path": str(settings.root) if settings.root else None,
                             "stage": info.get("stage", "ts" if settings.root is None else None),

@@ -8,7 +8,9 @@ gets:
   * `measure_gen1`: structure kept (the edit's object silhouette against the input's, IoU over frames) as t_s grows
     (Fig. 10), prompt consistency as t_s grows (Section 4.3), the object taking the prompt's colour (text content
     through the prior) and a content image's colour (Fig. 9), temporal guidance ω_t against frame consistency and
-    warp error (Fig. 4), and masked editing (Fig. 8): outside the edited region the input's VAE round trip.
+    warp error (Fig. 4), and masked editing (Fig. 8): outside the edited region the input, against its VAE round
+    trip's error (at the CLI's default, the input's pixels put back; with method.keep_outside=latents, the latent
+    recipe alone, reported).
 
 Held-out data: scenes from numpy streams seeded 80_000 and up, a path the build never draws from (data=toy draws
 from (seed, epoch, index) with the experiments' seed 0).
@@ -31,6 +33,7 @@ from ..progress import StageReporter
 from . import judge
 
 TS_VALUES = (0, 1, 3, 5, 7)
+KEEP_OUTSIDE = ("pixels", "latents")  # method.keep_outside: the CLI's default first
 TEMPORAL_GUIDANCE = (0.0, 0.5, 1.0, 1.5, 2.0)
 DEFAULT_TS = 3  # conf/method/gen1.yaml's method.ts: the colour and guidance figures are at the CLI's default
 FRAMES = 8
@@ -103,7 +106,11 @@ def measure_gen1(count: int = 8, seed: int = 80_000, steps: int = 20, *overrides
     consistency_to_prompt = {ts: [] for ts in TS_VALUES}
     text_colour, image_colour = [], []
     guidance = {w: {"consistency": [], "warp_error": []} for w in TEMPORAL_GUIDANCE}
-    outside_error, outside_all_error, masked_colour = [], [], []
+    # Masked editing at the CLI's default (the input's pixels put back outside the edit) and with
+    # method.keep_outside=latents (the latent recipe alone, decoded as it is).
+    outside_error = {mode: [] for mode in KEEP_OUTSIDE}
+    outside_all_error = {mode: [] for mode in KEEP_OUTSIDE}
+    masked_colour = []
     with tempfile.TemporaryDirectory() as tmp:
         for index in range(count):
             frames, scene = held_out_video(rng)
@@ -137,7 +144,8 @@ def measure_gen1(count: int = 8, seed: int = 80_000, steps: int = 20, *overrides
             # Masked editing: the object (its silhouette, dilated by 4 px) edited to the prompt's colour.
             masks = np.stack([cv2.dilate(foreground_mask(f).astype(np.uint8) * 255, np.ones((9, 9), np.uint8)) for f in frames])
             mask_dir = write_frames(np.repeat(masks[..., None], 3, axis=-1), Path(tmp) / f"mask_{index}")
-            edited = edit(*common, f"prompt='{prompt}'", f"mask={mask_dir}", "method.edit_region=foreground")
+            masked = {mode: edit(*common, f"prompt='{prompt}'", f"mask={mask_dir}", "method.edit_region=foreground",
+                                 f"method.keep_outside={mode}") for mode in KEEP_OUTSIDE}
             # Outside: the pixels of latent cells the sampler keeps from the input (no masked pixel in them), and
             # of those the cells at least one cell away from an edited one (the VAE decoder's 3x3 convolutions
             # carry an edited cell's content into its neighbours' pixels, whatever the sampler keeps; its mid-block
@@ -146,14 +154,17 @@ def measure_gen1(count: int = 8, seed: int = 80_000, steps: int = 20, *overrides
             near = np.stack([cv2.dilate(c.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0 for c in cells])
             upscale = lambda grid: np.repeat(np.repeat(grid, 8, axis=1), 8, axis=2)  # noqa: E731
             round_trip = decode_to_uint8(edit.loaded.vae, encode_images(edit.loaded.vae, frames))
-            error = np.abs(edited.astype(np.float32) - frames).mean(-1)
             trip_error = np.abs(round_trip.astype(np.float32) - frames).mean(-1)
-            for table, region in ((outside_error, ~upscale(near)), (outside_all_error, ~upscale(cells))):
-                if region.any():  # a large object's margin can cover a whole clip
-                    table.append((float(error[region].mean()), float(trip_error[region].mean())))
+            for mode, edited in masked.items():
+                error = np.abs(edited.astype(np.float32) - frames).mean(-1)
+                for table, region in ((outside_error, ~upscale(near)), (outside_all_error, ~upscale(cells))):
+                    if region.any():  # a large object's margin can cover a whole clip
+                        table[mode].append((float(error[region].mean()), float(trip_error[region].mean())))
             inside = np.stack([m > 0 for m in masks])
+            edited = masked["pixels"]
             masked_colour.append(judge.majority_colour(embedder, np.where(inside[..., None], edited, 128).astype(np.uint8)) == colour)
     means = lambda table: [float(np.mean(table[key])) for key in table]  # noqa: E731
+    ratio = lambda pairs: float(np.mean([e for e, _ in pairs]) / np.mean([t for _, t in pairs]))  # noqa: E731
     iou_by_ts, prompt_by_ts = means(iou), means(consistency_to_prompt)
     consistency = [float(np.mean(guidance[w]["consistency"])) for w in TEMPORAL_GUIDANCE]
     warp = [float(np.mean(guidance[w]["warp_error"])) for w in TEMPORAL_GUIDANCE]
@@ -167,9 +178,11 @@ def measure_gen1(count: int = 8, seed: int = 80_000, steps: int = 20, *overrides
         "frame_consistency_by_wt": consistency, "warp_error_by_wt": warp,
         "consistency_rises_with_wt": bool(all(a < b for a, b in zip(consistency, consistency[1:]))),
         "warp_error_falls_with_wt": bool(all(a > b for a, b in zip(warp, warp[1:]))),
-        "masked_outside_error": float(np.mean([e for e, _ in outside_error])),
-        "masked_round_trip_error": float(np.mean([t for _, t in outside_error])),
-        "masked_outside_ratio": float(np.mean([e for e, _ in outside_error]) / np.mean([t for _, t in outside_error])),
-        "masked_outside_ratio_next_to_edit": float(np.mean([e for e, _ in outside_all_error]) / np.mean([t for _, t in outside_all_error])),
+        "masked_outside_error": float(np.mean([e for e, _ in outside_error["pixels"]])),
+        "masked_round_trip_error": float(np.mean([t for _, t in outside_error["pixels"]])),
+        "masked_outside_ratio": ratio(outside_error["pixels"]),
+        "masked_outside_ratio_next_to_edit": ratio(outside_all_error["pixels"]),
+        "masked_outside_ratio_latents": ratio(outside_error["latents"]),
+        "masked_outside_ratio_latents_next_to_edit": ratio(outside_all_error["latents"]),
         "masked_inside_colour_followed": float(np.mean(masked_colour)),
     }

@@ -62,11 +62,23 @@ def model_identity(model_cfg) -> dict:
     one directory are the same model) or, for the in-memory tiny model, its seed."""
     path = model_cfg.get("path")
     if path and Path(str(path)).expanduser().exists():
-        path = str(Path(str(path)).expanduser().resolve())
+        path = packaged_name(Path(str(path)).expanduser().resolve())
     record = {"name": model_cfg.get("name"), "path": str(path) if path else None}
     if model_cfg.get("name") == "tiny" and not path:
         record["seed"] = int(model_cfg.get("seed", 0))
     return record
+
+
+def packaged_name(path: Path) -> str:
+    """`path`, or for the packaged toy weights their name inside the repository (stylevid/toy/weights/...), as the
+    shipped toy models record their base model: a record made on the build machine then names the same model on
+    every other one (continuing the shipped toy Gen-1 or image prompts with `gen1.init=`, `target.init=`)."""
+    from ..toy import WEIGHTS
+
+    packaged = WEIGHTS.resolve()
+    if path == packaged or packaged in path.parents:
+        return str(path.relative_to(packaged.parents[2]))
+    return str(path)
 
 
 def base_model_record(model_cfg, unet) -> dict:
