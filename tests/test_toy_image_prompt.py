@@ -117,3 +117,16 @@ def test_fine_embeddings_raise_image_fidelity_over_coarse_only(figures):
     assert figures["fine_above_coarse"] and gain > 2 * figures["fine_gain_standard_error"], figures
     # reported either way (README): coarse-to-fine against joint training, and the position-encoding ablation
     assert set(figures["image_fidelity"]) >= {"coarse_fine", "coarse", "no_position_encoding", "text_alone"}
+
+
+def test_the_subject_crop_of_a_true_toy_frame_is_the_image_prompts_crop():
+    """subject_fidelity compares like with like: the judge's crop of a true clip's first frame (its object found by
+    chroma, alone on the neutral background) is `toy_subject_crop` pixel for pixel; a frame with no object gives none."""
+    from stylevid.data.image_prompt import toy_subject_crop
+    from stylevid.toy.judge_image_prompt import subject_crops, true_clip
+
+    rng = np.random.default_rng(5)
+    for _ in range(12):
+        scene = toy_world.random_scene(rng)
+        assert np.array_equal(subject_crops(true_clip(scene)[:1])[0], toy_subject_crop(scene))
+    assert subject_crops(np.full((2, 64, 64, 3), 128, np.uint8)) == []

@@ -102,6 +102,14 @@ def style_distance(frames: np.ndarray, style_image: np.ndarray) -> float:
     return float(np.linalg.norm(colour_statistics(frames) - colour_statistics(style_image)))
 
 
+def foreground_mask(frame: np.ndarray, min_chroma: float = 80.0) -> np.ndarray:
+    """bool (H, W): the toy object's pixels, by chroma (objects are saturated, backgrounds are not; the trail, at
+    most 45 % opaque, stays under 3/4 of the object's chroma), as `toy_world.foreground_centroid` separates them."""
+    pixels = frame.astype(np.float32)
+    chroma = pixels.max(-1) - pixels.min(-1)
+    return chroma >= max(min_chroma, 0.75 * float(chroma.max()))
+
+
 def frame_consistency(embedder: ClipEmbedder, frames: np.ndarray) -> float:
     """Mean CLIP cosine of consecutive frames (Gen-1's definition, as `stylevid evaluate` computes it)."""
     embeddings = embedder.embed_images(frames)

@@ -39,19 +39,11 @@ DEFAULT_TS = 3  # conf/method/gen1.yaml's method.ts: the colour and guidance fig
 FRAMES = 8
 
 
-def foreground_mask(frame: np.ndarray, min_chroma: float = 80.0) -> np.ndarray:
-    """bool (H, W): the toy object's pixels, by chroma (objects are saturated, backgrounds are not; the trail, at
-    most 45 % opaque, stays under 3/4 of the object's chroma), as `toy_world.foreground_centroid` separates them."""
-    pixels = frame.astype(np.float32)
-    chroma = pixels.max(-1) - pixels.min(-1)
-    return chroma >= max(min_chroma, 0.75 * float(chroma.max()))
-
-
 def silhouette_iou(source: np.ndarray, edited: np.ndarray) -> float:
     """Mean over frames of IoU(object of the input frame, object of the edited frame)."""
     scores = []
     for a, b in zip(source, edited):
-        first, second = foreground_mask(a), foreground_mask(b)
+        first, second = judge.foreground_mask(a), judge.foreground_mask(b)
         union = np.logical_or(first, second).sum()
         scores.append(float(np.logical_and(first, second).sum() / union) if union else 1.0)
     return float(np.mean(scores))
@@ -142,7 +134,7 @@ def measure_gen1(count: int = 8, seed: int = 80_000, steps: int = 20, *overrides
             edited = edit(*common, f"content_image={image_path}")
             image_colour.append(judge.majority_colour(embedder, edited) == image_scene.colour)
             # Masked editing: the object (its silhouette, dilated by 4 px) edited to the prompt's colour.
-            masks = np.stack([cv2.dilate(foreground_mask(f).astype(np.uint8) * 255, np.ones((9, 9), np.uint8)) for f in frames])
+            masks = np.stack([cv2.dilate(judge.foreground_mask(f).astype(np.uint8) * 255, np.ones((9, 9), np.uint8)) for f in frames])
             mask_dir = write_frames(np.repeat(masks[..., None], 3, axis=-1), Path(tmp) / f"mask_{index}")
             masked = {mode: edit(*common, f"prompt='{prompt}'", f"mask={mask_dir}", "method.edit_region=foreground",
                                  f"method.keep_outside={mode}") for mode in KEEP_OUTSIDE}

@@ -13,6 +13,8 @@ build trains on, `data.image_prompt.toy_subject_crop`); the prompt names its sha
     CLIP) for coarse + fine, coarse only (`method.fine=false` on the same weights: Section 3.3's stage 1), the joint
     ablation (`image_prompt_joint/`, trained with both at once for as many steps) and without position encodings
     (`method.position_encoding=false`, Section 3.4);
+  * `subject_fidelity` (a diagnosis, no target): the same cosine with each frame's object alone on the neutral
+    background, cropped as the image prompt is (`subject_crops`), so the frames' backgrounds do not count;
   * the same figures of the true toy clip of the subject (`ground_truth`, the scene rendered from its first frame):
     the most a video of that subject can score, since the metric also compares the frames' backgrounds and sizes
     with the crop's (measured: 0.691 on the 16 subjects, against 0.678 for coarse only);
@@ -33,7 +35,7 @@ import torch
 from PIL import Image
 
 from ..data import toy_world
-from ..data.image_prompt import toy_subject_crop
+from ..data.image_prompt import BACKGROUND, CROP_MARGIN, toy_subject_crop
 from ..metrics import clip as clip_metrics
 from ..progress import StageReporter
 from . import WEIGHTS, judge
@@ -57,6 +59,21 @@ def true_clip(scene: toy_world.Scene) -> np.ndarray:
     it. Its image fidelity is what a perfect video of the subject scores: the ceiling of the metric on the toy."""
     background = toy_world.background_image(scene)
     return np.stack([toy_world.render_frame(scene, k, toy_world.FRAMES, background).image for k in range(FRAMES)])
+
+
+def subject_crops(frames: np.ndarray) -> list[np.ndarray]:
+    """Each frame's object (`judge.foreground_mask`) alone on the neutral background, cropped around it as the image
+    prompt is (`toy_subject_crop`; a frame with no object gives none)."""
+    crops = []
+    for frame in frames:
+        mask = judge.foreground_mask(frame)
+        if not mask.any():
+            continue
+        alone = np.where(mask[..., None], frame, np.uint8(BACKGROUND)).astype(np.uint8)
+        rows, cols = np.nonzero(mask)
+        top, left = max(0, rows.min() - CROP_MARGIN), max(0, cols.min() - CROP_MARGIN)
+        crops.append(alone[top:rows.max() + 1 + CROP_MARGIN, left:cols.max() + 1 + CROP_MARGIN])
+    return crops
 
 
 class _Generator:
@@ -85,7 +102,7 @@ def measure_image_prompt(count: int = 16, seed: int = 90_000, steps: int = 20, a
     generators = {arm: _Generator("image_prompt", f"steps={steps}", f"frames={FRAMES}", *ARMS[arm], *overrides)
                   for arm in arms}
     text_alone = _Generator("animatediff", f"steps={steps}", f"frames={FRAMES}")
-    colour, fidelity, score = ({arm: [] for arm in (*arms, *REFERENCES)} for _ in range(3))
+    colour, fidelity, subject, score = ({arm: [] for arm in (*arms, *REFERENCES)} for _ in range(4))
     with tempfile.TemporaryDirectory() as tmp:
         for index in range(count):
             scene = toy_world.random_scene(rng)
@@ -103,18 +120,25 @@ def measure_image_prompt(count: int = 16, seed: int = 90_000, steps: int = 20, a
             for arm, frames in videos.items():
                 colour[arm].append(judge.majority_colour(embedder, frames) == scene.colour)
                 fidelity[arm].append(clip_metrics.style_fidelity_of(embedder.embed_images(frames), subject_embedding))
+                crops = subject_crops(frames)  # crops differ in size: one embedding each; no object scores 0
+                subject[arm].append(float(np.mean([clip_metrics.style_fidelity_of(embedder.embed_images(crop[None]),
+                                                                                  subject_embedding) for crop in crops]))
+                                    if crops else 0.0)
                 score[arm].append(100 * clip_metrics.clipsim(embedder, frames, named))
     # The fine stage's gain in image fidelity, paired by subject (the same prompt, seed and image in both arms).
     paired = np.array(fidelity.get("coarse_fine", [])) - np.array(fidelity.get("coarse", []))
+    paired_subject = np.array(subject.get("coarse_fine", [])) - np.array(subject.get("coarse", []))
     mean = lambda table: {arm: float(np.mean(values)) for arm, values in table.items()}  # noqa: E731
-    colour, fidelity, score = mean(colour), mean(fidelity), mean(score)
+    colour, fidelity, subject, score = mean(colour), mean(fidelity), mean(subject), mean(score)
     return {
         "count": count, "steps": steps, "frames": FRAMES, "chance": 1 / len(toy_world.COLOURS),
-        "colour_followed": colour, "image_fidelity": fidelity, "clip_score": score,
+        "colour_followed": colour, "image_fidelity": fidelity, "subject_fidelity": subject, "clip_score": score,
         "missing": [arm for arm in ARMS if arm not in arms],
         "fine_above_coarse": bool(fidelity.get("coarse_fine", 0) > fidelity.get("coarse", 0)),
         "fine_gain_subjects_higher": float(np.mean(paired > 0)) if paired.size else float("nan"),
         "fine_gain_standard_error": float(paired.std(ddof=1) / np.sqrt(paired.size)) if paired.size > 1 else float("nan"),
+        "subject_fine_gain_standard_error": (float(paired_subject.std(ddof=1) / np.sqrt(paired_subject.size))
+                                             if paired_subject.size > 1 else float("nan")),
         "coarse_to_fine_above_joint": (bool(fidelity["coarse_fine"] > fidelity["joint"]) if "joint" in fidelity else None),
     }
 
@@ -122,10 +146,12 @@ def measure_image_prompt(count: int = 16, seed: int = 90_000, steps: int = 20, a
 def report_figures(result: dict) -> dict:
     """The measurement flattened to the keys `scripts/toy_report.py` prints (an arm not built reads NaN)."""
     flat = dict(result)
-    for table, prefix in (("colour_followed", "colour"), ("image_fidelity", "fidelity"), ("clip_score", "clip_score")):
+    for table, prefix in (("colour_followed", "colour"), ("image_fidelity", "fidelity"), ("subject_fidelity", "subject_fidelity"),
+                          ("clip_score", "clip_score")):
         for arm in (*ARMS, *REFERENCES):
             flat[f"{prefix}_{arm}"] = result[table].get(arm, float("nan"))
     fidelity = result["image_fidelity"]
     flat["fidelity_fine_gain"] = fidelity["coarse_fine"] - fidelity["coarse"]
     flat["fidelity_staged_gain"] = fidelity["coarse_fine"] - fidelity.get("joint", float("nan"))
+    flat["subject_fidelity_fine_gain"] = result["subject_fidelity"]["coarse_fine"] - result["subject_fidelity"]["coarse"]
     return flat
