@@ -30,7 +30,8 @@ frozen) and toy clips whose captions never name the object's colour (conf/experi
   ip_coarse   -                    `stylevid train image_prompt experiment=toy_image_prompt target.stage=coarse`
   ip_fine     image_prompt/        ... target.stage=fine from the coarse run (Section 3.3's coarse-to-fine)
   ip_joint    image_prompt_joint/  ... target.stage=joint, as many steps as both (the paper's ablation)
-Each run goes to --work/<stage>_run; the stage records its steps, wall time, threads, final loss (the last step's)
+Each run goes to --work/<stage>_run (--adopt: a stage takes the finished run already there, trained by hand with
+the stage's command, e.g. several stages at once, one per core, with --threads 1); the stage records its steps, wall time, threads, final loss (the last step's)
 and the command in manifest.json beside the weights.
 """
 
@@ -97,18 +98,34 @@ def save_manifest(out: Path, manifest: dict) -> None:
     path.with_suffix(".tmp").replace(path)
 
 
+# --adopt: a stage takes the finished run already in its --work/<stage>_run (trained there with the stage's command,
+# by hand, e.g. beside another stage on the other core) instead of training it again.
+ADOPT = False
+
+
 def train(target: str, run_dir: Path, overrides: list[str]) -> tuple[dict, str]:
-    """`stylevid train <target> <overrides>` into a fresh `run_dir`; returns (its result.json, the command)."""
+    """`stylevid train <target> <overrides>` into a fresh `run_dir`; returns (its result.json, the command). With
+    --adopt a finished run of `target` in `run_dir` is taken as it is (a run of another target is refused)."""
     from hydra import compose, initialize_config_module
 
     from stylevid.train import run_train
 
-    shutil.rmtree(run_dir, ignore_errors=True)
     overrides = [*overrides, "device=cpu", f"output_dir={run_dir}"]
+    command = f"stylevid train {target} " + " ".join(overrides)
+    if ADOPT:
+        result_path = run_dir / "result.json"
+        if not result_path.exists():
+            raise SystemExit(f"--adopt: {run_dir} holds no finished run (no result.json)")
+        result = json.loads(result_path.read_text())
+        if result.get("target") != target:
+            raise SystemExit(f"--adopt: {run_dir} is a run of {result.get('target')}, not {target}")
+        log.info("adopting the finished run in %s (%d steps)", run_dir, result["steps"])
+        return result, f"{command}  # adopted: trained with {run_dir / 'config.yaml'}"
+    shutil.rmtree(run_dir, ignore_errors=True)
     with initialize_config_module("stylevid.conf", version_base="1.3"):
         cfg = compose("train", overrides=[f"target={target}", *overrides])
     run_train(cfg)
-    return json.loads((run_dir / "result.json").read_text()), f"stylevid train {target} " + " ".join(overrides)
+    return json.loads((run_dir / "result.json").read_text()), command
 
 
 def steps_overrides(args, cycles: int = 1) -> list[str]:
@@ -342,7 +359,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=0, help="override the stage's batch size (0 = its default)")
     parser.add_argument("--videos", type=int, default=800, help="toy videos for the motion stage")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--adopt", action="store_true",
+                        help="take the finished run in --work/<stage>_run instead of training the stage (with --force to replace a built one)")
     args = parser.parse_args(argv)
+    global ADOPT
+    ADOPT = args.adopt
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -6,6 +6,7 @@ prints the same figures. Generation-heavy checks carry the `slow` marker.
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -264,3 +265,13 @@ def test_build_script_builds_every_stage_resumes_and_rebuilds_what_is_stale(tmp_
     assert build_families() == 0
     assert set(manifest(tmp_path / "out")["stages"]) == families
     assert manifest(tmp_path / "out")["stages"]["unet"] == rebuilt_unet
+    # --adopt: a stage takes the finished run already in its work folder (trained by hand with the stage's command)
+    # instead of training again; the run is left as it was and the manifest says it was adopted.
+    flow_run = tmp_path / "work" / "vg_flow_run"
+    finished = (flow_run / "result.json").read_bytes()
+    assert build.main(["--stage", "vg_flow", "--force", "--adopt", *args]) == 0
+    assert (flow_run / "result.json").read_bytes() == finished
+    assert "adopted" in manifest(tmp_path / "out")["stages"]["vg_flow"]["command"]
+    shutil.rmtree(tmp_path / "work" / "vg_decoder_run")
+    with pytest.raises(SystemExit, match="holds no finished run"):
+        build.main(["--stage", "vg_decoder", "--force", "--adopt", *args])
