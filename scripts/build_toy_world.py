@@ -54,6 +54,9 @@ from stylevid.data import toy_world  # noqa: E402
 from stylevid.toy import WEIGHTS, judge  # noqa: E402
 
 VIDEOGEN = ("vg_decoder", "vg_flow", "vg_refiner", "vg_base", "vg_sr")
+# The toy VideoGen's UNets are stored in float16 so that the whole toy VideoGen stays within its 60 MiB (the flow
+# net and the video decoder are small and stay float32).
+VIDEOGEN_FLOAT16 = ("vg_refiner", "vg_base", "vg_sr")
 GEN1_UNET = ("gen1_content", "gen1_temporal", "gen1_structure", "gen1_structure_ts")  # in training order
 GEN1 = ("gen1_depth", "gen1_prior", *GEN1_UNET)
 IMAGE_PROMPT = ("ip_coarse", "ip_fine", "ip_joint")
@@ -198,8 +201,21 @@ def videogen_stage(name: str, target: str, experiment: str, out: Path, work: Pat
     result, command = train(target, run_dir, [f"experiment={experiment}", f"model.path={out / 'pipeline'}", *extra,
                                               *steps_overrides(args)])
     replace_dir(run_dir / export, out / "videogen" / part)
+    if name in VIDEOGEN_FLOAT16:
+        store_float16(out / "videogen" / part)
     write_videogen_manifest(out)
     return stage_summary(result, command)
+
+
+def store_float16(directory: Path) -> None:
+    """Rewrite every safetensors file under `directory` with its float tensors in float16 (the loaders build the
+    model in float32 and take the values as they are), halving what the package carries."""
+    from safetensors.torch import load_file, save_file
+
+    for path in directory.rglob("*.safetensors"):
+        tensors = {key: value.half() if value.is_floating_point() else value for key, value in load_file(path).items()}
+        save_file(tensors, path.with_suffix(".tmp"), metadata={"format": "pt"})
+        path.with_suffix(".tmp").replace(path)
 
 
 def write_videogen_manifest(out: Path) -> None:

@@ -97,6 +97,7 @@ TARGETS = {
            ("bilinearly upsampled 32-px clip: PSNR (dB, no target)", "psnr_bilinear", None),
            ("x2 stage minus bilinear (dB, no target)", "sr_gain_db", None)],
     "gen1": [("gen1: silhouette IoU with the input at t_s = 0", "iou_ts0", 0.70),
+             ("gen1: silhouette IoU of the input's own VAE round trip (the ceiling; no target)", "iou_vae_round_trip", None),
              ("gen1: IoU falls as t_s grows, 0 1 3 5 7 (1 = yes)", "iou_decreases_with_ts", 1.0),
              ("gen1: prompt consistency rises with t_s (1 = yes)", "prompt_consistency_rises_with_ts", 1.0),
              ("gen1: object takes the prompt's colour (text content)", "text_colour_followed", 0.80),

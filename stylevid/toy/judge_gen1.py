@@ -102,7 +102,7 @@ def measure_gen1(count: int = 8, seed: int = 80_000, steps: int = 20, *overrides
     # method.keep_outside=latents (the latent recipe alone, decoded as it is).
     outside_error = {mode: [] for mode in KEEP_OUTSIDE}
     outside_all_error = {mode: [] for mode in KEEP_OUTSIDE}
-    masked_colour = []
+    masked_colour, round_trip_iou = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for index in range(count):
             frames, scene = held_out_video(rng)
@@ -119,6 +119,10 @@ def measure_gen1(count: int = 8, seed: int = 80_000, steps: int = 20, *overrides
                     text_colour.append(judge.majority_colour(embedder, edited) == colour)
                     guidance[1.0]["consistency"].append(judge.frame_consistency(embedder, edited))
                     guidance[1.0]["warp_error"].append(warp_error(edited))
+            # The input's own VAE round trip (the weights are loaded by now): what an edit that kept every latent
+            # would decode to, so the ceiling of the silhouette IoU, and the masked figure's reference error.
+            round_trip = decode_to_uint8(edit.loaded.vae, encode_images(edit.loaded.vae, frames))
+            round_trip_iou.append(silhouette_iou(frames, round_trip))
             # Temporal guidance ω_t (ω_t = 1, plain classifier-free guidance, is the default-t_s edit above).
             for weight in TEMPORAL_GUIDANCE:
                 if weight == 1.0:
@@ -145,7 +149,6 @@ def measure_gen1(count: int = 8, seed: int = 80_000, steps: int = 20, *overrides
             cells = masks.reshape(FRAMES, 8, 8, 8, 8).max(axis=(2, 4)) > 0
             near = np.stack([cv2.dilate(c.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0 for c in cells])
             upscale = lambda grid: np.repeat(np.repeat(grid, 8, axis=1), 8, axis=2)  # noqa: E731
-            round_trip = decode_to_uint8(edit.loaded.vae, encode_images(edit.loaded.vae, frames))
             trip_error = np.abs(round_trip.astype(np.float32) - frames).mean(-1)
             for mode, edited in masked.items():
                 error = np.abs(edited.astype(np.float32) - frames).mean(-1)
@@ -162,7 +165,7 @@ def measure_gen1(count: int = 8, seed: int = 80_000, steps: int = 20, *overrides
     warp = [float(np.mean(guidance[w]["warp_error"])) for w in TEMPORAL_GUIDANCE]
     return {
         "count": count, "ts": list(TS_VALUES), "temporal_guidance": list(TEMPORAL_GUIDANCE),
-        "iou_by_ts": iou_by_ts, "iou_ts0": iou_by_ts[0],
+        "iou_by_ts": iou_by_ts, "iou_ts0": iou_by_ts[0], "iou_vae_round_trip": float(np.mean(round_trip_iou)),
         "iou_decreases_with_ts": bool(all(a > b for a, b in zip(iou_by_ts, iou_by_ts[1:]))),
         "prompt_consistency_by_ts": prompt_by_ts,
         "prompt_consistency_rises_with_ts": bool(all(a < b for a, b in zip(prompt_by_ts, prompt_by_ts[1:]))),
