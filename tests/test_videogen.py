@@ -92,6 +92,7 @@ def test_tsr_raises_the_frame_rate_of_a_video_and_keeps_its_frames(tmp_path, cap
 
 @pytest.mark.parametrize("overrides, message", [
     (["method.tsr.factor=3"], "method.tsr.factor must be one of 1, 2, 4, 8"),
+    (["method.tsr.strength=0"], "method.tsr.strength must be in (0, 1], got 0"),
     (["method.tsr.mode=cubic"], "method.tsr.mode must be one of flow, slerp, linear"),
     (["method.reference_mode=last"], "method.reference_mode must be first_frame or none"),
     (["method.stages.1.height=48"], "method.stages[1] is 48x64 but the stage below is 32x32"),
@@ -173,3 +174,21 @@ def test_the_stages_sample_on_the_schedule_and_prediction_the_manifest_records(t
     recorded = stage_scheduler(tiny_pipeline(), tmp_path).config
     assert (recorded.beta_schedule, recorded.beta_end, recorded.prediction_type) == ("linear", 0.012, "v_prediction")
     assert stage_scheduler(tiny_pipeline(), None).config.beta_schedule == "scaled_linear"  # the image model's own
+
+
+def test_the_refiner_strength_reaches_the_sampler_and_is_recorded(tmp_path, capsys, monkeypatch):
+    """method.tsr.strength < 1 starts each refinement from the coarse latent (img2img); 1, the default, from noise."""
+    import stylevid.sampling.tsr as tsr
+
+    seen, original = [], tsr.refine
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["strength"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tsr, "refine", recording)
+    _, result = generate(tmp_path, capsys, "method.tsr.factor=2", "method.tsr.strength=0.5")
+    assert seen and set(seen) == {0.5} and result["videogen"]["tsr"]["strength"] == 0.5
+    seen.clear()
+    _, result = generate(tmp_path, capsys, "method.tsr.factor=2", name="default")
+    assert set(seen) == {1.0} and result["videogen"]["tsr"]["strength"] == 1.0

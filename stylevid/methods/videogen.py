@@ -69,6 +69,7 @@ class LatentVideoSettings:
     refine: bool
     refine_steps: int
     cutoff: float
+    strength: float
     decoder: str
     decoder_source: str | None
     decode_chunk: int
@@ -93,6 +94,9 @@ class LatentVideoSettings:
         cutoff = values.number(tsr.cutoff, "method.tsr.cutoff", 0)
         if cutoff > 1:
             raise UserInputError(f"method.tsr.cutoff must be in [0, 1], got {cutoff}")
+        strength = values.number(tsr.get("strength", 1.0), "method.tsr.strength", 0)
+        if not 0 < strength <= 1:
+            raise UserInputError(f"method.tsr.strength must be in (0, 1], got {strength}")
         root = weights.weights_root(cfg)
         uses_flow, refine = factor > 1 and mode == "flow", factor > 1 and bool(tsr.refine)
         return cls(
@@ -100,7 +104,7 @@ class LatentVideoSettings:
             flow_source=weights.part_source(root, "latent_flow", tsr.get("flow_path"), "method.tsr.flow_path") if uses_flow else None,
             refiner_source=weights.part_source(root, "tsr_refiner", tsr.get("refiner_path"), "method.tsr.refiner_path") if refine else None,
             refine=refine, refine_steps=values.integer(tsr.steps, "method.tsr.steps", 1, 1000), cutoff=cutoff,
-            decoder=decoder,
+            strength=strength, decoder=decoder,
             decoder_source=weights.part_source(root, "video_decoder", method.get("decoder_path"), "method.decoder_path")
             if decoder == "video" else None,
             decode_chunk=chunk, decode_overlap=overlap,
@@ -113,7 +117,8 @@ class LatentVideoSettings:
         return {
             "weights": str(self.root) if self.root else None,
             "tsr": {"factor": self.factor, "mode": self.mode, "flow": self.flow_source, "refiner": self.refiner_source,
-                    "refine": self.refine, "steps": self.refine_steps, "cutoff": self.cutoff},
+                    "refine": self.refine, "steps": self.refine_steps, "cutoff": self.cutoff,
+                    "strength": self.strength},
             "decoder": {"kind": self.decoder, "path": self.decoder_source, "chunk": self.decode_chunk,
                         "overlap": self.decode_overlap},
         }
@@ -294,7 +299,7 @@ def temporal_super_resolution(back: LatentVideoSettings, models: LatentVideoMode
     return temporal_super_resolve(
         latents, factor=back.factor, mode=back.mode, flow_net=models.flow_net,
         refiner=models.refiner if back.refine else None, scheduler=models.refiner_scheduler,
-        steps=back.refine_steps, cutoff=back.cutoff, generator=generator,
+        steps=back.refine_steps, cutoff=back.cutoff, strength=back.strength, generator=generator,
     )
 
 
