@@ -31,8 +31,8 @@ frozen) and toy clips whose captions never name the object's colour (conf/experi
   ip_fine     image_prompt/        ... target.stage=fine from the coarse run (Section 3.3's coarse-to-fine)
   ip_joint    image_prompt_joint/  ... target.stage=joint, as many steps as both (the paper's ablation)
 Each run goes to --work/<stage>_run (--adopt: a stage takes the finished run already there, trained by hand with
-the stage's command, e.g. several stages at once, one per core, with --threads 1); the stage records its steps, wall time, threads, final loss (the last step's)
-and the command in manifest.json beside the weights.
+the stage's command, e.g. several stages at once, one per core); the stage records its steps, wall time, threads,
+final loss (the last step's) and the command in manifest.json beside the weights.
 """
 
 from __future__ import annotations
