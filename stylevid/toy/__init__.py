@@ -9,6 +9,9 @@ Layout of `weights/`:
   motion_module/  a diffusers `MotionAdapter` trained with `stylevid train motion_module` on toy videos
   image_prompt/   method=image_prompt's weights (`stylevid train image_prompt`, coarse then fine, on the two above);
                   image_prompt_joint/ the same trained in one joint stage (the paper's ablation)
+  videogen/       method=videogen's and method=tsr's parts (base/, sr2/, latent_flow/, tsr_refiner/, video_decoder/,
+                  manifest.json; the UNets stored in float16)
+  gen1/           method=gen1's weights (unet/, image_encoder/, prior/, depth/: the toy depth annotator, manifest.json)
   manifest.json   per stage: steps, wall time on the build machine, final loss
 """
 
