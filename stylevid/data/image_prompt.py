@@ -62,18 +62,21 @@ def folder_dataset(data, seed: int) -> ImagePromptClips:
     return ImagePromptClips(clips, [row["subject"] for row in rows], [folder / row["crop"] for row in rows])
 
 
+def crop_to_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """`image`'s pixels where `mask` (bool (H, W), not empty) holds, on the neutral background, cropped around the
+    mask with CROP_MARGIN pixels to spare."""
+    alone = np.where(mask[..., None], image, np.uint8(BACKGROUND)).astype(np.uint8)
+    rows, cols = np.nonzero(mask)
+    top, left = max(0, rows.min() - CROP_MARGIN), max(0, cols.min() - CROP_MARGIN)
+    return alone[top:rows.max() + 1 + CROP_MARGIN, left:cols.max() + 1 + CROP_MARGIN]
+
+
 def toy_subject_crop(scene) -> np.ndarray:
     """The toy object alone on the neutral background at the scene's first frame, cropped around its mask."""
     from . import toy_world
 
     frame = toy_world.render_frame(scene, 0.0)
-    mask = frame.mask.astype(bool)
-    image = np.full(frame.image.shape, BACKGROUND, np.uint8)
-    image[mask] = toy_world.COLOURS[scene.colour]
-    rows, cols = np.nonzero(mask)
-    top, bottom = max(0, rows.min() - CROP_MARGIN), min(mask.shape[0], rows.max() + 1 + CROP_MARGIN)
-    left, right = max(0, cols.min() - CROP_MARGIN), min(mask.shape[1], cols.max() + 1 + CROP_MARGIN)
-    return image[top:bottom, left:right]
+    return crop_to_mask(np.full(frame.image.shape, toy_world.COLOURS[scene.colour], np.uint8), frame.mask.astype(bool))
 
 
 class ToyImagePromptClips(Dataset):

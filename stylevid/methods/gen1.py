@@ -187,7 +187,7 @@ def settings_from_config(cfg: DictConfig) -> Gen1Settings:
         raise UserInputError(f"method.edit_region must be foreground or background, got {edit_region!r}")
     mask = cfg.get("mask")
     mask = check_companion(mask, "mask", path, input_size, total, single_image=True) if mask else None
-    keep_outside = str(method.get("keep_outside", "pixels"))
+    keep_outside = str(method.keep_outside)
     if keep_outside not in KEEP_OUTSIDE:
         raise UserInputError(f"method.keep_outside must be pixels or latents, got {keep_outside!r}")
     depth_maps = method.get("depth_maps")
@@ -220,7 +220,7 @@ def settings_from_config(cfg: DictConfig) -> Gen1Settings:
         prior_steps=values.integer(method.prior_steps, "method.prior_steps", 1, 1000),
         prior_guidance_scale=values.number(method.prior_guidance_scale, "method.prior_guidance_scale", 0),
         mask=mask, edit_region=edit_region, depth_maps=depth_maps, keep_outside=keep_outside,
-        feather=values.integer(method.get("feather", 2), "method.feather", 0, 64),
+        feather=values.integer(method.feather, "method.feather", 0, 64),
         annotator=depth_annotator_path(cfg, root),
         window=window, window_overlap=overlap, spans=[list(span) for span in windows(frames, window, overlap)],
         root=root, weights_info=info,

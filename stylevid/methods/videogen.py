@@ -94,7 +94,7 @@ class LatentVideoSettings:
         cutoff = values.number(tsr.cutoff, "method.tsr.cutoff", 0)
         if cutoff > 1:
             raise UserInputError(f"method.tsr.cutoff must be in [0, 1], got {cutoff}")
-        strength = values.number(tsr.get("strength", 1.0), "method.tsr.strength", 0)
+        strength = values.number(tsr.strength, "method.tsr.strength", 0)
         if not 0 < strength <= 1:
             raise UserInputError(f"method.tsr.strength must be in (0, 1], got {strength}")
         root = weights.weights_root(cfg)

@@ -156,8 +156,8 @@ def measure_gen1(count: int = 8, seed: int = 80_000, steps: int = 20, *overrides
                     if region.any():  # a large object's margin can cover a whole clip
                         table[mode].append((float(error[region].mean()), float(trip_error[region].mean())))
             inside = np.stack([m > 0 for m in masks])
-            edited = masked["pixels"]
-            masked_colour.append(judge.majority_colour(embedder, np.where(inside[..., None], edited, 128).astype(np.uint8)) == colour)
+            masked_colour.append(judge.majority_colour(embedder, np.where(inside[..., None], masked["pixels"], 128).astype(np.uint8))
+                                 == colour)
     means = lambda table: [float(np.mean(table[key])) for key in table]  # noqa: E731
     ratio = lambda pairs: float(np.mean([e for e, _ in pairs]) / np.mean([t for _, t in pairs]))  # noqa: E731
     iou_by_ts, prompt_by_ts = means(iou), means(consistency_to_prompt)

@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 
 from ..data import toy_world
-from ..data.image_prompt import BACKGROUND, CROP_MARGIN, toy_subject_crop
+from ..data.image_prompt import crop_to_mask, toy_subject_crop
 from ..metrics import clip as clip_metrics
 from ..progress import StageReporter
 from . import WEIGHTS, judge
@@ -64,16 +64,8 @@ def true_clip(scene: toy_world.Scene) -> np.ndarray:
 def subject_crops(frames: np.ndarray) -> list[np.ndarray]:
     """Each frame's object (`judge.foreground_mask`) alone on the neutral background, cropped around it as the image
     prompt is (`toy_subject_crop`; a frame with no object gives none)."""
-    crops = []
-    for frame in frames:
-        mask = judge.foreground_mask(frame)
-        if not mask.any():
-            continue
-        alone = np.where(mask[..., None], frame, np.uint8(BACKGROUND)).astype(np.uint8)
-        rows, cols = np.nonzero(mask)
-        top, left = max(0, rows.min() - CROP_MARGIN), max(0, cols.min() - CROP_MARGIN)
-        crops.append(alone[top:rows.max() + 1 + CROP_MARGIN, left:cols.max() + 1 + CROP_MARGIN])
-    return crops
+    masks = [judge.foreground_mask(frame) for frame in frames]
+    return [crop_to_mask(frame, mask) for frame, mask in zip(frames, masks) if mask.any()]
 
 
 class _Generator:
