@@ -102,12 +102,20 @@ def style_distance(frames: np.ndarray, style_image: np.ndarray) -> float:
     return float(np.linalg.norm(colour_statistics(frames) - colour_statistics(style_image)))
 
 
-def foreground_mask(frame: np.ndarray, min_chroma: float = 80.0) -> np.ndarray:
+# The chroma an accented object's pixels reach at least (purple's, 140, the least saturated object colour) and above
+# every trail pixel (at most 136: orange at 45 % over the lighter tone of a maroon background).
+ACCENT_CHROMA = 138.0
+
+
+def foreground_mask(frame: np.ndarray, min_chroma: float = 80.0, accents: bool = False) -> np.ndarray:
     """bool (H, W): the toy object's pixels, by chroma (objects are saturated, backgrounds are not; the trail, at
-    most 45 % opaque, stays under 3/4 of the object's chroma), as `toy_world.foreground_centroid` separates them."""
+    most 45 % opaque, stays under 3/4 of the object's chroma), as `toy_world.foreground_centroid` separates them.
+    `accents`: the object may wear an accent less saturated than its body (purple on orange), so the threshold stops
+    at ACCENT_CHROMA, which still leaves every trail out."""
     pixels = frame.astype(np.float32)
     chroma = pixels.max(-1) - pixels.min(-1)
-    return chroma >= max(min_chroma, 0.75 * float(chroma.max()))
+    threshold = 0.75 * float(chroma.max())
+    return chroma >= max(min_chroma, min(threshold, ACCENT_CHROMA) if accents else threshold)
 
 
 def frame_consistency(embedder: ClipEmbedder, frames: np.ndarray) -> float:

@@ -6,7 +6,9 @@ Gen-1's own depth annotator (the manifest's, as the CLI uses it), so a figure is
 gets:
 
   * `measure_gen1`: structure kept (the edit's object silhouette against the input's, IoU over frames) as t_s grows
-    (Fig. 10), prompt consistency as t_s grows (Section 4.3), the object taking the prompt's colour (text content
+    (Fig. 10), prompt consistency as t_s grows (Section 4.3: CLIP cosine of the frames to the edit prompt, on edit
+    prompts that name new content, here another colour and another shape, as the paper's evaluation prompts do:
+    "hiker" to "alien"; the same figure on prompts that keep the input's shape is reported beside it), the object taking the prompt's colour (text content
     through the prior) and a content image's colour (Fig. 9), temporal guidance ω_t against frame consistency and
     warp error (Fig. 4), and masked editing (Fig. 8): outside the edited region the input, against its VAE round
     trip's error (at the CLI's default, the input's pixels put back; with method.keep_outside=latents, the latent
@@ -70,6 +72,11 @@ def other_colour(rng: np.random.Generator, colour: str) -> str:
     return options[int(rng.integers(len(options)))]
 
 
+def other_shape(rng: np.random.Generator, shape: str) -> str:
+    options = [s for s in toy_world.SHAPES if s != shape]
+    return options[int(rng.integers(len(options)))]
+
+
 class _Editor:
     """method=gen1 model=toy on one loaded set of weights; each edit composes its own CLI config."""
 
@@ -93,9 +100,12 @@ def measure_gen1(count: int = 8, seed: int = 80_000, steps: int = 20, *overrides
 
     embedder = judge.toy_clip_embedder()
     rng = np.random.default_rng(seed)
+    shape_rng = np.random.default_rng([seed, 1])  # its own stream: the held-out videos are those of `rng` alone
     edit = _Editor(f"steps={steps}", *overrides)
     iou = {ts: [] for ts in TS_VALUES}
-    consistency_to_prompt = {ts: [] for ts in TS_VALUES}
+    consistency_to_prompt = {ts: [] for ts in TS_VALUES}  # edit prompts naming a new colour and a new shape
+    consistency_same_shape = {ts: [] for ts in TS_VALUES}  # ... a new colour only (the input's shape kept)
+    iou_new_shape = {ts: [] for ts in TS_VALUES}
     text_colour, image_colour = [], []
     guidance = {w: {"consistency": [], "warp_error": []} for w in TEMPORAL_GUIDANCE}
     # Masked editing at the CLI's default (the input's pixels put back outside the edit) and with
@@ -109,12 +119,16 @@ def measure_gen1(count: int = 8, seed: int = 80_000, steps: int = 20, *overrides
             source = write_frames(frames, Path(tmp) / f"input_{index}")
             colour = other_colour(rng, scene.colour)
             prompt = toy_world.phrase("a", colour, scene.shape, toy_world.MOTIONS[scene.motion])
+            new_content = toy_world.phrase("a", colour, other_shape(shape_rng, scene.shape), toy_world.MOTIONS[scene.motion])
             common = [f"input={source}", f"seed={seed + index}"]
             # Text content at every t_s: structure kept, prompt consistency; the colour at the CLI's default t_s.
             for ts in TS_VALUES:
                 edited = edit(*common, f"prompt='{prompt}'", f"method.ts={ts}")
                 iou[ts].append(silhouette_iou(frames, edited))
-                consistency_to_prompt[ts].append(clipsim(embedder, edited, prompt))
+                consistency_same_shape[ts].append(clipsim(embedder, edited, prompt))
+                reshaped = edit(*common, f"prompt='{new_content}'", f"method.ts={ts}")
+                iou_new_shape[ts].append(silhouette_iou(frames, reshaped))
+                consistency_to_prompt[ts].append(clipsim(embedder, reshaped, new_content))
                 if ts == DEFAULT_TS:
                     text_colour.append(judge.majority_colour(embedder, edited) == colour)
                     guidance[1.0]["consistency"].append(judge.frame_consistency(embedder, edited))
@@ -161,6 +175,7 @@ def measure_gen1(count: int = 8, seed: int = 80_000, steps: int = 20, *overrides
     means = lambda table: [float(np.mean(table[key])) for key in table]  # noqa: E731
     ratio = lambda pairs: float(np.mean([e for e, _ in pairs]) / np.mean([t for _, t in pairs]))  # noqa: E731
     iou_by_ts, prompt_by_ts = means(iou), means(consistency_to_prompt)
+    prompt_same_shape_by_ts = means(consistency_same_shape)
     consistency = [float(np.mean(guidance[w]["consistency"])) for w in TEMPORAL_GUIDANCE]
     warp = [float(np.mean(guidance[w]["warp_error"])) for w in TEMPORAL_GUIDANCE]
     return {
@@ -169,6 +184,10 @@ def measure_gen1(count: int = 8, seed: int = 80_000, steps: int = 20, *overrides
         "iou_decreases_with_ts": bool(all(a > b for a, b in zip(iou_by_ts, iou_by_ts[1:]))),
         "prompt_consistency_by_ts": prompt_by_ts,
         "prompt_consistency_rises_with_ts": bool(all(a < b for a, b in zip(prompt_by_ts, prompt_by_ts[1:]))),
+        "iou_new_shape_by_ts": means(iou_new_shape),
+        "prompt_consistency_same_shape_by_ts": prompt_same_shape_by_ts,
+        "prompt_consistency_same_shape_rises_with_ts": bool(all(a < b for a, b in zip(prompt_same_shape_by_ts,
+                                                                                          prompt_same_shape_by_ts[1:]))),
         "text_colour_followed": float(np.mean(text_colour)), "image_colour_followed": float(np.mean(image_colour)),
         "frame_consistency_by_wt": consistency, "warp_error_by_wt": warp,
         "consistency_rises_with_wt": bool(all(a < b for a, b in zip(consistency, consistency[1:]))),

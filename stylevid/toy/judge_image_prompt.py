@@ -4,7 +4,9 @@ Every video runs `method=image_prompt model=toy` (or `method=animatediff model=t
 method's own functions on the config the CLI composes (`judge.cli_configs`), so a figure is what a user typing those
 overrides gets. A held-out subject is a fresh toy scene's object drawn alone on the neutral background (the crop the
 build trains on, `data.image_prompt.toy_subject_crop`); the prompt names its shape and a motion but never its colour
-("a star moving right", subject=star), so the colour can only come from the image:
+("a star moving right", subject=star), so the colour can only come from the image. Every subject wears an accent, as
+every object the build trains on does (`toy_world.with_random_accent`: a disc of a second colour on its centre, no word
+for it), the detail the fine stage is for:
 
   * `colour_followed`: the video's majority colour (the toy CLIP's zero-shot colour over its frames) is the image
     prompt's, coarse + fine (the shipped weights at the CLI's defaults); text alone (`method=animatediff`, the same
@@ -62,9 +64,9 @@ def true_clip(scene: toy_world.Scene) -> np.ndarray:
 
 
 def subject_crops(frames: np.ndarray) -> list[np.ndarray]:
-    """Each frame's object (`judge.foreground_mask`) alone on the neutral background, cropped around it as the image
+    """Each frame's object with its accent (`judge.foreground_mask`) alone on the neutral background, cropped around it as the image
     prompt is (`toy_subject_crop`; a frame with no object gives none)."""
-    masks = [judge.foreground_mask(frame) for frame in frames]
+    masks = [judge.foreground_mask(frame, accents=True) for frame in frames]
     return [crop_to_mask(frame, mask) for frame, mask in zip(frames, masks) if mask.any()]
 
 
@@ -97,7 +99,7 @@ def measure_image_prompt(count: int = 16, seed: int = 90_000, steps: int = 20, a
     colour, fidelity, subject, score = ({arm: [] for arm in (*arms, *REFERENCES)} for _ in range(4))
     with tempfile.TemporaryDirectory() as tmp:
         for index in range(count):
-            scene = toy_world.random_scene(rng)
+            scene = toy_world.with_random_accent(toy_world.random_scene(rng), rng)
             crop = toy_subject_crop(scene)
             image_path = Path(tmp) / f"subject_{index}.png"
             Image.fromarray(crop).save(image_path)
