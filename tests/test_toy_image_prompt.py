@@ -170,3 +170,18 @@ def test_the_subject_crop_of_a_true_toy_frame_is_the_image_prompts_crop():
         expected = crop_to_mask(toy_world.object_paint(scene, *toy_world.object_state(scene, k)), truth.mask.astype(bool))
         assert np.array_equal(subject_crops(frame[None])[0], expected), k
     assert subject_crops(np.full((2, 64, 64, 3), 128, np.uint8)) == []
+
+
+def test_the_judge_reads_an_objects_body_and_accent_colours_from_its_pixels():
+    """`judge.object_colours` on true toy clips: the body colour and the accent of every accented subject (every
+    shape, the triangle's accent covering most of it), the body of plain ones; on a frame with no object, none."""
+    from stylevid.toy import judge
+    from stylevid.toy.judge_image_prompt import true_clip
+
+    rng = np.random.default_rng(11)
+    for index in range(40):
+        scene = toy_world.random_scene(rng, shape=toy_world.SHAPES[index % len(toy_world.SHAPES)])
+        accented = toy_world.with_random_accent(scene, rng)
+        assert judge.object_colours(true_clip(accented)) == (scene.colour, accented.accent), accented
+        assert judge.object_colours(true_clip(scene))[0] == scene.colour, scene
+    assert judge.object_colours(np.full((2, 64, 64, 3), 128, np.uint8)) == (None, None)
