@@ -12,9 +12,7 @@ fps (the toy world's `fps` per toy frame, times subframes / stride) and skipped 
 With `depth=True` (Gen-1's structure stages) an item also carries `depth`, float32 (F, size, size) in [0, 1], larger
 is nearer: the toy world's ground-truth depth of the same frames, resized and flipped as they are, so a target needs
 no depth estimator on toy data. `caption_colour=False` leaves the object's colour out of the captions (the toy image
-prompts, where appearance must come from the image); `accent=True` gives every object an accent
-(`toy_world.with_random_accent`: a second colour on its centre that no caption names, the detail the toy image
-prompts' fine stage is there to carry).
+prompts, where appearance must come from the image).
 """
 
 from __future__ import annotations
@@ -33,8 +31,7 @@ TOY_FPS = 8.0  # the rate a toy-world clip plays at, one toy frame per 1/8 s
 
 class ToyClipDataset(Dataset):
     def __init__(self, count: int, frames: int, stride: int | list[int], size: int = toy_world.SIZE, seed: int = 0,
-                 subframes: int = 8, flip: bool = False, depth: bool = False, caption_colour: bool = True,
-                 accent: bool = False):
+                 subframes: int = 8, flip: bool = False, depth: bool = False, caption_colour: bool = True):
         strides = [int(s) for s in (stride if isinstance(stride, (list, tuple)) else [stride])]
         if count < 1 or frames < 1 or subframes < 1 or any(s < 1 for s in strides):
             raise UserInputError("data=toy: data.count, data.frames, data.subframes and data.stride must be >= 1")
@@ -48,7 +45,7 @@ class ToyClipDataset(Dataset):
             raise UserInputError(f"data=toy: data.size must be a multiple of 8 up to {toy_world.SIZE}, got {size}")
         self.count, self.frames, self.strides, self.size = count, frames, strides, size
         self.seed, self.subframes, self.flip, self.depth = seed, subframes, flip, bool(depth)
-        self.caption_colour, self.accent = bool(caption_colour), bool(accent)
+        self.caption_colour = bool(caption_colour)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -70,8 +67,6 @@ class ToyClipDataset(Dataset):
         frames do not depend on whether its depth is asked for."""
         rng = np.random.default_rng([self.seed, self.epoch, index])
         scene = toy_world.random_scene(rng)
-        if self.accent:
-            scene = toy_world.with_random_accent(scene, rng)
         stride = self.strides[int(rng.integers(len(self.strides)))]
         span = (self.frames - 1) * stride / self.subframes
         start = float(rng.uniform(0, toy_world.FRAMES - 1 - span))
@@ -103,5 +98,5 @@ def toy_clip_dataset(data, seed: int, depth: bool = False) -> ToyClipDataset:
     stride = list(stride) if not isinstance(stride, (int, str)) else int(stride)
     return ToyClipDataset(count=int(data.count), frames=int(data.frames), stride=stride, size=int(data.size),
                           seed=seed, subframes=int(data.subframes), flip=bool(data.get("flip", False)), depth=depth,
-                          caption_colour=bool(data.get("caption_colour", True)), accent=bool(data.get("accent", False)))
+                          caption_colour=bool(data.get("caption_colour", True)))
 
