@@ -98,11 +98,13 @@ def measure_videogen(count: int = 16, *overrides: str) -> dict:
 TSR_MODES = (("flow", True), ("linear", True), ("slerp", True), ("flow", False), ("linear", False))
 
 
-def measure_tsr(count: int = 16, keys: int = 3, factor: int = 8, seed: int = 70_002, modes=TSR_MODES) -> dict:
+def measure_tsr(count: int = 16, keys: int = 3, factor: int = 8, seed: int = 70_002, modes=TSR_MODES,
+                overrides: tuple[str, ...] = ()) -> dict:
     """`keys` key frames at the cascade's rate (`key_frame_gap` sub-frames apart), raised x`factor` by method=tsr's back end in each
     mode; PSNR of the in-between frames (decoded by the image decoder, so the decoder is not measured here) to the
     true frames rendered at 8x the rate. The key frames go through the same VAE round trip in every mode. `modes`:
-    (method.tsr.mode, method.tsr.refine) pairs (the coarse ones need no refiner)."""
+    (method.tsr.mode, method.tsr.refine) pairs (the coarse ones need no refiner). `overrides` go to every mode's config
+    (method.tsr.cutoff=..., method.weights=<a build elsewhere>; a tuning run uses another `seed`)."""
     from ..methods.videogen import LatentVideoSettings, decode_latent_video, load_latent_video, temporal_super_resolution
     from ..models.loading import load_pipeline
     from ..sampling.vae import encode_images
@@ -113,7 +115,7 @@ def measure_tsr(count: int = 16, keys: int = 3, factor: int = 8, seed: int = 70_
     figures: dict = {"count": count, "factor": factor}
     for mode, refine in modes:
         cfg = _cfg("tsr", "input=unused", f"method.tsr.mode={mode}", f"method.tsr.factor={factor}",
-                   f"method.tsr.refine={str(refine).lower()}", "method.decoder=image")
+                   f"method.tsr.refine={str(refine).lower()}", "method.decoder=image", *overrides)
         back = LatentVideoSettings.from_config(cfg)
         models = load_latent_video(back, pipe.vae, torch.device("cpu"), torch.float32)
         scores = []
