@@ -263,6 +263,35 @@ def test_resume_repeats_the_uninterrupted_losses(clips, tmp_path):
         run_train(config(clips, *run, "model.seed=1", checkpoint, f"output_dir={tmp_path / 'b'}"))
 
 
+def test_init_path_continues_from_a_trained_decoder_whose_settings_win(clips, tmp_path):
+    """video_decoder.init_path: a run starts from a trained decoder (its temporal settings, not the config's) and
+    records it; a missing directory, or a decoder of another VAE, is refused in one line."""
+    from stylevid.models.loading import load_pipeline
+    from stylevid.train import run_train
+
+    first = run_train(config(clips, "trainer.max_steps=2", "trainer.checkpoint_every=0", f"output_dir={tmp_path / 'first'}"))
+    trained = VideoDecoder.from_pretrained(first / "video_decoder")
+    continued = run_train(config(clips, "trainer.max_steps=1", "trainer.checkpoint_every=0", "trainer.lr=1e-12",
+                                 "trainer.warmup_steps=0", f"video_decoder.init_path={first / 'video_decoder'}",
+                                 "video_decoder.temporal_attention_heads=4", f"output_dir={tmp_path / 'continued'}"))
+    after = VideoDecoder.from_pretrained(continued / "video_decoder")
+    assert after.config.temporal_attention_heads == 2  # the trained decoder's, not the config's 4
+    before = trained.state_dict()
+    assert all(torch.allclose(value, before[key], atol=1e-8) for key, value in after.state_dict().items())
+    assert any(not torch.equal(value, VideoDecoder.from_vae(load_pipeline(config(clips).model, torch.float32).vae,
+                                                            temporal_attention_heads=2).state_dict()[key])
+               for key, value in after.state_dict().items())  # not a fresh decoder
+    result = json.loads((continued / "result.json").read_text())
+    assert result["video_decoder"]["init_path"] == str(first / "video_decoder")
+    with pytest.raises(UserInputError, match="video_decoder.init_path=.* is not a VideoDecoder directory"):
+        run_train(config(clips, f"video_decoder.init_path={tmp_path / 'nothing'}", f"output_dir={tmp_path / 'a'}"))
+    other = tmp_path / "toy_decoder"
+    VideoDecoder.from_vae(load_pipeline({"name": "toy", "path": None}, torch.float32).vae,
+                          temporal_attention_heads=2).save_pretrained(other)
+    with pytest.raises(UserInputError, match="video_decoder.init_path=.* decodes"):
+        run_train(config(clips, "trainer.max_steps=1", f"video_decoder.init_path={other}", f"output_dir={tmp_path / 'b'}"))
+
+
 def test_two_ranks_hold_identical_weights_see_different_clips_and_log_the_mean_loss(clips, tmp_path):
     from test_train_ddp import free_port
     from test_train_ranks import worker

@@ -78,6 +78,8 @@ class VideoDecoderTarget(TrainingTarget):
         values.integer(settings.temporal_attention_heads, "video_decoder.temporal_attention_heads", 1)
         if not isinstance(settings.temporal_attention, bool):
             raise UserInputError(f"video_decoder.temporal_attention must be true or false, got {settings.temporal_attention!r}")
+        if settings.get("init_path") and not Path(str(settings.init_path)).expanduser().is_dir():
+            raise UserInputError(f"video_decoder.init_path={settings.init_path} is not a VideoDecoder directory")
     def __init__(self, cfg, device, weight_dtype, rank):
         super().__init__(cfg, device, weight_dtype, rank)
         settings = cfg.video_decoder
@@ -89,11 +91,14 @@ class VideoDecoderTarget(TrainingTarget):
         if channels % int(settings.temporal_attention_heads):
             raise UserInputError(f"video_decoder.temporal_attention_heads={settings.temporal_attention_heads} does not "
                                  f"divide the VAE decoder's {channels} mid-block channels")
-        self.decoder = VideoDecoder.from_vae(
-            self.vae, temporal_attention=bool(settings.temporal_attention),
-            temporal_attention_heads=int(settings.temporal_attention_heads),
-            temporal_kernel_size=int(settings.temporal_kernel_size),
-        ).to(device).train()
+        if settings.get("init_path"):
+            self.decoder = self.trained_decoder(str(settings.init_path)).to(device).train()
+        else:
+            self.decoder = VideoDecoder.from_vae(
+                self.vae, temporal_attention=bool(settings.temporal_attention),
+                temporal_attention_heads=int(settings.temporal_attention_heads),
+                temporal_kernel_size=int(settings.temporal_kernel_size),
+            ).to(device).train()
         self.vae.requires_grad_(False)
         self.vae.to(device).eval()
         if weight_dtype != torch.float32:
@@ -104,6 +109,21 @@ class VideoDecoderTarget(TrainingTarget):
                 parameter.data = parameter.data.to(weight_dtype)
         self.strength = float(settings.degradation_strength)
         self.l1_weight, self.mse_weight = float(settings.l1_weight), float(settings.mse_weight)
+
+    def trained_decoder(self, path: str) -> VideoDecoder:
+        """`video_decoder.init_path`: a trained video decoder to continue from (a longer run, another degradation or
+        latent setting, a new domain). Its temporal layers' settings win over video_decoder.temporal_*; its 2-D
+        layers must be those of this VAE's decoder."""
+        from ...models.components import load_component
+
+        decoder = load_component(path, key="video_decoder.init_path", pretrained=VideoDecoder.from_pretrained,
+                                 what="a VideoDecoder directory")
+        for key in ("latent_channels", "block_out_channels", "layers_per_block", "norm_num_groups"):
+            theirs, ours = plain(decoder.config.get(key)), plain(self.vae.config.get(key))
+            if theirs != ours:
+                raise UserInputError(f"video_decoder.init_path={path} decodes {key}={theirs}; the VAE of this model= "
+                                     f"has {ours}")
+        return decoder
 
     @property
     def model(self):
@@ -175,11 +195,11 @@ class VideoDecoderTarget(TrainingTarget):
 
     def record(self) -> dict:
         base = {**model_identity(self.cfg.model), "vae": {key: plain(self.vae.config.get(key)) for key in VAE_ESSENTIALS}}
-        settings = self.settings
-        return {"base_model": base, "decoder": {"temporal_attention": bool(settings.temporal_attention),
-                                                "temporal_attention_heads": int(settings.temporal_attention_heads),
-                                                "temporal_kernel_size": int(settings.temporal_kernel_size),
-                                                "trainable": str(settings.trainable)}}
+        built = self.decoder.config  # the settings', or an init_path decoder's own
+        return {"base_model": base, "decoder": {"temporal_attention": bool(built.temporal_attention),
+                                                "temporal_attention_heads": int(built.temporal_attention_heads),
+                                                "temporal_kernel_size": int(built.temporal_kernel_size),
+                                                "trainable": str(self.settings.trainable)}}
 
     def check_resumable(self, path: str, recorded: dict, weights_dir: Path) -> None:
         """One line naming the setting when the checkpoint was trained on another model or another decoder."""
@@ -199,7 +219,8 @@ class VideoDecoderTarget(TrainingTarget):
         return {"data": {"name": data.name, "videos": len(self.videos), "frames": int(data.frames),
                          "stride": OmegaConf.to_container(stride) if OmegaConf.is_list(stride) else stride,
                          "size": int(data.size)},
-                "video_decoder": {"degradation_strength": self.strength, "latents": str(settings.latents),
+                "video_decoder": {"init_path": str(settings.init_path) if settings.get("init_path") else None,
+                                  "degradation_strength": self.strength, "latents": str(settings.latents),
                                   "l1_weight": self.l1_weight, "mse_weight": self.mse_weight,
                                   "trainable": str(settings.trainable),
                                   "trainable_parameters": sum(p.numel() for p in self.trainable_parameters())}}
