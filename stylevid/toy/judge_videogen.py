@@ -135,10 +135,11 @@ def measure_tsr(count: int = 16, keys: int = 3, factor: int = 8, seed: int = 70_
 # --- the video decoder ----------------------------------------------------------------------------------------------
 
 
-def measure_video_decoder(count: int = 16, frames: int = 8, seed: int = 70_003) -> dict:
+def measure_video_decoder(count: int = 16, frames: int = 8, seed: int = 70_003, overrides: tuple[str, ...] = ()) -> dict:
     """Held-out 8-frame clips at the rates the decoder sees (conf/experiment/toy_video_decoder.yaml), each degraded once (BSRGAN-style, strength 1),
     encoded by the toy VAE (posterior mean), decoded by the video decoder (method.decoder=video, the CLI's chunking)
-    and by the image decoder; PSNR to the clean clip and |flicker - the clean clip's flicker|."""
+    and by the image decoder; PSNR to the clean clip and |flicker - the clean clip's flicker|. `overrides` go to both
+    decoders' configs (method.weights=<a build elsewhere>; a tuning run uses another `seed`)."""
     from ..methods.videogen import LatentVideoSettings, decode_latent_video, load_latent_video
     from ..models.loading import load_pipeline
     from ..sampling.vae import encode_images
@@ -152,7 +153,8 @@ def measure_video_decoder(count: int = 16, frames: int = 8, seed: int = 70_003) 
     degraded = [degrade_clip(clip, draw_degradation(np.random.default_rng([seed, i]), 1.0), np.random.default_rng([seed, i, 1]))
                 for i, clip in enumerate(clips)]
     for decoder in ("video", "image"):
-        back = LatentVideoSettings.from_config(_cfg("tsr", "input=unused", "method.tsr.factor=1", f"method.decoder={decoder}"))
+        back = LatentVideoSettings.from_config(_cfg("tsr", "input=unused", "method.tsr.factor=1", f"method.decoder={decoder}",
+                                                     *overrides))
         models = load_latent_video(back, pipe.vae, torch.device("cpu"), torch.float32)
         for clip, bad in zip(clips, degraded):
             latents = encode_images(pipe.vae, bad).permute(1, 0, 2, 3)[None]
