@@ -250,7 +250,7 @@ def stage_vg_flow(out: Path, work: Path, args) -> dict:
     """Two runs: IFRNet's loss, latent reconstruction plus flow distillation from the DIS teacher
     (conf/experiment/toy_latent_flow.yaml), then reconstruction alone from that net (FLOW_RECONSTRUCTION). On the toy's
     8x8 latents the teacher's area-resized pixel flows are coarse: dropping them for 3,000 more steps raised the
-    x8 in-between PSNR of the coarse flow from +0.83 to +1.07 dB over linear interpolation (the judge's 16 clips;
+    x8 in-between PSNR of the coarse flow from +0.83 to +1.06 dB over linear interpolation (the judge's 16 clips;
     1,500 more steps *with* distillation had moved it by 0.03 dB)."""
     summary = videogen_stage("vg_flow", "latent_flow", "toy_latent_flow", out, work, args)
     run_dir = work / "vg_flow_reconstruction_run"
