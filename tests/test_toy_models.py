@@ -250,12 +250,14 @@ def test_build_script_builds_every_stage_resumes_and_rebuilds_what_is_stale(tmp_
     assert set(built["stages"]) == families
     for part in ("pipeline", "clip", "motion_module"):
         toy_path(part, root=tmp_path / "out")
-    # The flow net's second run, reconstruction alone from the distilled net, is what ships.
-    reconstruction = built["stages"]["vg_flow"]["reconstruction"]["command"]
-    assert "latent_flow.flow_weight=0" in reconstruction and "vg_flow_run/latent_flow" in reconstruction
-    shipped_flow = tmp_path / "out" / "videogen" / "latent_flow" / "diffusion_pytorch_model.safetensors"
-    assert shipped_flow.read_bytes() == (tmp_path / "work" / "vg_flow_reconstruction_run" / "latent_flow" /
-                                         "diffusion_pytorch_model.safetensors").read_bytes()
+    # The flow net's and the video decoder's second runs, each from the first run's export, are what ship.
+    for stage, part, setting in (("vg_flow", "latent_flow", "latent_flow.flow_weight=0"),
+                                 ("vg_decoder", "video_decoder", "video_decoder.latents=mean")):
+        command = built["stages"][stage]["second_run"]["command"]
+        assert setting in command and f"{stage}_run/{part}" in command, command
+        weights = "diffusion_pytorch_model.safetensors"
+        assert (tmp_path / "out" / "videogen" / part / weights).read_bytes() == \
+            (tmp_path / "work" / f"{stage}_second_run" / part / weights).read_bytes()
     videogen = json.loads((tmp_path / "out" / "videogen" / "manifest.json").read_text())
     assert set(videogen["parts"]) == {"base", "sr2", "latent_flow", "tsr_refiner", "video_decoder"}
     # conf/experiment/toy_videogen_base.yaml: 3 frames 56 sub-frames apart, 8 sub-frames per toy frame at 8 fps
