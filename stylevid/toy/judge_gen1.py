@@ -8,11 +8,11 @@ gets:
   * `measure_gen1`: structure kept (the edit's object silhouette against the input's, IoU over frames) as t_s grows
     (Fig. 10), prompt consistency as t_s grows (Section 4.3: CLIP cosine of the frames to the edit prompt, on edit
     prompts that name new content, here another colour and another shape, as the paper's evaluation prompts do:
-    "hiker" to "alien"; the same figure on prompts that keep the input's shape is reported beside it), the object taking the prompt's colour (text content
-    through the prior) and a content image's colour (Fig. 9), temporal guidance ω_t against frame consistency and
-    warp error (Fig. 4), and masked editing (Fig. 8): outside the edited region the input, against its VAE round
-    trip's error (at the CLI's default, the input's pixels put back; with method.keep_outside=latents, the latent
-    recipe alone, reported).
+    "hiker" to "alien"; the same figure on prompts that keep the input's shape is reported beside it), the object
+    taking the prompt's colour (text content through the prior) and a content image's colour (Fig. 9), temporal
+    guidance ω_t against frame consistency and warp error (Fig. 4), and masked editing (Fig. 8): outside the edited
+    region the input, against its VAE round trip's error (at the CLI's default, the input's pixels put back; with
+    method.keep_outside=latents, the latent recipe alone, reported).
 
 Held-out data: scenes from numpy streams seeded 80_000 and up, a path the build never draws from (data=toy draws
 from (seed, epoch, index) with the experiments' seed 0).

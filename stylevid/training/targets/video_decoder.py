@@ -80,6 +80,7 @@ class VideoDecoderTarget(TrainingTarget):
             raise UserInputError(f"video_decoder.temporal_attention must be true or false, got {settings.temporal_attention!r}")
         if settings.get("init_path") and not Path(str(settings.init_path)).expanduser().is_dir():
             raise UserInputError(f"video_decoder.init_path={settings.init_path} is not a VideoDecoder directory")
+
     def __init__(self, cfg, device, weight_dtype, rank):
         super().__init__(cfg, device, weight_dtype, rank)
         settings = cfg.video_decoder
@@ -88,12 +89,12 @@ class VideoDecoderTarget(TrainingTarget):
         # The frozen SD encoder (Section 3.5): the pipeline's VAE, in float32 until the decoder has copied its weights.
         self.vae = load_pipeline(cfg.model, torch.float32).vae
         channels = int(self.vae.config.block_out_channels[-1])
-        if channels % int(settings.temporal_attention_heads):
-            raise UserInputError(f"video_decoder.temporal_attention_heads={settings.temporal_attention_heads} does not "
-                                 f"divide the VAE decoder's {channels} mid-block channels")
         if settings.get("init_path"):
             self.decoder = self.trained_decoder(str(settings.init_path)).to(device).train()
         else:
+            if channels % int(settings.temporal_attention_heads):
+                raise UserInputError(f"video_decoder.temporal_attention_heads={settings.temporal_attention_heads} does "
+                                     f"not divide the VAE decoder's {channels} mid-block channels")
             self.decoder = VideoDecoder.from_vae(
                 self.vae, temporal_attention=bool(settings.temporal_attention),
                 temporal_attention_heads=int(settings.temporal_attention_heads),
