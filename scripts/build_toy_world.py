@@ -201,11 +201,13 @@ def stage_motion(out: Path, work: Path, args) -> dict:
     return {**stage_summary(result, command), "videos": args.videos}
 
 
-def videogen_stage(name: str, target: str, experiment: str, out: Path, work: Path, args, *extra: str) -> dict:
+def videogen_stage(name: str, target: str, experiment: str, out: Path, work: Path, args, *extra: str,
+                   run: str = "run") -> dict:
     """One VideoGen part: `stylevid train <target> experiment=<experiment>` on the toy pipeline's VAE (and text
-    encoder), its export moved to videogen/<part>/ and the VideoGen manifest rewritten to list it."""
+    encoder) into --work/<name>_<run>, its export moved to videogen/<part>/ and the VideoGen manifest rewritten to
+    list it."""
     part, export = VIDEOGEN_PARTS[name]
-    run_dir = work / f"{name}_run"
+    run_dir = work / f"{name}_{run}"
     result, command = train(target, run_dir, [f"experiment={experiment}", f"model.path={out / 'pipeline'}", *extra,
                                               *steps_overrides(args)])
     replace_dir(run_dir / export, out / "videogen" / part)
@@ -247,15 +249,11 @@ def write_videogen_manifest(out: Path) -> None:
 
 def second_run(name: str, target: str, experiment: str, init_key: str, settings: tuple[str, ...], out: Path,
                work: Path, args) -> dict:
-    """A VideoGen stage's second run, `settings` from the first run's export (`init_key`); its export replaces the
-    part in videogen/."""
-    part, export = VIDEOGEN_PARTS[name]
-    run_dir = work / f"{name}_second_run"
-    result, command = train(target, run_dir, [f"experiment={experiment}", f"model.path={out / 'pipeline'}",
-                                              f"{init_key}={work / f'{name}_run' / export}", *settings, *steps_overrides(args)])
-    replace_dir(run_dir / export, out / "videogen" / part)
-    write_videogen_manifest(out)
-    return stage_summary(result, command)
+    """A VideoGen stage's second run (--work/<name>_second_run): `settings`, from the first run's export
+    (`init_key`); its export replaces the part in videogen/."""
+    first_export = work / f"{name}_run" / VIDEOGEN_PARTS[name][1]
+    return videogen_stage(name, target, experiment, out, work, args, f"{init_key}={first_export}", *settings,
+                          run="second_run")
 
 
 def stage_vg_decoder(out: Path, work: Path, args) -> dict:
