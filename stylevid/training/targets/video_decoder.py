@@ -35,6 +35,7 @@ from ...data.videos import collate_clips
 from ...errors import UserInputError
 from ...models.loading import load_pipeline
 from ...models.video_decoder import VideoDecoder
+from ...models.videogen_weights import load_video_decoder
 from ...sampling.vae import pixels_from_uint8
 from ..checkpoint import model_identity, plain
 from . import Step, TrainingTarget, register
@@ -115,10 +116,7 @@ class VideoDecoderTarget(TrainingTarget):
         """`video_decoder.init_path`: a trained video decoder to continue from (a longer run, another degradation or
         latent setting, a new domain). Its temporal layers' settings win over video_decoder.temporal_*; its 2-D
         layers must be those of this VAE's decoder."""
-        from ...models.components import load_component
-
-        decoder = load_component(path, key="video_decoder.init_path", pretrained=VideoDecoder.from_pretrained,
-                                 what="a VideoDecoder directory")
+        decoder = load_video_decoder(path, self.vae, "video_decoder.init_path")
         for key in ("latent_channels", "block_out_channels", "layers_per_block", "norm_num_groups"):
             theirs, ours = plain(decoder.config.get(key)), plain(self.vae.config.get(key))
             if theirs != ours:
@@ -182,10 +180,7 @@ class VideoDecoderTarget(TrainingTarget):
         self.write_decoder(directory, state_dict)
 
     def load_weights(self, directory: Path) -> None:
-        from ...models.components import load_component
-
-        loaded = load_component(str(directory), key="trainer.resume", pretrained=VideoDecoder.from_pretrained,
-                                what="a VideoDecoder directory")
+        loaded = load_video_decoder(str(directory), self.vae, "trainer.resume")
         self.decoder.load_state_dict(loaded.state_dict())
 
     def export(self, run_dir: Path, state_dict) -> dict:
