@@ -30,7 +30,9 @@ STYLES = judge.example_styles(ROOT)
 TARGETS = {
     "clip": [("toy CLIP zero-shot colour accuracy", "colour_accuracy", 0.90), ("toy CLIP zero-shot shape accuracy", "shape_accuracy", 0.80),
              ("toy CLIP zero-shot direction accuracy, one frame (no target)", "direction_accuracy", None)],
-    "t2i": [("T2I prompt adherence (colour)", "colour_adherence", 0.80), ("T2I prompt adherence (shape, no target)", "shape_adherence", None)],
+    "t2i": [("T2I prompt adherence (colour)", "colour_adherence", 0.80), ("T2I prompt adherence (shape, no target)", "shape_adherence", None),
+            ("toy CLIP shape accuracy on held-out frames after the toy VAE's round trip (the ceiling of shape figures, no target)",
+             "shape_accuracy_vae_round_trip", None)],
     "cross_frame": [("t2v_zero frame consistency, cross-frame attention", "consistency_cross_frame", None),
                     ("t2v_zero frame consistency, plain attention", "consistency_plain", None),
                     ("paired gain minus 2 standard errors (> 0: clearly above)", "gain_lower_bound", 0.0),

@@ -191,9 +191,24 @@ def measure_t2i(pipe, embedder: ClipEmbedder, count: int = 24, steps: int = 20, 
     return {
         "colour_adherence": float(np.mean([c == p.colour for c, p in zip(colours, chosen)])),
         "shape_adherence": float(np.mean([s == p.shape for s, p in zip(shapes, chosen)])),
+        **vae_round_trip_accuracy(pipe.vae, embedder),
         "count": count,
         "images": images,
     }
+
+
+def vae_round_trip_accuracy(vae, embedder: ClipEmbedder, count: int = 200, seed: int = 10_000) -> dict:
+    """The judge's zero-shot accuracy on held-out rendered frames after the VAE's round trip (encode, decode): what a
+    latent model that reproduced a frame's latents exactly could at best show, so the ceiling of every shape and
+    colour figure measured on generated frames."""
+    from ..sampling.vae import decode_to_uint8, encode_images
+
+    images, scenes, _ = toy_world.frame_dataset(count, seed=seed)
+    round_trip = np.concatenate([decode_to_uint8(vae, encode_images(vae, images[begin:begin + 50]))
+                                 for begin in range(0, count, 50)])
+    colours, shapes = classify(embedder, round_trip, "colour"), classify(embedder, round_trip, "shape")
+    return {"colour_accuracy_vae_round_trip": float(np.mean([c == s.colour for c, s in zip(colours, scenes)])),
+            "shape_accuracy_vae_round_trip": float(np.mean([c == s.shape for c, s in zip(shapes, scenes)]))}
 
 
 def cli_configs(method: str, runs: list[list[str]], *overrides: str):
