@@ -139,6 +139,7 @@ def main(argv=None) -> int:
             result = judge.clip_zero_shot(embedder)
         elif part == "t2i":
             result = judge.measure_t2i(pipe, embedder)
+            result.update(judge.vae_round_trip_accuracy(pipe.vae, embedder))  # the ceiling of its shape figure
             if args.strip:
                 from PIL import Image
 

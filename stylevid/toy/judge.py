@@ -191,7 +191,6 @@ def measure_t2i(pipe, embedder: ClipEmbedder, count: int = 24, steps: int = 20, 
     return {
         "colour_adherence": float(np.mean([c == p.colour for c, p in zip(colours, chosen)])),
         "shape_adherence": float(np.mean([s == p.shape for s, p in zip(shapes, chosen)])),
-        **vae_round_trip_accuracy(pipe.vae, embedder),
         "count": count,
         "images": images,
     }
