@@ -77,16 +77,21 @@ def majority_colour(embedder: ClipEmbedder, frames: np.ndarray) -> str:
     return max(set(votes), key=votes.count)
 
 
+def accuracy(embedder: ClipEmbedder, images: np.ndarray, scenes: list, attribute: str) -> float:
+    """Share of `images` the judge gives their scene's `attribute` (colour or shape)."""
+    seen = classify(embedder, images, attribute)
+    return float(np.mean([value == getattr(scene, attribute) for value, scene in zip(seen, scenes)]))
+
+
 def clip_zero_shot(embedder: ClipEmbedder, count: int = 400, seed: int = 10_000) -> dict:
     """Zero-shot accuracy on `count` held-out frames (seeds the training never drew)."""
     images, scenes, _ = toy_world.frame_dataset(count, seed=seed)
-    colours, shapes = classify(embedder, images, "colour"), classify(embedder, images, "shape")
     # Direction from one frame (its motion trail), on the scenes that translate.
     moving = [index for index, scene in enumerate(scenes) if scene.motion in DIRECTION_WORDS]
     directions = classify(embedder, images[moving], "direction") if moving else []
     return {
-        "colour_accuracy": float(np.mean([c == s.colour for c, s in zip(colours, scenes)])),
-        "shape_accuracy": float(np.mean([c == s.shape for c, s in zip(shapes, scenes)])),
+        "colour_accuracy": accuracy(embedder, images, scenes, "colour"),
+        "shape_accuracy": accuracy(embedder, images, scenes, "shape"),
         "direction_accuracy": float(np.mean([d == scenes[i].motion for d, i in zip(directions, moving)])) if moving else 0.0,
         "count": count,
     }
@@ -205,9 +210,8 @@ def vae_round_trip_accuracy(vae, embedder: ClipEmbedder, count: int = 200, seed:
     images, scenes, _ = toy_world.frame_dataset(count, seed=seed)
     round_trip = np.concatenate([decode_to_uint8(vae, encode_images(vae, images[begin:begin + 50]))
                                  for begin in range(0, count, 50)])
-    colours, shapes = classify(embedder, round_trip, "colour"), classify(embedder, round_trip, "shape")
-    return {"colour_accuracy_vae_round_trip": float(np.mean([c == s.colour for c, s in zip(colours, scenes)])),
-            "shape_accuracy_vae_round_trip": float(np.mean([c == s.shape for c, s in zip(shapes, scenes)]))}
+    return {"colour_accuracy_vae_round_trip": accuracy(embedder, round_trip, scenes, "colour"),
+            "shape_accuracy_vae_round_trip": accuracy(embedder, round_trip, scenes, "shape")}
 
 
 def cli_configs(method: str, runs: list[list[str]], *overrides: str):
