@@ -11,7 +11,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
@@ -401,12 +400,12 @@ def test_bad_values_are_one_line_before_anything_loads(runs, subject, tmp_path):
 
 def two_ranks(overrides, tmp_path):
     """Run `overrides` under two gloo ranks (tests/test_train_ranks.py's worker); both ranks' records."""
-    from test_train_ddp import free_port
+    from test_train_ddp import free_port, spawn_ranks
     from test_train_ranks import worker
 
     out = tmp_path / "ranks"
     out.mkdir()
-    mp.spawn(worker, args=(2, free_port(), overrides, str(out)), nprocs=2, join=True)
+    spawn_ranks(worker, (2, free_port(), overrides, str(out)))
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
 
 

@@ -7,10 +7,9 @@ import os
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 from PIL import Image
 
-from test_train_ddp import free_port
+from test_train_ddp import free_port, spawn_ranks
 
 from stylevid.data.toy import write_toy_videos
 
@@ -81,7 +80,7 @@ def test_two_ranks_hold_identical_weights_see_different_shards_and_log_the_mean_
                  "trainer.checkpoint_every=0", "trainer.tensorboard=false", f"output_dir={run_dir}"]
     out = tmp_path / "ranks"
     out.mkdir()
-    mp.spawn(worker, args=(2, free_port(), overrides, str(out)), nprocs=2, join=True)
+    spawn_ranks(worker, (2, free_port(), overrides, str(out)))
     rank0, rank1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert rank0["weights"].keys() == rank1["weights"].keys()
     assert all(torch.equal(rank0["weights"][k], rank1["weights"][k]) for k in rank0["weights"])

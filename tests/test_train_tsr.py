@@ -7,11 +7,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 from hydra import compose, initialize_config_module
 from safetensors.torch import load_file
 
-from test_train_ddp import free_port
+from test_train_ddp import free_port, spawn_ranks
 from test_train_ranks import worker
 
 from stylevid.io.video import write_video
@@ -208,7 +207,7 @@ def test_two_ranks_hold_identical_weights_and_log_the_mean_loss(target, clips, t
                      "trainer.checkpoint_every=0", "trainer.tensorboard=false", f"output_dir={run_dir}"]
     out = tmp_path / "ranks"
     out.mkdir()
-    mp.spawn(worker, args=(2, free_port(), cfg_overrides, str(out)), nprocs=2, join=True)
+    spawn_ranks(worker, (2, free_port(), cfg_overrides, str(out)))
     rank0, rank1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert all(torch.equal(rank0["weights"][k], rank1["weights"][k]) for k in rank0["weights"])
     assert all(a != b for a, b in zip(rank0["batches"], rank1["batches"]))  # each rank its own shard

@@ -10,7 +10,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 from hydra import compose, initialize_config_module
 
 from stylevid.data.toy import write_toy_videos
@@ -204,7 +203,7 @@ def test_sr_refuses_a_missing_or_mismatched_init(videos, base_run, tmp_path):
 
 @pytest.mark.slow
 def test_two_ranks_hold_identical_weights_and_log_the_mean_loss(videos, tmp_path):
-    from test_train_ddp import free_port
+    from test_train_ddp import free_port, spawn_ranks
     from test_train_ranks import worker
 
     run_dir = tmp_path / "run"
@@ -212,7 +211,7 @@ def test_two_ranks_hold_identical_weights_and_log_the_mean_loss(videos, tmp_path
                  "trainer.checkpoint_every=0", f"output_dir={run_dir}"]
     out = tmp_path / "ranks"
     out.mkdir()
-    mp.spawn(worker, args=(2, free_port(), overrides, str(out)), nprocs=2, join=True)
+    spawn_ranks(worker, (2, free_port(), overrides, str(out)))
     rank0, rank1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert rank0["weights"].keys() == rank1["weights"].keys()
     assert all(torch.equal(rank0["weights"][k], rank1["weights"][k]) for k in rank0["weights"])

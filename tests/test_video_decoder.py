@@ -10,7 +10,6 @@ import json
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from diffusers import AutoencoderKL
 from hydra import compose, initialize_config_module
 
@@ -293,7 +292,7 @@ def test_init_path_continues_from_a_trained_decoder_whose_settings_win(clips, tm
 
 
 def test_two_ranks_hold_identical_weights_see_different_clips_and_log_the_mean_loss(clips, tmp_path):
-    from test_train_ddp import free_port
+    from test_train_ddp import free_port, spawn_ranks
     from test_train_ranks import worker
 
     run_dir = tmp_path / "run"
@@ -301,7 +300,7 @@ def test_two_ranks_hold_identical_weights_see_different_clips_and_log_the_mean_l
                          f"output_dir={run_dir}")
     out = tmp_path / "ranks"
     out.mkdir()
-    mp.spawn(worker, args=(2, free_port(), overrides, str(out)), nprocs=2, join=True)
+    spawn_ranks(worker, (2, free_port(), overrides, str(out)))
     rank0, rank1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert rank0["weights"].keys() == rank1["weights"].keys()
     assert all(torch.equal(rank0["weights"][k], rank1["weights"][k]) for k in rank0["weights"])
