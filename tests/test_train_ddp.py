@@ -22,7 +22,10 @@ OVERRIDES = [
 # What every rank imports, loaded once into a forkserver that forks the ranks. A spawned rank imports torch, diffusers
 # and transformers afresh (about 5 s here), which the suite's ten two-rank tests paid twenty times; the forkserver
 # only imports (no OpenMP pool, gloo group or model exists in it), so what it forks starts clean.
-RANK_PRELOAD = ["torch", "diffusers", "transformers", "hydra", "stylevid.train", "stylevid.training.loop"]
+RANK_PRELOAD = ["torch", "diffusers", "transformers", "hydra", "stylevid.train", "stylevid.training.loop",
+                *(f"stylevid.training.targets.{name}" for name in ("motion_module", "lora", "toy_vae", "toy_clip", "toy_t2i",
+                                                                    "gen1", "latent_flow", "tsr_refiner", "videogen",
+                                                                    "video_decoder"))]
 
 
 def spawn_ranks(worker, args: tuple, nprocs: int = 2) -> None:
