@@ -83,8 +83,8 @@ def test_text_to_image_follows_the_prompt_colour(toy_pipe, embedder):
 def test_the_toy_vaes_round_trip_keeps_colour_and_loses_shape(toy_pipe, embedder):
     """The ceiling of every shape figure on generated frames (VideoGen's Table 3, Gen-1's shape from content, image
     prompts' fine detail): the judge reads the shape of 81 % of rendered frames but of 52 % of their round trips
-    through the toy VAE (8x8 latents of a 64-px frame round a triangle's corners, blur a stick figure), their
-    colour of 99-100 % of both. The decoder is what loses the shape: trained 4,500 steps more with the encoder
+    through the toy VAE (its decoder rounds a triangle's corners and blurs a stick figure), their colour of 99-100 %
+    of both. The decoder is what loses the shape: trained 4,500 steps more with the encoder
     frozen it reads back 70 % (README, "Shape"), which would move this test but not the latent models above it."""
     figures = judge.vae_round_trip_accuracy(toy_pipe.vae, embedder)
     assert figures["colour_accuracy_vae_round_trip"] >= 0.95, figures

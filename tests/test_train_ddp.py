@@ -20,17 +20,18 @@ OVERRIDES = [
 
 
 # What every rank imports, loaded once into a forkserver that forks the ranks. A spawned rank imports torch, diffusers
-# and transformers afresh (about 5 s here), which the suite's ten two-rank tests paid twenty times; the forkserver
-# only imports (no OpenMP pool, gloo group or model exists in it), so what it forks starts clean.
-RANK_PRELOAD = ["torch", "diffusers", "transformers", "hydra", "stylevid.train", "stylevid.training.loop",
-                *(f"stylevid.training.targets.{name}" for name in ("motion_module", "lora", "toy_vae", "toy_clip", "toy_t2i",
-                                                                    "gen1", "latent_flow", "tsr_refiner", "videogen",
-                                                                    "video_decoder"))]
+# and transformers afresh (about 5 s here), which every two-rank test paid once per rank; the forkserver only imports
+# (no OpenMP pool, gloo group or model exists in it), so what it forks starts clean.
+RANK_PRELOAD = ["torch", "diffusers", "transformers", "hydra", "stylevid.train", "stylevid.training.loop"]
 
 
 def spawn_ranks(worker, args: tuple, nprocs: int = 2) -> None:
-    """`torch.multiprocessing.spawn(worker, args, nprocs)`, each rank forked from the preloaded forkserver."""
-    multiprocessing.set_forkserver_preload(RANK_PRELOAD)
+    """`torch.multiprocessing.spawn(worker, args, nprocs)`, each rank forked from the preloaded forkserver (every
+    registered training target's module too: their diffusers classes load lazily)."""
+    from stylevid.training.targets import registered_targets
+
+    targets = sorted({target.__module__ for target in registered_targets().values()})
+    multiprocessing.set_forkserver_preload([*RANK_PRELOAD, *targets])
     mp.start_processes(worker, args=args, nprocs=nprocs, join=True, start_method="forkserver")
 
 
