@@ -40,3 +40,46 @@ def test_a_clip_longer_than_the_toy_world_is_one_line():
         ToyClipDataset(count=1, frames=32, stride=4)
     with pytest.raises(UserInputError, match="data.size"):
         ToyClipDataset(count=1, frames=2, stride=4, size=48 + 4)
+
+
+def _first_frame_x(dataset: ToyClipDataset, motion: str, count: int = 400) -> list[float]:
+    """The object's centroid x in the first frame of each of the dataset's clips of `motion`."""
+    xs = []
+    for index in range(count):
+        frames, scene, _, _ = dataset.clip(index)
+        if scene.motion == motion:
+            xs.append(toy_world.foreground_centroid(frames[0])[0])
+    return xs
+
+
+def test_a_fitted_scene_tells_its_direction_by_where_it_starts_and_anywhere_does_not():
+    """data.start=fit (the toy world's scenes) starts an object moving right on the left, so a clip's first frame
+    gives its direction away; data.start=anywhere places the first frame's object independently of its motion."""
+    fit = ToyClipDataset(count=400, frames=3, stride=56, size=64, seed=3)
+    anywhere = ToyClipDataset(count=400, frames=3, stride=56, size=64, seed=3, start="anywhere")
+    fit_gap = np.mean(_first_frame_x(fit, "left")) - np.mean(_first_frame_x(fit, "right"))
+    anywhere_gap = np.mean(_first_frame_x(anywhere, "left")) - np.mean(_first_frame_x(anywhere, "right"))
+    assert fit_gap > 15  # left-movers start 20+ px further right than right-movers
+    assert abs(anywhere_gap) < 5
+    # the same scene draws otherwise: only the placement moved
+    (_, fit_scene, _, _), (_, any_scene, _, _) = fit.clip(7), anywhere.clip(7)
+    assert (fit_scene.colour, fit_scene.shape, fit_scene.motion) == (any_scene.colour, any_scene.shape, any_scene.motion)
+    with pytest.raises(UserInputError, match="data.start"):
+        ToyClipDataset(count=1, frames=2, stride=4, start="centre")
+
+
+def test_without_the_trail_every_coloured_pixel_is_the_object():
+    dataset = ToyClipDataset(count=40, frames=2, stride=8, size=64, seed=1, trail=False)
+    trailed = ToyClipDataset(count=40, frames=2, stride=8, size=64, seed=1)
+    moving = 0
+    for index in range(40):
+        frames, scene, _, _ = dataset.clip(index)
+        if scene.motion not in ("left", "right", "up", "down"):
+            continue
+        moving += 1
+        trailed_frames, _, _, _ = trailed.clip(index)
+        assert (frames != trailed_frames).any(axis=-1).sum() > 20  # the trail is gone ...
+        object_pixels = frames[0] == np.array(toy_world.COLOURS[scene.colour], np.uint8)
+        tinted = (frames[0] != toy_world.background_image(scene)).any(-1)
+        assert (tinted == object_pixels.all(-1)).all()  # ... and nothing but the object differs from the background
+    assert moving >= 8

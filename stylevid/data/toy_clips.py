@@ -12,7 +12,9 @@ fps (the toy world's `fps` per toy frame, times subframes / stride) and skipped 
 With `depth=True` (Gen-1's structure stages) an item also carries `depth`, float32 (F, size, size) in [0, 1], larger
 is nearer: the toy world's ground-truth depth of the same frames, resized and flipped as they are, so a target needs
 no depth estimator on toy data. `caption_colour=False` leaves the object's colour out of the captions (the toy image
-prompts, where appearance must come from the image).
+prompts, where appearance must come from the image). `start="anywhere"` and `trail=False` take away the two cues by
+which a toy clip's first frame tells its direction (where its object starts, its motion trail): probes of whether a
+stage reads the direction word.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ from ..errors import UserInputError
 from ..sampling.vae import pixels_from_uint8
 from . import toy_world
 
+START_MODES = ("fit", "anywhere")
 TOY_FPS = 8.0  # the rate a toy-world clip plays at, one toy frame per 1/8 s
 
 
 class ToyClipDataset(Dataset):
     def __init__(self, count: int, frames: int, stride: int | list[int], size: int = toy_world.SIZE, seed: int = 0,
-                 subframes: int = 8, flip: bool = False, depth: bool = False, caption_colour: bool = True):
+                 subframes: int = 8, flip: bool = False, depth: bool = False, caption_colour: bool = True,
+                 trail: bool = True, start: str = "fit"):
         strides = [int(s) for s in (stride if isinstance(stride, (list, tuple)) else [stride])]
         if count < 1 or frames < 1 or subframes < 1 or any(s < 1 for s in strides):
             raise UserInputError("data=toy: data.count, data.frames, data.subframes and data.stride must be >= 1")
@@ -41,11 +45,13 @@ class ToyClipDataset(Dataset):
                 f"data=toy: {frames} frames {max(strides)} sub-frames apart span {longest:g} toy frames; a toy clip has "
                 f"{toy_world.FRAMES - 1} (lower data.frames or data.stride)"
             )
+        if start not in START_MODES:
+            raise UserInputError(f"data=toy: data.start must be one of {', '.join(START_MODES)}, got {start!r}")
         if size % 8 or not 8 <= size <= toy_world.SIZE:
             raise UserInputError(f"data=toy: data.size must be a multiple of 8 up to {toy_world.SIZE}, got {size}")
         self.count, self.frames, self.strides, self.size = count, frames, strides, size
         self.seed, self.subframes, self.flip, self.depth = seed, subframes, flip, bool(depth)
-        self.caption_colour = bool(caption_colour)
+        self.caption_colour, self.trail, self.start = bool(caption_colour), bool(trail), start
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -70,9 +76,11 @@ class ToyClipDataset(Dataset):
         stride = self.strides[int(rng.integers(len(self.strides)))]
         span = (self.frames - 1) * stride / self.subframes
         start = float(rng.uniform(0, toy_world.FRAMES - 1 - span))
+        if self.start == "anywhere":
+            scene = placed_anywhere(scene, start, rng)
         background = toy_world.background_image(scene)
         times = [start + k * stride / self.subframes for k in range(self.frames)]
-        rendered = [toy_world.render_frame(scene, t, toy_world.FRAMES, background) for t in times]
+        rendered = [toy_world.render_frame(scene, t, toy_world.FRAMES, background, self.trail) for t in times]
         frames = np.stack([frame.image for frame in rendered])
         depth = np.stack([frame.depth for frame in rendered]).astype(np.float32)
         if self.size != toy_world.SIZE:
@@ -92,11 +100,22 @@ class ToyClipDataset(Dataset):
         return item
 
 
+def placed_anywhere(scene: toy_world.Scene, time: float, rng: np.random.Generator) -> toy_world.Scene:
+    """The scene moved so that its object is, at `time`, anywhere in the frame (uniformly, fully inside), whatever
+    its motion: it may then leave the frame. A toy scene starts where its whole path fits, so an object moving right
+    starts on the left and the first frame alone tells its direction; placed anywhere, only the caption does."""
+    x, y, _ = toy_world.object_state(scene, time)
+    margin = toy_world.SIZES[scene.size] + 2
+    new_x, new_y = rng.uniform(margin, toy_world.SIZE - margin, 2)
+    return toy_world.with_attribute(scene, x=scene.x + float(new_x) - x, y=scene.y + float(new_y) - y)
+
+
 def toy_clip_dataset(data, seed: int, depth: bool = False) -> ToyClipDataset:
     """`conf/data/toy.yaml` as a dataset (`depth`: items carry their ground-truth depth maps too)."""
     stride = data.stride
     stride = list(stride) if not isinstance(stride, (int, str)) else int(stride)
     return ToyClipDataset(count=int(data.count), frames=int(data.frames), stride=stride, size=int(data.size),
                           seed=seed, subframes=int(data.subframes), flip=bool(data.get("flip", False)), depth=depth,
-                          caption_colour=bool(data.get("caption_colour", True)))
+                          caption_colour=bool(data.get("caption_colour", True)), trail=bool(data.get("trail", True)),
+                          start=str(data.get("start", "fit")))
 

@@ -237,7 +237,10 @@ def _pose_at(scene: Scene, t: float, frames: int) -> tuple[float, float, float, 
     return x, y, radius, keypoints
 
 
-def render_frame(scene: Scene, t: float, frames: int = FRAMES, background: np.ndarray | None = None) -> Frame:
+def render_frame(scene: Scene, t: float, frames: int = FRAMES, background: np.ndarray | None = None,
+                 trail: bool = True) -> Frame:
+    """The scene at frame t; `trail=False` leaves the motion trail out (a still frame: nothing in it tells which way
+    the object moves)."""
     x, y, radius, keypoints = _pose_at(scene, t, frames)
     mask = object_mask(scene, x, y, radius, keypoints)
     image = (background_image(scene) if background is None else background).copy()
@@ -252,7 +255,7 @@ def render_frame(scene: Scene, t: float, frames: int = FRAMES, background: np.nd
     # reconstructions.
     colour = np.array(COLOURS[scene.colour], np.float32)
     plain = image.astype(np.float32)
-    for lag in range(TRAIL_FRAMES, 0, -1):
+    for lag in range(TRAIL_FRAMES if trail else 0, 0, -1):
         opacity = TRAIL_OPACITY * (1 - (lag - 1) / TRAIL_FRAMES)
         gx, gy, gradius, gkeypoints = _pose_at(scene, t - lag, frames)
         ghost = object_mask(scene, gx, gy, gradius, gkeypoints).astype(bool)
