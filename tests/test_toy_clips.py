@@ -83,3 +83,27 @@ def test_without_the_trail_every_coloured_pixel_is_the_object():
         tinted = (frames[0] != toy_world.background_image(scene)).any(-1)
         assert (tinted == object_pixels.all(-1)).all()  # ... and nothing but the object differs from the background
     assert moving >= 8
+
+
+def test_fixed_attributes_make_a_simpler_world():
+    fixed = {"colour": "red", "shape": "circle", "background": "gray"}
+    dataset = ToyClipDataset(count=30, frames=2, stride=8, size=32, seed=2, fixed=fixed)
+    scenes = [dataset.clip(index)[1] for index in range(30)]
+    assert all((s.colour, s.shape, s.background) == ("red", "circle", "gray") for s in scenes)
+    assert len({s.motion for s in scenes}) >= 4  # what is not fixed still varies
+    with pytest.raises(UserInputError, match="data.fixed.colour='crimson'"):
+        ToyClipDataset(count=1, frames=2, stride=4, fixed={"colour": "crimson"})
+    with pytest.raises(UserInputError, match="data.fixed.speed"):
+        ToyClipDataset(count=1, frames=2, stride=4, fixed={"speed": "fast"})
+
+
+def test_the_data_config_gives_fixed_attributes_and_refuses_a_bare_value():
+    from omegaconf import OmegaConf
+
+    from stylevid.data.toy_clips import toy_clip_dataset
+
+    data = OmegaConf.create({"count": 4, "frames": 2, "stride": 8, "size": 32, "subframes": 8, "fixed": {"shape": "star"}})
+    assert toy_clip_dataset(data, seed=0).clip(0)[1].shape == "star"
+    data.fixed = "star"
+    with pytest.raises(UserInputError, match="data.fixed must map"):
+        toy_clip_dataset(data, seed=0)

@@ -153,6 +153,21 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(videos, base_r
     assert plain["noise_level_embedding.linear_2.weight"].abs().max() > 0  # the new condition learns from step 1
 
 
+def test_a_base_stage_fine_tunes_a_trained_base_given_as_init(videos, base_run, tmp_path):
+    """videogen.init on videogen_base: the trained stage as it is (not the SD UNet inflated anew), recorded; a
+    super-resolution stage is refused."""
+    _, fresh = target("videogen_base", [*BASE, f"data.video_folder={videos}"])
+    _, tuned = target("videogen_base", [*BASE, f"data.video_folder={videos}", f"videogen.init={base_run}"])
+    trained = load_stage(base_run).state_dict()
+    assert all(torch.equal(tuned.unet.state_dict()[k], v) for k, v in trained.items())
+    assert not all(torch.equal(fresh.unet.state_dict()[k], v) for k, v in trained.items())
+    assert tuned.record()["videogen"]["init"] == str((base_run / "videogen_stage").resolve())
+    sr_run = run_train(config([*SR, f"data.video_folder={videos}", f"videogen.init={base_run}", "trainer.max_steps=1",
+                               f"output_dir={tmp_path / 'sr'}"]))
+    with pytest.raises(UserInputError, match="is stage 2; videogen_base continues from a trained base stage"):
+        target("videogen_base", [*BASE, f"data.video_folder={videos}", f"videogen.init={sr_run}"])
+
+
 # --- the super-resolution stage -------------------------------------------------------------------------------
 
 

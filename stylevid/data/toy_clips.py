@@ -14,10 +14,13 @@ is nearer: the toy world's ground-truth depth of the same frames, resized and fl
 no depth estimator on toy data. `caption_colour=False` leaves the object's colour out of the captions (the toy image
 prompts, where appearance must come from the image). `start="anywhere"` and `trail=False` take away the two cues by
 which a toy clip's first frame tells its direction (where its object starts, its motion trail): probes of whether a
-stage reads the direction word.
+stage reads the direction word. `fixed` gives every scene the same attributes (`{"colour": "red", "shape": "circle"}`):
+a simpler world, where a stage can learn what varies before it meets the whole world.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import cv2
 import numpy as np
@@ -35,7 +38,7 @@ TOY_FPS = 8.0  # the rate a toy-world clip plays at, one toy frame per 1/8 s
 class ToyClipDataset(Dataset):
     def __init__(self, count: int, frames: int, stride: int | list[int], size: int = toy_world.SIZE, seed: int = 0,
                  subframes: int = 8, flip: bool = False, depth: bool = False, caption_colour: bool = True,
-                 trail: bool = True, start: str = "fit"):
+                 trail: bool = True, start: str = "fit", fixed: dict | None = None):
         strides = [int(s) for s in (stride if isinstance(stride, (list, tuple)) else [stride])]
         if count < 1 or frames < 1 or subframes < 1 or any(s < 1 for s in strides):
             raise UserInputError("data=toy: data.count, data.frames, data.subframes and data.stride must be >= 1")
@@ -45,6 +48,13 @@ class ToyClipDataset(Dataset):
                 f"data=toy: {frames} frames {max(strides)} sub-frames apart span {longest:g} toy frames; a toy clip has "
                 f"{toy_world.FRAMES - 1} (lower data.frames or data.stride)"
             )
+        self.fixed = dict(fixed or {})
+        choices = {"colour": toy_world.COLOURS, "shape": toy_world.SHAPES, "size": toy_world.SIZES,
+                   "motion": toy_world.MOTIONS, "pattern": toy_world.PATTERNS, "background": toy_world.BACKGROUND_COLOURS}
+        for key, value in self.fixed.items():
+            if key not in choices or value not in choices[key]:
+                known = ", ".join(f"{name}: {'|'.join(options)}" for name, options in choices.items())
+                raise UserInputError(f"data=toy: data.fixed.{key}={value!r} is not a toy scene attribute ({known})")
         if start not in START_MODES:
             raise UserInputError(f"data=toy: data.start must be one of {', '.join(START_MODES)}, got {start!r}")
         if size % 8 or not 8 <= size <= toy_world.SIZE:
@@ -72,7 +82,7 @@ class ToyClipDataset(Dataset):
         area resize and flip, so depth and frame stay pixel-aligned. The random draws are those of `clip`: an item's
         frames do not depend on whether its depth is asked for."""
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        scene = toy_world.random_scene(rng)
+        scene = toy_world.random_scene(rng, **self.fixed)
         stride = self.strides[int(rng.integers(len(self.strides)))]
         span = (self.frames - 1) * stride / self.subframes
         start = float(rng.uniform(0, toy_world.FRAMES - 1 - span))
@@ -114,8 +124,11 @@ def toy_clip_dataset(data, seed: int, depth: bool = False) -> ToyClipDataset:
     """`conf/data/toy.yaml` as a dataset (`depth`: items carry their ground-truth depth maps too)."""
     stride = data.stride
     stride = list(stride) if not isinstance(stride, (int, str)) else int(stride)
+    fixed = data.get("fixed") or {}
+    if not isinstance(fixed, Mapping):
+        raise UserInputError(f"data=toy: data.fixed must map scene attributes to values (data.fixed={{colour:red}}), got {fixed!r}")
     return ToyClipDataset(count=int(data.count), frames=int(data.frames), stride=stride, size=int(data.size),
                           seed=seed, subframes=int(data.subframes), flip=bool(data.get("flip", False)), depth=depth,
                           caption_colour=bool(data.get("caption_colour", True)), trail=bool(data.get("trail", True)),
-                          start=str(data.get("start", "fit")))
+                          start=str(data.get("start", "fit")), fixed=dict(fixed))
 

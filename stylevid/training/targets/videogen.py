@@ -22,7 +22,8 @@ Initialisation (Section 3.5): the base stage's 2D convolutions and spatial atten
 its temporal layers the identity (`models.videogen.build_stage`); a super-resolution stage (`videogen.stage` 2 or
 3) starts as the trained stage below it (`videogen.init`: its stage directory, training run or checkpoint), its
 conv_in widened with zero channels for the upsampled input and a zero noise-level embedding added
-(`models.videogen.super_resolution_from`). The whole video UNet trains (`videogen.trainable=all`), or only what
+(`models.videogen.super_resolution_from`). A base stage given `videogen.init` (a trained base stage) starts as that
+stage instead: a fine-tune, e.g. on other clips. The whole video UNet trains (`videogen.trainable=all`), or only what
 inflation added plus conv_in (`temporal`: temporal layers, FPS / noise-level embeddings and the input layer that
 reads the concatenated conditions).
 
@@ -88,8 +89,7 @@ class _VideoGenStage(TrainingTarget):
             raise UserInputError(f"videogen.trainable must be one of {', '.join(TRAINABLE)}, got {videogen.trainable!r}")
         if cls.kind == "base":
             if videogen.get("init"):
-                raise UserInputError("videogen.init is for videogen_sr (the stage below); videogen_base inflates the SD UNet "
-                                     "of model= (continue a base run with trainer.resume=)")
+                resolve_stage_dir(videogen.init, "videogen.init")  # before anything slow loads
             if not isinstance(videogen.frame_position_encoding, bool):
                 raise UserInputError(f"videogen.frame_position_encoding must be true or false, got {videogen.frame_position_encoding!r}")
             max_frames = values.integer(videogen.max_frames, "videogen.max_frames", 1, None)
@@ -114,35 +114,40 @@ class _VideoGenStage(TrainingTarget):
         self.videos = clip_dataset(cfg, self.name)
         self.index, self.size, self.frames = int(videogen.stage), int(cfg.data.size), int(cfg.data.frames)
         self.reference_dropout = float(videogen.reference_dropout)
-        self.init_dir = None
-        if self.kind == "sr":  # the stage below first: a wrong directory is refused before the base model loads
-            self.init_dir = resolve_stage_dir(videogen.init, "videogen.init")
+        self.init_dir = resolve_stage_dir(videogen.init, "videogen.init") if videogen.get("init") else None
+        if self.init_dir is not None:  # a wrong directory is refused before the base model loads
             below = read_stage_info(self.init_dir, "videogen.init")
+        if self.kind == "base" and self.init_dir is not None and below.index != 1:
+            raise UserInputError(f"videogen.init={self.init_dir} is stage {below.index}; videogen_base continues from a "
+                                 "trained base stage (stage 1)")
+        if self.kind == "sr":
             if below.index != self.index - 1 or below.latent_size * 2 != self.size // 8:
                 raise UserInputError(
                     f"videogen.init={self.init_dir} is stage {below.index} at {below.latent_size}x{below.latent_size} latents; "
                     f"stage {self.index} at data.size={self.size} ({self.size // 8}x{self.size // 8} latents) starts from "
                     f"stage {self.index - 1} at {self.size // 16}x{self.size // 16}"
                 )
-            lower = load_stage(self.init_dir, "videogen.init")
             self.max_noise_level = int(videogen.max_noise_level)
+        lower = load_stage(self.init_dir, "videogen.init") if self.init_dir is not None else None
         # Frozen parts (Section 3.5): the SD VAE (image encoder) and the CLIP text encoder.
         pipe = load_pipeline(cfg.model, torch.float32)
         self.vae, self.text_encoder, self.tokenizer = pipe.vae, pipe.text_encoder, pipe.tokenizer
         self.base_model = base_model_record(cfg.model, pipe.unet)
-        if self.kind == "base":
+        if lower is not None and below.base_model and (describe_model(below.base_model) != describe_model(self.base_model)
+                                                       or below.base_model.get("unet") != self.base_model["unet"]):
+            raise UserInputError(
+                f"videogen.init={self.init_dir} was trained on base model {describe_model(below.base_model)}, this run's "
+                f"model is {describe_model(self.base_model)}: its latents and text embeddings come from that model's "
+                "VAE and text encoder; pass that model"
+            )
+        if self.kind == "sr":
+            self.unet = super_resolution_from(lower)
+        elif lower is not None:  # a base stage fine-tuned: the trained stage as it is (its frame encodings included)
+            self.unet = lower
+        else:
             self.unet = build_stage(pipe.unet, stage="base", frame_position_encoding=bool(videogen.frame_position_encoding),
                                     max_frames=int(videogen.max_frames))
-        else:
-            if below.base_model and (describe_model(below.base_model) != describe_model(self.base_model)
-                                     or below.base_model.get("unet") != self.base_model["unet"]):
-                raise UserInputError(
-                    f"videogen.init={self.init_dir} was trained on base model {describe_model(below.base_model)}, this run's "
-                    f"model is {describe_model(self.base_model)}: its latents and text embeddings come from that model's "
-                    "VAE and text encoder; pass that model"
-                )
-            self.unet = super_resolution_from(lower)
-            del lower
+        del lower
         if self.frames > self.unet.config.max_frames and self.unet.config.frame_position_encoding:
             raise UserInputError(f"data.frames={self.frames} exceeds the stage's max_frames={self.unet.config.max_frames}")
         del pipe
@@ -278,7 +283,8 @@ class _VideoGenStage(TrainingTarget):
 class VideoGenBase(_VideoGenStage):
     name = "videogen_base"
     kind = "base"
-    description = "VideoGen's base stage: reference-guided latent video diffusion (16x16 latents), SD's 2D weights inflated"
+    description = ("VideoGen's base stage: reference-guided latent video diffusion (16x16 latents), SD's 2D weights inflated "
+                   "(or a trained base stage fine-tuned: videogen.init)")
     example = "data=webvid data.csv=results_2M_train.csv data.video_folder=videos/"
 
 
