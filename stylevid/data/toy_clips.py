@@ -49,8 +49,7 @@ class ToyClipDataset(Dataset):
                 f"{toy_world.FRAMES - 1} (lower data.frames or data.stride)"
             )
         self.fixed = dict(fixed or {})
-        choices = {"colour": toy_world.COLOURS, "shape": toy_world.SHAPES, "size": toy_world.SIZES,
-                   "motion": toy_world.MOTIONS, "pattern": toy_world.PATTERNS, "background": toy_world.BACKGROUND_COLOURS}
+        choices = toy_world.SCENE_CHOICES
         for key, value in self.fixed.items():
             if key not in choices or value not in choices[key]:
                 known = ", ".join(f"{name}: {'|'.join(options)}" for name, options in choices.items())

@@ -52,6 +52,9 @@ MOTIONS = {
     "shrink": "shrinking",
     "bounce": "bouncing",
 }
+# The options of each attribute `random_scene` draws (and takes as a keyword argument to fix it).
+SCENE_CHOICES = {"colour": COLOURS, "shape": SHAPES, "size": SIZES, "motion": MOTIONS, "pattern": PATTERNS,
+                 "background": BACKGROUND_COLOURS}
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 TRAVEL = 26.0  # pixels a translating object covers over the clip
 # The motion trail (`render_frame`): copies of the object 1 to TRAIL_FRAMES frames back, the nearest at

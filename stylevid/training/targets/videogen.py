@@ -114,10 +114,11 @@ class _VideoGenStage(TrainingTarget):
         self.videos = clip_dataset(cfg, self.name)
         self.index, self.size, self.frames = int(videogen.stage), int(cfg.data.size), int(cfg.data.frames)
         self.reference_dropout = float(videogen.reference_dropout)
+        # The stage to start from (required below an SR stage, optional for the base): a wrong directory is refused
+        # before the base model loads.
         self.init_dir = resolve_stage_dir(videogen.init, "videogen.init") if videogen.get("init") else None
-        if self.init_dir is not None:  # a wrong directory is refused before the base model loads
-            below = read_stage_info(self.init_dir, "videogen.init")
-        if self.kind == "base" and self.init_dir is not None and below.index != 1:
+        below = read_stage_info(self.init_dir, "videogen.init") if self.init_dir is not None else None
+        if self.kind == "base" and below is not None and below.index != 1:
             raise UserInputError(f"videogen.init={self.init_dir} is stage {below.index}; videogen_base continues from a "
                                  "trained base stage (stage 1)")
         if self.kind == "sr":
@@ -133,7 +134,7 @@ class _VideoGenStage(TrainingTarget):
         pipe = load_pipeline(cfg.model, torch.float32)
         self.vae, self.text_encoder, self.tokenizer = pipe.vae, pipe.text_encoder, pipe.tokenizer
         self.base_model = base_model_record(cfg.model, pipe.unet)
-        if lower is not None and below.base_model and (describe_model(below.base_model) != describe_model(self.base_model)
+        if below is not None and below.base_model and (describe_model(below.base_model) != describe_model(self.base_model)
                                                        or below.base_model.get("unet") != self.base_model["unet"]):
             raise UserInputError(
                 f"videogen.init={self.init_dir} was trained on base model {describe_model(below.base_model)}, this run's "
