@@ -107,3 +107,37 @@ def test_the_data_config_gives_fixed_attributes_and_refuses_a_bare_value():
     data.fixed = "star"
     with pytest.raises(UserInputError, match="data.fixed must map"):
         toy_clip_dataset(data, seed=0)
+
+
+def test_a_fixed_attribute_can_be_drawn_among_a_list():
+    dataset = ToyClipDataset(count=60, frames=2, stride=8, size=32, seed=4, fixed={"motion": ["left", "right"]})
+    motions = [dataset.clip(i)[1].motion for i in range(60)]
+    assert set(motions) == {"left", "right"} and 15 < motions.count("left") < 45
+    with pytest.raises(UserInputError, match="data.fixed.motion"):
+        ToyClipDataset(count=1, frames=2, stride=4, fixed={"motion": ["left", "sideways"]})
+
+
+def test_a_mix_gives_its_share_of_scenes_the_simpler_world():
+    easy = {"colour": "red", "shape": "circle", "pattern": "plain"}
+    dataset = ToyClipDataset(count=400, frames=2, stride=8, size=32, seed=5, mix={"share": 0.25, "fixed": easy})
+    scenes = [dataset.clip(i)[1] for i in range(400)]
+    simple = sum(s.colour == "red" and s.shape == "circle" and s.pattern == "plain" for s in scenes)
+    by_chance = 400 * 0.75 / (len(toy_world.COLOURS) * len(toy_world.SHAPES) * len(toy_world.PATTERNS))
+    assert abs(simple - (100 + by_chance)) < 25  # a quarter, plus the whole world's own red plain circles
+    assert len({s.colour for s in scenes}) == len(toy_world.COLOURS)  # the rest is the whole world
+    plain = ToyClipDataset(count=50, frames=2, stride=8, size=32, seed=5)
+    assert [plain.clip(i)[2] for i in range(50)] != [dataset.clip(i)[2] for i in range(50)]
+    for bad in ({"share": 1.5, "fixed": easy}, {"share": 0.5}, {"fixed": easy, "weight": 1}, {"fixed": {"colour": "teal"}}):
+        with pytest.raises(UserInputError, match="data.mix"):
+            ToyClipDataset(count=1, frames=2, stride=4, mix=bad)
+
+
+def test_the_data_config_gives_a_mix_and_attribute_lists():
+    from omegaconf import OmegaConf
+
+    from stylevid.data.toy_clips import toy_clip_dataset
+
+    data = OmegaConf.create({"count": 40, "frames": 2, "stride": 8, "size": 32, "subframes": 8,
+                             "fixed": {"motion": ["up", "down"]}, "mix": {"share": 1.0, "fixed": {"shape": "star"}}})
+    scenes = [toy_clip_dataset(data, seed=0).clip(i)[1] for i in range(40)]
+    assert {s.shape for s in scenes} == {"star"} and {s.motion for s in scenes} == {"up", "down"}

@@ -14,17 +14,22 @@ is nearer: the toy world's ground-truth depth of the same frames, resized and fl
 no depth estimator on toy data. `caption_colour=False` leaves the object's colour out of the captions (the toy image
 prompts, where appearance must come from the image). `start="anywhere"` and `trail=False` take away the two cues by
 which a toy clip's first frame tells its direction (where its object starts, its motion trail): probes of whether a
-stage reads the direction word. `fixed` gives every scene the same attributes (`{"colour": "red", "shape": "circle"}`):
-a simpler world, where a stage can learn what varies before it meets the whole world.
+stage reads the direction word. `fixed` gives every scene the same attributes (`{"colour": "red", "shape": "circle"}`),
+or draws an attribute among a list (`{"motion": ["left", "right", "up", "down"]}`): a simpler world, where a stage can
+learn what varies before it meets the whole world. `mix` ({"share": 0.5, "fixed": {...}}) gives that simpler world to a
+share of the scenes only, the rest being the whole world: a stage learns there what the whole world's diversity hides
+from it (the VideoGen base learns the direction word on one look in 2,000 steps, across every look not in 6,000) and
+carries it over.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import cv2
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from torch.utils.data import Dataset
 
 from ..errors import UserInputError
@@ -38,7 +43,7 @@ TOY_FPS = 8.0  # the rate a toy-world clip plays at, one toy frame per 1/8 s
 class ToyClipDataset(Dataset):
     def __init__(self, count: int, frames: int, stride: int | list[int], size: int = toy_world.SIZE, seed: int = 0,
                  subframes: int = 8, flip: bool = False, depth: bool = False, caption_colour: bool = True,
-                 trail: bool = True, start: str = "fit", fixed: dict | None = None):
+                 trail: bool = True, start: str = "fit", fixed: dict | None = None, mix: dict | None = None):
         strides = [int(s) for s in (stride if isinstance(stride, (list, tuple)) else [stride])]
         if count < 1 or frames < 1 or subframes < 1 or any(s < 1 for s in strides):
             raise UserInputError("data=toy: data.count, data.frames, data.subframes and data.stride must be >= 1")
@@ -48,12 +53,15 @@ class ToyClipDataset(Dataset):
                 f"data=toy: {frames} frames {max(strides)} sub-frames apart span {longest:g} toy frames; a toy clip has "
                 f"{toy_world.FRAMES - 1} (lower data.frames or data.stride)"
             )
-        self.fixed = dict(fixed or {})
-        choices = toy_world.SCENE_CHOICES
-        for key, value in self.fixed.items():
-            if key not in choices or value not in choices[key]:
-                known = ", ".join(f"{name}: {'|'.join(options)}" for name, options in choices.items())
-                raise UserInputError(f"data=toy: data.fixed.{key}={value!r} is not a toy scene attribute ({known})")
+        self.fixed = scene_attributes(fixed, "data.fixed")
+        mix = dict(mix or {})
+        share = mix.get("share", 0.5)
+        if mix and (set(mix) - {"share", "fixed"} or isinstance(share, bool) or not isinstance(share, (int, float))
+                    or not 0 <= share <= 1 or not mix.get("fixed")):
+            raise UserInputError(f"data=toy: data.mix takes a share in [0, 1] and the attributes that share of scenes has "
+                                 f"(data.mix={{share:0.5,fixed:{{colour:red}}}}), got {mix!r}")
+        self.mix_share = float(share) if mix else 0.0
+        self.mix_fixed = scene_attributes(mix.get("fixed"), "data.mix.fixed")
         if start not in START_MODES:
             raise UserInputError(f"data=toy: data.start must be one of {', '.join(START_MODES)}, got {start!r}")
         if size % 8 or not 8 <= size <= toy_world.SIZE:
@@ -81,7 +89,11 @@ class ToyClipDataset(Dataset):
         area resize and flip, so depth and frame stay pixel-aligned. The random draws are those of `clip`: an item's
         frames do not depend on whether its depth is asked for."""
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        scene = toy_world.random_scene(rng, **self.fixed)
+        fixed = self.fixed
+        if self.mix_share and rng.random() < self.mix_share:
+            fixed = {**fixed, **self.mix_fixed}
+        fixed = {key: value if isinstance(value, str) else value[int(rng.integers(len(value)))] for key, value in fixed.items()}
+        scene = toy_world.random_scene(rng, **fixed)
         stride = self.strides[int(rng.integers(len(self.strides)))]
         span = (self.frames - 1) * stride / self.subframes
         start = float(rng.uniform(0, toy_world.FRAMES - 1 - span))
@@ -109,6 +121,22 @@ class ToyClipDataset(Dataset):
         return item
 
 
+def scene_attributes(fixed, name: str) -> dict[str, str | tuple[str, ...]]:
+    """`fixed` checked against the toy world's scene attributes: each maps to one value or a list to draw among."""
+    if fixed is None:
+        return {}
+    if not isinstance(fixed, Mapping):
+        raise UserInputError(f"data=toy: {name} must map scene attributes to values ({name}={{colour:red}}), got {fixed!r}")
+    choices, checked = toy_world.SCENE_CHOICES, {}
+    for key, value in fixed.items():
+        values = (value,) if isinstance(value, str) else tuple(value) if isinstance(value, Sequence) else (value,)
+        if key not in choices or not values or any(v not in choices[key] for v in values):
+            known = ", ".join(f"{attribute}: {'|'.join(options)}" for attribute, options in choices.items())
+            raise UserInputError(f"data=toy: {name}.{key}={value!r} is not a toy scene attribute ({known})")
+        checked[key] = values[0] if isinstance(value, str) else values
+    return checked
+
+
 def placed_anywhere(scene: toy_world.Scene, time: float, rng: np.random.Generator) -> toy_world.Scene:
     """The scene moved so that its object is, at `time`, anywhere in the frame (uniformly, fully inside), whatever
     its motion: it may then leave the frame. A toy scene starts where its whole path fits, so an object moving right
@@ -123,11 +151,9 @@ def toy_clip_dataset(data, seed: int, depth: bool = False) -> ToyClipDataset:
     """`conf/data/toy.yaml` as a dataset (`depth`: items carry their ground-truth depth maps too)."""
     stride = data.stride
     stride = list(stride) if not isinstance(stride, (int, str)) else int(stride)
-    fixed = data.get("fixed") or {}
-    if not isinstance(fixed, Mapping):
-        raise UserInputError(f"data=toy: data.fixed must map scene attributes to values (data.fixed={{colour:red}}), got {fixed!r}")
+    plain = lambda value: OmegaConf.to_container(value) if OmegaConf.is_config(value) else value  # noqa: E731
     return ToyClipDataset(count=int(data.count), frames=int(data.frames), stride=stride, size=int(data.size),
                           seed=seed, subframes=int(data.subframes), flip=bool(data.get("flip", False)), depth=depth,
                           caption_colour=bool(data.get("caption_colour", True)), trail=bool(data.get("trail", True)),
-                          start=str(data.get("start", "fit")), fixed=dict(fixed))
+                          start=str(data.get("start", "fit")), fixed=plain(data.get("fixed")), mix=plain(data.get("mix")))
 
