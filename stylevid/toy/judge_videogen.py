@@ -58,13 +58,14 @@ def held_out_clip(rng: np.random.Generator, frames: int, stride: int, subframes:
 # --- the whole method: motion and Table 3 -------------------------------------------------------------------------
 
 
-def measure_videogen(count: int = 16, *overrides: str) -> dict:
+def measure_videogen(count: int = 16, *overrides: str, seed: int = 70_001) -> dict:
     """method=videogen model=toy on `count` held-out prompts with a direction, with the reference (the default) and
-    with method.reference_mode=none, each video generated once per mode with the prompt's seed."""
+    with method.reference_mode=none, each video generated once per mode with the prompt's seed. `overrides` go to
+    every config (method.stages.0.path=<another base stage>); a tuning run draws its prompts with another `seed`."""
     from ..methods.videogen import VideoGen
 
     method = VideoGen()
-    chosen = judge.prompts(count, seed=70_001, directions=True)
+    chosen = judge.prompts(count, seed=seed, directions=True)
     embedder = judge.toy_clip_embedder()
     figures: dict = {"count": count}
     loaded = None
