@@ -14,6 +14,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
+from safetensors.torch import load_file
 
 from stylevid.models.loading import load_pipeline
 from stylevid.models.motion_module import load_motion_adapter
@@ -262,20 +263,25 @@ def test_build_script_builds_every_stage_resumes_and_rebuilds_what_is_stale(tmp_
     assert set(built["stages"]) == families
     for part in ("pipeline", "clip", "motion_module"):
         toy_path(part, root=tmp_path / "out")
-    # The flow net's and the video decoder's second runs, each from the first run's export, are what ship.
-    for stage, part, setting in (("vg_flow", "latent_flow", "latent_flow.flow_weight=0"),
-                                 ("vg_decoder", "video_decoder", "video_decoder.latents=mean")):
+    # The flow net's, the video decoder's and the base stage's second runs, each from the first run's export, are
+    # what ship (the base stage's in float16).
+    for stage, setting in (("vg_flow", "latent_flow.flow_weight=0"), ("vg_decoder", "video_decoder.latents=mean"),
+                           ("vg_base", "data.start=anywhere")):
+        part, export = build.VIDEOGEN_PARTS[stage]
         command = built["stages"][stage]["second_run"]["command"]
-        assert setting in command and f"{stage}_run/{part}" in command, command
+        assert setting in command and f"{stage}_run/{export}" in command, command
         weights = "diffusion_pytorch_model.safetensors"
-        assert (tmp_path / "out" / "videogen" / part / weights).read_bytes() == \
-            (tmp_path / "work" / f"{stage}_second_run" / part / weights).read_bytes()
+        second = load_file(tmp_path / "work" / f"{stage}_second_run" / export / weights)
+        first = load_file(tmp_path / "work" / f"{stage}_run" / export / weights)
+        shipped = load_file(tmp_path / "out" / "videogen" / part / weights)
+        assert any(not torch.equal(first[k], second[k]) for k in first)  # the second run trained
+        assert all(torch.equal(shipped[k], second[k].to(shipped[k].dtype)) for k in second)
     videogen = json.loads((tmp_path / "out" / "videogen" / "manifest.json").read_text())
     assert set(videogen["parts"]) == {"base", "sr2", "latent_flow", "tsr_refiner", "video_decoder"}
     # conf/experiment/toy_videogen_base.yaml: 3 frames 56 sub-frames apart, 8 sub-frames per toy frame at 8 fps
     assert (videogen["format"], videogen["frames"], videogen["schedule"]) == ("stylevid-videogen", 3, "B")
     assert videogen["fps"] == pytest.approx(8 * 8 / 56)
-    from safetensors.torch import load_file  # the VideoGen UNets ship in float16, the rest as trained
+    # the VideoGen UNets ship in float16, the rest as trained
 
     stored = {part: {t.dtype for f in (tmp_path / "out" / "videogen" / part).rglob("*.safetensors") for t in load_file(f).values()}
               for part in videogen["parts"]}
