@@ -281,8 +281,7 @@ def test_build_script_builds_every_stage_resumes_and_rebuilds_what_is_stale(tmp_
     # conf/experiment/toy_videogen_base.yaml: 3 frames 56 sub-frames apart, 8 sub-frames per toy frame at 8 fps
     assert (videogen["format"], videogen["frames"], videogen["schedule"]) == ("stylevid-videogen", 3, "B")
     assert videogen["fps"] == pytest.approx(8 * 8 / 56)
-    # the VideoGen UNets ship in float16, the rest as trained
-
+    # The VideoGen UNets ship in float16, the rest as trained.
     stored = {part: {t.dtype for f in (tmp_path / "out" / "videogen" / part).rglob("*.safetensors") for t in load_file(f).values()}
               for part in videogen["parts"]}
     assert stored == {"base": {torch.float16}, "sr2": {torch.float16}, "tsr_refiner": {torch.float16},
