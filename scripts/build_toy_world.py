@@ -16,7 +16,8 @@ each part on toy clips rendered on the fly (data=toy) at 8x the cascade's frame 
   vg_flow     videogen/latent_flow/    `stylevid train latent_flow experiment=toy_latent_flow`, then without distillation
   vg_refiner  videogen/tsr_refiner/    `stylevid train tsr_refiner experiment=toy_tsr_refiner` on the flow net
   vg_base     videogen/base/           `stylevid train videogen_base experiment=toy_videogen_base` from the toy UNet, then
-                                       where only the caption tells the direction (half the clips of one look)
+                                       where only the caption tells the direction (half the clips of one look), then
+                                       with every look again
   vg_sr       videogen/sr2/            `stylevid train videogen_sr experiment=toy_videogen_sr` from the base stage
 The toy Gen-1 (method=gen1 model=toy), under gen1/ (`stylevid/models/gen1.py` save_gen1_weights' layout), on toy
 clips with the toy world's ground-truth depth:
@@ -81,7 +82,7 @@ DEPENDENTS = {"vae": ("unet", "motion", *VIDEOGEN, "gen1_prior", *GEN1_UNET, *IM
               "ip_coarse": ("ip_fine",), "ip_fine": (), "ip_joint": (), "vg_decoder": (), "vg_flow": ("vg_refiner",),
               "vg_refiner": (), "vg_base": ("vg_sr",), "vg_sr": (), "gen1_depth": (), "gen1_prior": (),
               **{name: GEN1_UNET[i + 1:] for i, name in enumerate(GEN1_UNET)}}
-# The second runs of two VideoGen stages, each from the first run's export (`second_run`): the flow net on
+# The second runs of two VideoGen stages, each from the first run's export (`continued_run`): the flow net on
 # reconstruction alone, the video decoder on the posterior means of the degraded clips' latents.
 FLOW_RECONSTRUCTION = ("latent_flow.flow_weight=0", "trainer.max_steps=3000", "trainer.lr=5.0e-4",
                        "trainer.warmup_steps=20", "trainer.checkpoint_every=1000")
@@ -96,6 +97,12 @@ DECODER_MEAN_LATENTS = ("video_decoder.latents=mean", "trainer.max_steps=2500", 
 BASE_WORD = ("data.start=anywhere", "data.trail=false", "data.fixed={motion:[left,right,up,down]}",
              "data.mix={share:0.5,fixed:{colour:red,shape:circle,size:large,pattern:plain,background:gray}}",
              "trainer.max_steps=36000", "trainer.checkpoint_every=2000", "trainer.log_every=100")
+# Its third run, from the second's export: the same clips with every look of the world again (no data.mix), at half
+# the learning rate. On 128 tuning prompts the direction followed rose from 75.8 % to 85.2 % and the colour with
+# the reference from 0.981 to 0.985 (README, "The toy VideoGen").
+BASE_WHOLE_WORLD = ("data.start=anywhere", "data.trail=false", "data.fixed={motion:[left,right,up,down]}",
+                    "trainer.lr=1.0e-4", "trainer.max_steps=8000", "trainer.checkpoint_every=2000",
+                    "trainer.log_every=100")
 # Where each VideoGen stage's part lands in videogen/, and the directory its run exports.
 VIDEOGEN_PARTS = {"vg_decoder": ("video_decoder", "video_decoder"), "vg_flow": ("latent_flow", "latent_flow"),
                   "vg_refiner": ("tsr_refiner", "tsr_refiner"), "vg_base": ("base", "videogen_stage"),
@@ -258,13 +265,13 @@ def write_videogen_manifest(out: Path) -> None:
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-def second_run(name: str, target: str, experiment: str, init_key: str, settings: tuple[str, ...], out: Path,
-               work: Path, args) -> dict:
-    """A VideoGen stage's second run (--work/<name>_second_run): `settings`, from the first run's export
-    (`init_key`); its export replaces the part in videogen/."""
-    first_export = work / f"{name}_run" / VIDEOGEN_PARTS[name][1]
-    return videogen_stage(name, target, experiment, out, work, args, f"{init_key}={first_export}", *settings,
-                          run="second_run")
+def continued_run(name: str, target: str, experiment: str, init_key: str, settings: tuple[str, ...], out: Path,
+                  work: Path, args, after: str = "run", run: str = "second_run") -> dict:
+    """A VideoGen stage's next run (--work/<name>_<run>): `settings`, from the export of the run before it
+    (--work/<name>_<after>, through `init_key`); its export replaces the part in videogen/."""
+    previous_export = work / f"{name}_{after}" / VIDEOGEN_PARTS[name][1]
+    return videogen_stage(name, target, experiment, out, work, args, f"{init_key}={previous_export}", *settings,
+                          run=run)
 
 
 def stage_vg_decoder(out: Path, work: Path, args) -> dict:
@@ -273,7 +280,7 @@ def stage_vg_decoder(out: Path, work: Path, args) -> dict:
     plateaued at +0.30 dB over the image decoder (2,500 steps); 2,500 steps on the means took it to +0.59 dB (the
     judge's 16 degraded clips; picked on 16 tuning clips, +0.57 there)."""
     summary = videogen_stage("vg_decoder", "video_decoder", "toy_video_decoder", out, work, args)
-    return {**summary, "second_run": second_run("vg_decoder", "video_decoder", "toy_video_decoder",
+    return {**summary, "second_run": continued_run("vg_decoder", "video_decoder", "toy_video_decoder",
                                                 "video_decoder.init_path", DECODER_MEAN_LATENTS, out, work, args)}
 
 
@@ -284,7 +291,7 @@ def stage_vg_flow(out: Path, work: Path, args) -> dict:
     x8 in-between PSNR of the coarse flow from +0.83 to +1.06 dB over linear interpolation (the judge's 16 clips;
     1,500 more steps *with* distillation had moved it by 0.03 dB)."""
     summary = videogen_stage("vg_flow", "latent_flow", "toy_latent_flow", out, work, args)
-    return {**summary, "second_run": second_run("vg_flow", "latent_flow", "toy_latent_flow", "latent_flow.init_path",
+    return {**summary, "second_run": continued_run("vg_flow", "latent_flow", "toy_latent_flow", "latent_flow.init_path",
                                                 FLOW_RECONSTRUCTION, out, work, args)}
 
 
@@ -294,12 +301,15 @@ def stage_vg_refiner(out: Path, work: Path, args) -> dict:
 
 
 def stage_vg_base(out: Path, work: Path, args) -> dict:
-    """Two runs: the toy world's clips (conf/experiment/toy_videogen_base.yaml), where a clip's first frame tells its
+    """Three runs: the toy world's clips (conf/experiment/toy_videogen_base.yaml), where a clip's first frame tells its
     direction (the base then follows the reference, not the word: 1 of 16 prompts' directions), then BASE_WORD from
-    that stage (`videogen.init`), where only the caption does."""
+    that stage (`videogen.init`), where only the caption does, then BASE_WHOLE_WORLD from the second."""
     summary = videogen_stage("vg_base", "videogen_base", "toy_videogen_base", out, work, args)
-    return {**summary, "second_run": second_run("vg_base", "videogen_base", "toy_videogen_base", "videogen.init",
-                                                BASE_WORD, out, work, args)}
+    runs = {"second_run": continued_run("vg_base", "videogen_base", "toy_videogen_base", "videogen.init", BASE_WORD,
+                                        out, work, args)}
+    runs["third_run"] = continued_run("vg_base", "videogen_base", "toy_videogen_base", "videogen.init",
+                                      BASE_WHOLE_WORLD, out, work, args, after="second_run", run="third_run")
+    return {**summary, **runs}
 
 
 def stage_vg_sr(out: Path, work: Path, args) -> dict:

@@ -263,19 +263,25 @@ def test_build_script_builds_every_stage_resumes_and_rebuilds_what_is_stale(tmp_
     assert set(built["stages"]) == families
     for part in ("pipeline", "clip", "motion_module"):
         toy_path(part, root=tmp_path / "out")
-    # The flow net's, the video decoder's and the base stage's second runs, each from the first run's export, are
-    # what ship (the base stage's in float16).
-    for stage, setting in (("vg_flow", "latent_flow.flow_weight=0"), ("vg_decoder", "video_decoder.latents=mean"),
-                           ("vg_base", "data.start=anywhere")):
+    # The flow net's and the video decoder's second runs, each from the first run's export, and the base stage's third
+    # run, from its second's, are what ship (the base stage's in float16).
+    for stage, setting, after, run in (("vg_flow", "latent_flow.flow_weight=0", "run", "second_run"),
+                                       ("vg_decoder", "video_decoder.latents=mean", "run", "second_run"),
+                                       ("vg_base", "data.mix=", "run", "second_run"),
+                                       ("vg_base", "trainer.lr=1.0e-4", "second_run", "third_run")):
         part, export = build.VIDEOGEN_PARTS[stage]
-        command = built["stages"][stage]["second_run"]["command"]
-        assert setting in command and f"{stage}_run/{export}" in command, command
+        command = built["stages"][stage][run]["command"]
+        assert setting in command and f"{stage}_{after}/{export}" in command, command
         weights = "diffusion_pytorch_model.safetensors"
-        second = load_file(tmp_path / "work" / f"{stage}_second_run" / export / weights)
-        first = load_file(tmp_path / "work" / f"{stage}_run" / export / weights)
+        later = load_file(tmp_path / "work" / f"{stage}_{run}" / export / weights)
+        earlier = load_file(tmp_path / "work" / f"{stage}_{after}" / export / weights)
+        assert any(not torch.equal(earlier[k], later[k]) for k in earlier)  # the later run trained
+    for stage, run in (("vg_flow", "second_run"), ("vg_decoder", "second_run"), ("vg_base", "third_run")):
+        part, export = build.VIDEOGEN_PARTS[stage]
         shipped = load_file(tmp_path / "out" / "videogen" / part / weights)
-        assert any(not torch.equal(first[k], second[k]) for k in first)  # the second run trained
-        assert all(torch.equal(shipped[k], second[k].to(shipped[k].dtype)) for k in second)
+        last = load_file(tmp_path / "work" / f"{stage}_{run}" / export / weights)
+        assert all(torch.equal(shipped[k], last[k].to(shipped[k].dtype)) for k in last)
+    assert "data.mix=" not in built["stages"]["vg_base"]["third_run"]["command"]  # every look of the world again
     videogen = json.loads((tmp_path / "out" / "videogen" / "manifest.json").read_text())
     assert set(videogen["parts"]) == {"base", "sr2", "latent_flow", "tsr_refiner", "video_decoder"}
     # conf/experiment/toy_videogen_base.yaml: 3 frames 56 sub-frames apart, 8 sub-frames per toy frame at 8 fps

@@ -43,7 +43,7 @@ def test_the_toy_videogen_is_within_60_mib_and_every_part_loads_offline():
 def test_videogen_follows_the_prompts_direction_and_the_reference_helps_adherence():
     from stylevid.toy.judge_videogen import measure_videogen
 
-    figures = measure_videogen(16)
+    figures = measure_videogen()  # 128 held-out prompts: the gain's paired standard error is about 0.012
     assert figures["direction_followed"] >= 0.70, figures
     assert figures["adherence_gain"] >= 0.0, figures  # Table 3: with the reference at least as high
 

@@ -137,3 +137,9 @@ def test_a_single_frame_shows_the_direction_of_motion(motion):
     assert opacity.max() <= toy_world.TRAIL_OPACITY + 0.02 and opacity.min() > 0
     behind = -(np.argwhere(trail)[:, ::-1] @ np.array([dx, dy]))
     assert np.corrcoef(behind, opacity)[0, 1] < -0.5
+
+
+def test_the_judges_standard_error_is_the_sample_deviation_over_the_root_of_the_count():
+    # gains 0.1, 0.3, 0.2, 0.0: sample standard deviation sqrt(0.05 / 3), over sqrt(4)
+    assert judge.standard_error([0.1, 0.3, 0.2, 0.0]) == pytest.approx(np.sqrt(0.05 / 3) / 2)
+    assert np.isnan(judge.standard_error([0.4]))

@@ -115,6 +115,13 @@ def foreground_mask(frame: np.ndarray, min_chroma: float = 80.0) -> np.ndarray:
     return chroma >= max(min_chroma, 0.75 * float(chroma.max()))
 
 
+def standard_error(values) -> float:
+    """The standard error of the mean of `values` (sample standard deviation over the square root of their count);
+    NaN for fewer than two values. The judges pair their arms by prompt, so this is taken over per-prompt gains."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.std(ddof=1) / np.sqrt(values.size)) if values.size > 1 else float("nan")
+
+
 def frame_consistency(embedder: ClipEmbedder, frames: np.ndarray) -> float:
     """Mean CLIP cosine of consecutive frames (Gen-1's definition, as `stylevid evaluate` computes it)."""
     embeddings = embedder.embed_images(frames)
@@ -259,12 +266,12 @@ def measure_cross_frame(pipe, embedder: ClipEmbedder, count: int = 12, frames: i
         with_attention.append(frame_consistency(embedder, _t2v_zero(pipe, cfg)))
         without.append(frame_consistency(embedder, _t2v_zero(pipe, cfg, cross_frame=False)))
     gains = np.array(with_attention) - np.array(without)
-    standard_error = float(gains.std(ddof=1) / np.sqrt(count)) if count > 1 else float("inf")
+    error = standard_error(gains) if count > 1 else float("inf")
     return {
         "consistency_cross_frame": float(np.mean(with_attention)),
         "consistency_plain": float(np.mean(without)),
         "mean_gain": float(gains.mean()),
-        "gain_lower_bound": float(gains.mean() - 2 * standard_error),
+        "gain_lower_bound": float(gains.mean() - 2 * error),
         "share_of_prompts_higher": float(np.mean(gains > 0)),
         "count": count,
     }
@@ -365,7 +372,7 @@ def measure_motion(pipe, motion_adapter, count: int = 16, steps: int = 25, guida
         "moving": float(np.mean([d is not None for d in seen])),
         "straightness": float(np.mean([v for v in straightness if v is not None])),
         "straightness_shuffled": float(np.mean([v for v in shuffled if v is not None])),
-        "straightness_gain_lower_bound": float(gains.mean() - 2 * gains.std(ddof=1) / np.sqrt(len(gains))) if len(gains) > 1 else float("-inf"),
+        "straightness_gain_lower_bound": float(gains.mean() - 2 * standard_error(gains)) if len(gains) > 1 else float("-inf"),
         "count": count,
         "directions": seen,
     }

@@ -128,9 +128,8 @@ def measure_image_prompt(count: int = 16, seed: int = 90_000, steps: int = 20, a
         "missing": [arm for arm in ARMS if arm not in arms],
         "fine_above_coarse": bool(fidelity.get("coarse_fine", 0) > fidelity.get("coarse", 0)),
         "fine_gain_subjects_higher": float(np.mean(paired > 0)) if paired.size else float("nan"),
-        "fine_gain_standard_error": float(paired.std(ddof=1) / np.sqrt(paired.size)) if paired.size > 1 else float("nan"),
-        "subject_fine_gain_standard_error": (float(paired_subject.std(ddof=1) / np.sqrt(paired_subject.size))
-                                             if paired_subject.size > 1 else float("nan")),
+        "fine_gain_standard_error": judge.standard_error(paired),
+        "subject_fine_gain_standard_error": judge.standard_error(paired_subject),
         "coarse_to_fine_above_joint": (bool(fidelity["coarse_fine"] > fidelity["joint"]) if "joint" in fidelity else None),
     }
 
