@@ -4,7 +4,8 @@ Every measurement runs the method's own functions on the configs `stylevid gener
 composes (`judge.cli_configs`), so a figure is what a user typing those overrides gets:
 
   * `measure_videogen`: the prompt's direction of motion followed, and prompt adherence (toy CLIP: colour, shape)
-    with the reference image against `method.reference_mode=none` (the paper's Table 3);
+    with the reference image against `method.reference_mode=none` (the paper's Table 3); with `rendered_reference`,
+    the same against a reference that has the prompt's look (a toy frame given as `reference=`; reported);
   * `measure_tsr`: in-between frames of flow-based temporal super-resolution against the true frames rendered at
     8x the rate, beside linear and spherical latent interpolation (Section 3.3, Figure 6);
   * `measure_video_decoder`: the video decoder against SD's image decoder on latents of BSRGAN-degraded clips
@@ -17,8 +18,12 @@ index) with the experiments' seed 0; these use numpy streams seeded 70_000 and u
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import torch
+from PIL import Image
 
 from ..data import toy_world
 from ..data.degrade import degrade_clip, draw_degradation
@@ -63,23 +68,48 @@ def held_out_clip(rng: np.random.Generator, frames: int, stride: int, subframes:
 VIDEOGEN_PROMPTS = 128
 
 
-def measure_videogen(count: int = VIDEOGEN_PROMPTS, *overrides: str, seed: int = 70_001) -> dict:
+def rendered_references(chosen: list, folder: Path, seed: int) -> list[str]:
+    """For each prompt, a still toy frame of its colour and shape (no trail, so nothing tells the direction) written to
+    `folder`: a reference image that has the prompt's look, which the toy T2I model's often has not."""
+    rng = np.random.default_rng([seed, 2])  # its own stream: the prompts are those of `seed` alone
+    paths = []
+    for index, prompt in enumerate(chosen):
+        scene = toy_world.random_scene(rng, colour=prompt.colour, shape=prompt.shape, motion=prompt.direction)
+        path = folder / f"reference_{index}.png"
+        Image.fromarray(toy_world.render_frame(scene, 1.0, trail=False).image).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def measure_videogen(count: int = VIDEOGEN_PROMPTS, *overrides: str, seed: int = 70_001,
+                     rendered_reference: bool = False) -> dict:
     """method=videogen model=toy on `count` held-out prompts with a direction, with the reference (the default) and
     with method.reference_mode=none, each video generated once per mode with the prompt's seed. `overrides` go to
     every config (method.stages.0.path=<another base stage>); a tuning run draws its prompts with another `seed`.
-    The prompts are `judge.prompts`' sequence, so a smaller `count` measures the first of the same prompts."""
+    The prompts are `judge.prompts`' sequence, so a smaller `count` measures the first of the same prompts.
+    `rendered_reference`: the reference is a toy frame of the prompt's look (`reference=`, image-to-video) instead of
+    the T2I model's, to measure what a reference that is right gives."""
+    with tempfile.TemporaryDirectory() as tmp:
+        chosen = judge.prompts(count, seed=seed, directions=True)
+        references = rendered_references(chosen, Path(tmp), seed) if rendered_reference else [None] * count
+        return _measure_videogen(chosen, references, overrides)
+
+
+def _measure_videogen(chosen: list, references: list, overrides: tuple[str, ...]) -> dict:
     from ..methods.videogen import VideoGen
 
     method = VideoGen()
-    chosen = judge.prompts(count, seed=seed, directions=True)
+    count = len(chosen)
     embedder = judge.toy_clip_embedder()
-    figures: dict = {"count": count}
+    figures: dict = {"count": count, "rendered_reference": references[0] is not None}
     loaded = None
     adherence = {}
     for mode in ("first_frame", "none"):
         followed, colours, shapes, directions = [], [], [], []
-        for prompt in chosen:
-            cfg = _cfg("videogen", f"prompt='{prompt.text}'", f"seed={prompt.seed}", f"method.reference_mode={mode}", *overrides)
+        for prompt, reference in zip(chosen, references):
+            given = [f"reference={reference}"] if reference and mode == "first_frame" else []
+            cfg = _cfg("videogen", f"prompt='{prompt.text}'", f"seed={prompt.seed}", f"method.reference_mode={mode}",
+                       *given, *overrides)
             settings = method.settings(cfg)
             if loaded is None:  # the same weights for both modes: only the settings differ
                 loaded = method.load(cfg, settings, torch.device("cpu"), torch.float32, None)
