@@ -28,6 +28,7 @@ from PIL import Image
 from ..data import toy_world
 from ..data.degrade import degrade_clip, draw_degradation
 from ..invert import psnr_db
+from ..metrics.clip import clipsim
 from ..metrics.flow import temporal_flicker
 from ..progress import StageReporter
 from . import judge
@@ -105,7 +106,7 @@ def _measure_videogen(chosen: list, references: list, overrides: tuple[str, ...]
     loaded = None
     adherence = {}
     for mode in ("first_frame", "none"):
-        followed, colours, shapes, directions = [], [], [], []
+        followed, colours, shapes, directions, similarity = [], [], [], [], []
         for prompt, reference in zip(chosen, references):
             given = [f"reference={reference}"] if reference and mode == "first_frame" else []
             cfg = _cfg("videogen", f"prompt='{prompt.text}'", f"seed={prompt.seed}", f"method.reference_mode={mode}",
@@ -120,10 +121,12 @@ def _measure_videogen(chosen: list, references: list, overrides: tuple[str, ...]
             seen = frames[:: max(1, len(frames) // 8)]
             colours.append(np.mean([c == prompt.colour for c in judge.classify(embedder, seen, "colour")]))
             shapes.append(np.mean([s == prompt.shape for s in judge.classify(embedder, seen, "shape")]))
+            similarity.append(clipsim(embedder, seen, prompt.text))
         suffix = "" if mode == "first_frame" else "_no_reference"
         figures.update({f"direction_followed{suffix}": float(np.mean(followed)),
                         f"colour_adherence{suffix}": float(np.mean(colours)),
                         f"shape_adherence{suffix}": float(np.mean(shapes)),
+                        f"clipsim{suffix}": float(np.mean(similarity)),  # the metric of the paper's Table 3, reported
                         f"directions{suffix}": directions})
         adherence[mode] = (np.array(colours) + np.array(shapes)) / 2
     # Table 3's gain, and its paired standard error over the prompts (each prompt is generated in both modes with its seed).
