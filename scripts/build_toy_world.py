@@ -281,7 +281,7 @@ def stage_vg_decoder(out: Path, work: Path, args) -> dict:
     judge's 16 degraded clips; picked on 16 tuning clips, +0.57 there)."""
     summary = videogen_stage("vg_decoder", "video_decoder", "toy_video_decoder", out, work, args)
     return {**summary, "second_run": continued_run("vg_decoder", "video_decoder", "toy_video_decoder",
-                                                "video_decoder.init_path", DECODER_MEAN_LATENTS, out, work, args)}
+                                                   "video_decoder.init_path", DECODER_MEAN_LATENTS, out, work, args)}
 
 
 def stage_vg_flow(out: Path, work: Path, args) -> dict:
@@ -291,8 +291,8 @@ def stage_vg_flow(out: Path, work: Path, args) -> dict:
     x8 in-between PSNR of the coarse flow from +0.83 to +1.06 dB over linear interpolation (the judge's 16 clips;
     1,500 more steps *with* distillation had moved it by 0.03 dB)."""
     summary = videogen_stage("vg_flow", "latent_flow", "toy_latent_flow", out, work, args)
-    return {**summary, "second_run": continued_run("vg_flow", "latent_flow", "toy_latent_flow", "latent_flow.init_path",
-                                                FLOW_RECONSTRUCTION, out, work, args)}
+    return {**summary, "second_run": continued_run("vg_flow", "latent_flow", "toy_latent_flow",
+                                                   "latent_flow.init_path", FLOW_RECONSTRUCTION, out, work, args)}
 
 
 def stage_vg_refiner(out: Path, work: Path, args) -> dict:
