@@ -90,46 +90,41 @@ def measure_videogen(count: int = VIDEOGEN_PROMPTS, *overrides: str, seed: int =
     The prompts are `judge.prompts`' sequence, so a smaller `count` measures the first of the same prompts.
     `rendered_reference`: the reference is a toy frame of the prompt's look (`reference=`, image-to-video) instead of
     the T2I model's, to measure what a reference that is right gives."""
-    with tempfile.TemporaryDirectory() as tmp:
-        chosen = judge.prompts(count, seed=seed, directions=True)
-        references = rendered_references(chosen, Path(tmp), seed) if rendered_reference else [None] * count
-        return _measure_videogen(chosen, references, overrides)
-
-
-def _measure_videogen(chosen: list, references: list, overrides: tuple[str, ...]) -> dict:
     from ..methods.videogen import VideoGen
 
     method = VideoGen()
-    count = len(chosen)
+    chosen = judge.prompts(count, seed=seed, directions=True)
     embedder = judge.toy_clip_embedder()
-    figures: dict = {"count": count, "rendered_reference": references[0] is not None}
+    figures: dict = {"count": count, "rendered_reference": rendered_reference}
     loaded = None
     adherence = {}
-    for mode in ("first_frame", "none"):
-        followed, colours, shapes, directions, similarity = [], [], [], [], []
-        for prompt, reference in zip(chosen, references):
-            given = [f"reference={reference}"] if reference and mode == "first_frame" else []
-            cfg = _cfg("videogen", f"prompt='{prompt.text}'", f"seed={prompt.seed}", f"method.reference_mode={mode}",
-                       *given, *overrides)
-            settings = method.settings(cfg)
-            if loaded is None:  # the same weights for both modes: only the settings differ
-                loaded = method.load(cfg, settings, torch.device("cpu"), torch.float32, None)
-            frames = method.generate(loaded, settings, StageReporter()).frames
-            direction = judge.motion_direction(frames)
-            directions.append(direction)
-            followed.append(direction == prompt.direction)
-            seen = frames[:: max(1, len(frames) // 8)]
-            colours.append(np.mean([c == prompt.colour for c in judge.classify(embedder, seen, "colour")]))
-            shapes.append(np.mean([s == prompt.shape for s in judge.classify(embedder, seen, "shape")]))
-            similarity.append(clipsim(embedder, seen, prompt.text))
-        suffix = "" if mode == "first_frame" else "_no_reference"
-        figures.update({f"direction_followed{suffix}": float(np.mean(followed)),
-                        f"colour_adherence{suffix}": float(np.mean(colours)),
-                        f"shape_adherence{suffix}": float(np.mean(shapes)),
-                        f"clipsim{suffix}": float(np.mean(similarity)),  # the metric of the paper's Table 3, reported
-                        f"directions{suffix}": directions})
-        adherence[mode] = (np.array(colours) + np.array(shapes)) / 2
-    # Table 3's gain, and its paired standard error over the prompts (each prompt is generated in both modes with its seed).
+    with tempfile.TemporaryDirectory() as tmp:  # the rendered references, read while the videos are generated
+        references = rendered_references(chosen, Path(tmp), seed) if rendered_reference else [None] * count
+        for mode in ("first_frame", "none"):
+            followed, colours, shapes, directions, similarity = [], [], [], [], []
+            for prompt, reference in zip(chosen, references):
+                given = [f"reference={reference}"] if reference and mode == "first_frame" else []
+                cfg = _cfg("videogen", f"prompt='{prompt.text}'", f"seed={prompt.seed}",
+                           f"method.reference_mode={mode}", *given, *overrides)
+                settings = method.settings(cfg)
+                if loaded is None:  # the same weights for both modes: only the settings differ
+                    loaded = method.load(cfg, settings, torch.device("cpu"), torch.float32, None)
+                frames = method.generate(loaded, settings, StageReporter()).frames
+                direction = judge.motion_direction(frames)
+                directions.append(direction)
+                followed.append(direction == prompt.direction)
+                seen = frames[:: max(1, len(frames) // 8)]
+                colours.append(np.mean([c == prompt.colour for c in judge.classify(embedder, seen, "colour")]))
+                shapes.append(np.mean([s == prompt.shape for s in judge.classify(embedder, seen, "shape")]))
+                similarity.append(clipsim(embedder, seen, prompt.text))
+            suffix = "" if mode == "first_frame" else "_no_reference"
+            figures.update({f"direction_followed{suffix}": float(np.mean(followed)),
+                            f"colour_adherence{suffix}": float(np.mean(colours)),
+                            f"shape_adherence{suffix}": float(np.mean(shapes)),
+                            f"clipsim{suffix}": float(np.mean(similarity)),  # Table 3's own metric, reported
+                            f"directions{suffix}": directions})
+            adherence[mode] = (np.array(colours) + np.array(shapes)) / 2
+    # Table 3's gain, and its paired standard error over the prompts (each prompt generated in both modes, one seed).
     gains = adherence["first_frame"] - adherence["none"]
     figures["adherence_gains"] = [float(gain) for gain in gains]
     figures["adherence_gain"] = float(gains.mean())
