@@ -419,7 +419,19 @@ def replace_dir(source: Path, target: Path) -> None:
     if target.exists():
         target.rename(old)
     shutil.copytree(source, target)
+    forget_build_paths(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def forget_build_paths(directory: Path) -> None:
+    """Drop `_name_or_path` from every diffusers config.json under `directory`: a model loaded with from_pretrained
+    and saved again records where it was loaded from (the build's own folders), which means nothing on a user's
+    machine. Loading never reads the key."""
+    for config in directory.rglob("config.json"):
+        data = json.loads(config.read_text())
+        if "_name_or_path" in data:
+            del data["_name_or_path"]
+            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

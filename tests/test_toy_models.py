@@ -56,10 +56,17 @@ def test_packaged_models_are_small_complete_and_load_with_the_real_loaders(toy_p
     adapter = load_motion_adapter(str(toy_path("motion_module")))
     assert isinstance(adapter, MotionAdapter)
     assert tuple(adapter.config.block_out_channels) == tuple(toy_pipe.unet.config.block_out_channels)
+    assert not build_paths_recorded(WEIGHTS)
     stages = manifest()["stages"]
     assert {"vae", "clip", "unet", "motion"} <= set(stages)  # plus the trained methods' parts shipped so far
     for summary in stages.values():
         assert summary["steps"] > 0 and summary["wall_s"] > 0 and np.isfinite(summary["final_loss"])
+
+
+def build_paths_recorded(directory: Path) -> list[str]:
+    """The config.json files under `directory` that name where their model was loaded from when it was saved (diffusers'
+    `_name_or_path`): a path on the building machine, meaningless on a user's."""
+    return [str(path) for path in directory.rglob("config.json") if "_name_or_path" in json.loads(path.read_text())]
 
 
 def test_missing_toy_weights_are_a_one_line_error(tmp_path):
@@ -292,6 +299,7 @@ def test_build_script_builds_every_stage_resumes_and_rebuilds_what_is_stale(tmp_
               for part in videogen["parts"]}
     assert stored == {"base": {torch.float16}, "sr2": {torch.float16}, "tsr_refiner": {torch.float16},
                       "latent_flow": {torch.float32}, "video_decoder": {torch.float32}}, stored
+    assert not build_paths_recorded(tmp_path / "out")
     assert build_families() == 0  # nothing left to do: the manifest is unchanged
     assert manifest(tmp_path / "out") == built
     # Rebuilding the UNet makes the motion module and the VideoGen stages (trained on it) stale; the next full run
