@@ -175,6 +175,53 @@ def test_a_written_weights_directory_gives_the_in_memory_parts_video(tmp_path, c
     assert np.abs(frames_of(disk_dir).astype(int) - frames_of(memory_dir).astype(int)).max() <= 1
 
 
+def test_the_weights_name_their_vae_and_guidance_scale_and_method_settings_win(tmp_path, capsys, clip):
+    """A weights directory may carry a VAE whose decoder was fine-tuned on model's latents (the encoder is model's) and
+    the guidance scale it recommends (manifest "vae", "guidance_scale"): method=gen1 decodes with that VAE and samples
+    at that scale unless method.vae / method.guidance_scale say otherwise. The latents are the same whichever decoder
+    runs; a VAE that encodes otherwise is refused in one line."""
+    from stylevid.models.tiny import tiny_vae
+
+    unet = model.tiny_gen1_unet(0)
+    encoder, processor = model.tiny_image_encoder(0)
+    weights = model.save_gen1_weights(tmp_path / "weights", unet=unet, info=model.gen1_info("ts", unet),
+                                      image_encoder=encoder, feature_extractor=processor,
+                                      manifest={"depth_annotator": "tiny", "vae": "vae", "guidance_scale": 3.0})
+    tuned = tiny_vae(0)  # model=tiny's VAE with another decoder
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for parameter in tuned.decoder.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    tuned.save_pretrained(str(weights / "vae"))
+    tiny_vae(0).save_pretrained(str(tmp_path / "model_vae"))
+    tiny_vae(1).save_pretrained(str(tmp_path / "other_vae"))
+    content = f"content_image={tmp_path / 'content.png'}"
+    Image.fromarray(np.full((32, 32, 3), (40, 90, 200), np.uint8)).save(tmp_path / "content.png")
+
+    tuned_dir, tuned_run = generate(tmp_path, capsys, clip, content, f"method.weights={weights}", name="tuned")
+    assert (tuned_run["gen1"]["guidance_scale"], tuned_run["gen1"]["guidance_scale_from"]) == (3.0, "weights")
+    assert tuned_run["gen1"]["vae"] == str(weights / "vae")
+    model_dir, model_run = generate(tmp_path, capsys, clip, content, f"method.weights={weights}",
+                                    f"method.vae={tmp_path / 'model_vae'}", name="with_model_vae")
+    assert model_run["gen1"]["vae"] == str(tmp_path / "model_vae")
+    # The weights' VAE changes the pictures only.
+    assert np.abs(frames_of(tuned_dir).astype(int) - frames_of(model_dir).astype(int)).max() > 20
+    manifest = json.loads((weights / "manifest.json").read_text())
+    for key in ("vae", "guidance_scale"):
+        del manifest[key]
+    (weights / "manifest.json").write_text(json.dumps(manifest))
+    plain_dir, plain_run = generate(tmp_path, capsys, clip, content, f"method.weights={weights}",
+                                    "method.guidance_scale=3", name="plain")
+    assert (plain_run["gen1"]["guidance_scale_from"], plain_run["gen1"]["vae"]) == ("method.guidance_scale", "model")
+    assert np.abs(frames_of(plain_dir).astype(int) - frames_of(model_dir).astype(int)).max() <= 1
+    _, default_run = generate(tmp_path, capsys, clip, content, f"method.weights={weights}", name="default")
+    assert (default_run["gen1"]["guidance_scale"], default_run["gen1"]["guidance_scale_from"]) == (7.5, "guidance_scale")
+    code, _, err = run_stylevid(["generate", "method=gen1", f"input={clip}", *TINY, content, f"method.weights={weights}",
+                                 f"method.vae={tmp_path / 'other_vae'}", f"output_dir={tmp_path / 'refused'}"], capsys)
+    assert code == 2 and "its encoder is not model's VAE's" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "refused").exists()
+
+
 # --- the structure condition ---------------------------------------------------------------------------------------
 
 

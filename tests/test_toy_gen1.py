@@ -84,6 +84,7 @@ def test_the_gen1_family_builds_and_its_weights_edit_a_toy_video(tmp_path):
     manifest = json.loads((out / "gen1" / "manifest.json").read_text())
     assert manifest["parts"] == {"unet": "unet", "image_encoder": "image_encoder", "prior": "prior"}
     assert manifest["depth_annotator"] == "depth"
+    assert (manifest["vae"], manifest["guidance_scale"]) == ("vae", build.GEN1_GUIDANCE_SCALE)
     # Rebuilding the content stage makes the later UNet stages stale, not the prior or the depth annotator.
     assert build.main(["--stage", "gen1_content", "--force", *args]) == 0
     assert set(json.loads((out / "manifest.json").read_text())["stages"]) == {"gen1_depth", "gen1_prior", "gen1_content"}
@@ -98,6 +99,7 @@ def test_the_gen1_family_builds_and_its_weights_edit_a_toy_video(tmp_path):
     method = Gen1()
     settings = method.settings(cfg)
     assert settings.annotator == str(out / "gen1" / "depth")
+    assert (settings.vae, settings.guidance_scale) == (str(out / "gen1" / "vae"), build.GEN1_GUIDANCE_SCALE)
     loaded = method.load(cfg, settings, torch.device("cpu"), torch.float32, None)
     frames = method.generate(loaded, settings, StageReporter()).frames
     assert frames.shape == (4, 64, 64, 3)
@@ -115,6 +117,13 @@ def test_the_toy_gen1_is_within_40_mib_and_every_part_loads_offline():
     gen1.load_image_encoder(gen1.part_dir(GEN1, "image_encoder"), "toy")
     gen1.load_prior(gen1.part_dir(GEN1, "prior"), "toy")
     DepthAnnotator.from_pretrained(str(GEN1 / "depth"), local_files_only=True)
+    # gen1/vae/ is the toy VAE with a fine-tuned decoder: method=gen1 model=toy decodes with it
+    from stylevid.methods.gen1 import load_vae
+    from stylevid.models.loading import load_pipeline
+
+    from omegaconf import OmegaConf
+
+    load_vae(str(GEN1 / "vae"), load_pipeline(OmegaConf.create({"name": "toy", "path": None}), torch.float32).vae)
 
 
 @pytest.fixture(scope="module")

@@ -99,3 +99,39 @@ def test_resume_repeats_the_uninterrupted_losses(tmp_path, target):
                             name="resumed")
     assert losses(resumed) == pytest.approx(uninterrupted[1:], rel=1e-6)
     assert result["steps"] == 3
+
+
+def test_a_decoder_fine_tune_keeps_every_latent_and_the_scaling_factor_and_resumes(tmp_path):
+    """toy.trainable=decoder from a trained VAE (toy.init_path): the decoder trains, the encoder and quant_conv stay
+    the init's weight for weight (so every latent, and with them every model trained on them, stays valid), the
+    scaling_factor is the init's; a resumed run repeats the uninterrupted losses."""
+    from diffusers import AutoencoderKL
+
+    from stylevid.training import toy
+
+    init = toy.toy_vae()
+    init.register_to_config(scaling_factor=0.77)
+    init.save_pretrained(str(tmp_path / "init"))
+    run = ["toy.trainable=decoder", f"toy.init_path={tmp_path / 'init'}", "trainer.batch_size=2", "trainer.max_steps=3",
+           "toy.calibration_frames=8", "trainer.checkpoint_every=1", "trainer.keep_checkpoints=0"]
+    run_dir, result = train(tmp_path, "toy_vae", *run)
+    tuned = AutoencoderKL.from_pretrained(str(run_dir / "vae"))
+    assert tuned.config.scaling_factor == 0.77 and result["scaling_factor"] == 0.77
+    for name in ("encoder", "quant_conv", "decoder"):
+        before, after = getattr(init, name).state_dict(), getattr(tuned, name).state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before) == (name != "decoder"), name
+    resumed, _ = train(tmp_path, "toy_vae", *run, f"trainer.resume={run_dir / 'checkpoints' / 'step_0000001'}",
+                       name="resumed")
+    assert losses(resumed) == pytest.approx(losses(run_dir)[1:], rel=1e-6)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["toy.trainable=decoder"], "toy.trainable=decoder fine-tunes a trained VAE's decoder: pass toy.init_path="),
+    (["toy.trainable=encoder"], "toy.trainable must be one of all, decoder; got 'encoder'"),
+    (["toy.init_path=/nonexistent/vae"], "toy.init_path=/nonexistent/vae is not a diffusers VAE directory"),
+])
+def test_bad_toy_vae_settings_are_one_line(tmp_path, capsys, overrides, message):
+    from conftest import run_stylevid
+
+    code, _, err = run_stylevid(["train", "toy_vae", "device=cpu", *overrides, f"output_dir={tmp_path / 'run'}"], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err

@@ -84,6 +84,8 @@ class Gen1Settings(VideoSettings):
     feather: int = 2  # pixels over which the edit blends into the kept input (keep_outside=pixels)
     depth_maps: str | None = None
     annotator: str | None = None  # annotator.path (None: the default depth model; "tiny": a random tiny one)
+    vae: str | None = None  # a VAE to encode and decode with instead of model's (its encoder must be model's)
+    guidance_from: str = "guidance_scale"  # which setting gave guidance_scale: method.guidance_scale, weights or guidance_scale
     window: int | None = 8
     window_overlap: int = 4
     spans: list = field(default_factory=list)
@@ -154,6 +156,29 @@ def depth_annotator_path(cfg: DictConfig, root: Path | None) -> str | None:
     return "tiny" if cfg.model.get("name") == "tiny" and not cfg.model.get("path") else None
 
 
+def weights_vae(cfg: DictConfig, root: Path | None) -> str | None:
+    """method.vae; else the VAE the weights' manifest names ("vae": a directory inside the weights or a hub id, one
+    whose decoder was fine-tuned for these weights on model's latents); else None, model's own VAE."""
+    path = cfg.method.get("vae")
+    if path:
+        return str(Path(str(path)).expanduser()) if Path(str(path)).expanduser().exists() else str(path)
+    named = model.read_manifest(root).get("vae") if root is not None else None
+    if named:
+        return str(root / named) if (root / named).is_dir() else str(named)
+    return None
+
+
+def guidance_scale(cfg: DictConfig, root: Path | None) -> tuple[float, str]:
+    """(ω, where it came from): method.guidance_scale; else the scale the weights' manifest recommends
+    ("guidance_scale", chosen for those weights as a model card's recommended setting is); else guidance_scale."""
+    if cfg.method.get("guidance_scale") is not None:
+        return values.number(cfg.method.guidance_scale, "method.guidance_scale", 0), "method.guidance_scale"
+    recommended = model.read_manifest(root).get("guidance_scale") if root is not None else None
+    if recommended is not None:
+        return values.number(recommended, f"method.weights={root}: manifest guidance_scale", 0), "weights"
+    return values.number(cfg.guidance_scale, "guidance_scale", 0), "guidance_scale"
+
+
 def settings_from_config(cfg: DictConfig) -> Gen1Settings:
     from ..io.images import decode_image
     from ..io.video_input import frame_count, source_frame_rate
@@ -207,10 +232,10 @@ def settings_from_config(cfg: DictConfig) -> Gen1Settings:
             model.part_dir(root, "prior")  # text content needs the prior: say so before anything loads
 
     steps = method.get("steps") if method.get("steps") is not None else cfg.steps
-    guidance = method.get("guidance_scale") if method.get("guidance_scale") is not None else cfg.guidance_scale
+    guidance, guidance_from = guidance_scale(cfg, root)
     return Gen1Settings(
         prompt=prompt, negative_prompt=str(cfg.get("negative_prompt") or ""), frames=frames, height=height, width=width,
-        steps=values.integer(steps, "method.steps", 1, 1000), guidance_scale=values.number(guidance, "method.guidance_scale", 0),
+        steps=values.integer(steps, "method.steps", 1, 1000), guidance_scale=guidance, guidance_from=guidance_from,
         seed=values.seed(cfg.seed), input=path,
         input_fps=source_frame_rate(path, "input") or values.number(method.input_fps, "method.input_fps", above=0),
         input_size=tuple(input_size), max_frames=max_frames,
@@ -221,7 +246,7 @@ def settings_from_config(cfg: DictConfig) -> Gen1Settings:
         prior_guidance_scale=values.number(method.prior_guidance_scale, "method.prior_guidance_scale", 0),
         mask=mask, edit_region=edit_region, depth_maps=depth_maps, keep_outside=keep_outside,
         feather=values.integer(method.feather, "method.feather", 0, 64),
-        annotator=depth_annotator_path(cfg, root),
+        annotator=depth_annotator_path(cfg, root), vae=weights_vae(cfg, root),
         window=window, window_overlap=overlap, spans=[list(span) for span in windows(frames, window, overlap)],
         root=root, weights_info=info,
     )
@@ -266,11 +291,33 @@ def load_depth_annotator(settings: Gen1Settings, cfg: DictConfig, device: torch.
     return DepthAnnotator.from_pretrained(path or DEFAULT_DEPTH_MODEL, device=device)
 
 
+def load_vae(source: str, model_vae):
+    """The VAE `source` names (method.vae or the weights' own), refused in one line unless it encodes as model's
+    VAE does: the UNet denoises, and the structure is, model's latents, so only the decoder may differ."""
+    from diffusers import AutoencoderKL
+
+    from ..models.components import load_component
+
+    vae = load_component(source, key="method.vae", pretrained=AutoencoderKL.from_pretrained, what="a diffusers VAE")
+    vae.to(model_vae.dtype)
+    for name in ("encoder", "quant_conv"):
+        ours, theirs = getattr(model_vae, name).state_dict(), getattr(vae, name).state_dict()
+        # within storage precision (a float16 copy of the same encoder passes; another encoder does not)
+        if ours.keys() != theirs.keys() or any(not torch.allclose(ours[k].float(), theirs[k].float(), rtol=1e-3, atol=1e-4)
+                                               for k in ours):
+            raise UserInputError(f"method.vae={source}: its {name} is not model's VAE's, so its latents are not the ones "
+                                 "the Gen-1 UNet was trained on (only a decoder fine-tuned on them can replace model's)")
+    if vae.config.scaling_factor != model_vae.config.scaling_factor:
+        raise UserInputError(f"method.vae={source}: scaling_factor {vae.config.scaling_factor} is not model's "
+                             f"{model_vae.config.scaling_factor}")
+    return vae
+
+
 def load(cfg: DictConfig, settings: Gen1Settings, device: torch.device, dtype: torch.dtype) -> Gen1Models:
     from diffusers import KandinskyPriorPipeline
 
     pipe = load_image_pipeline(cfg, settings, dtype)
-    vae = pipe.vae.to(device)
+    vae = (load_vae(settings.vae, pipe.vae) if settings.vae else pipe.vae).to(device)
     unet, info, encoder, processor, prior_parts = load_parts(settings, int(cfg.model.get("seed", 0)))
     if not model.has_structure(unet):
         raise UserInputError(f"method.weights: the UNet (stage {info.get('stage')}) takes no structure channels; "
@@ -445,7 +492,8 @@ class Gen1(VideoMethod):
             "input": settings.input, "input_fps": settings.input_fps, "input_frames": settings.frames,
             "gen1": {
                 "ts": settings.ts,
-                "guidance_scale": settings.guidance_scale,
+                "guidance_scale": settings.guidance_scale, "guidance_scale_from": settings.guidance_from,
+                "vae": settings.vae or "model",
                 "temporal_guidance": settings.temporal_guidance,
                 "content": {"source": settings.content_source, "prompt": settings.prompt or None,
                             "image": settings.content_image,

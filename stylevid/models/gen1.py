@@ -372,7 +372,10 @@ def save_gen1_weights(directory: str | Path, *, unet: VideoUNet, info: dict, ima
                        (optional: without it, content comes from images only)
       manifest.json    {"format": "stylevid-gen1-weights", "parts": {...}, ...`manifest`}; `manifest` may name the
                        depth model the UNet was trained on, "depth_annotator": a directory inside the weights or a
-                       hub id ("tiny": the random tiny DPT), which method=gen1 then uses when annotator.path is unset
+                       hub id ("tiny": the random tiny DPT), which method=gen1 then uses when annotator.path is unset;
+                       "vae": a VAE inside the weights (or a hub id) to decode with, whose encoder is the base model's
+                       (a decoder fine-tuned on its latents; method.vae overrides); "guidance_scale": the scale the
+                       weights recommend, used when method.guidance_scale is unset
     """
     directory = Path(directory)
     save_gen1(directory / "unet", unet, info)

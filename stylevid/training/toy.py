@@ -192,13 +192,14 @@ class VaeObjective(torch.nn.Module):
 
 
 @torch.no_grad()
-def calibrate_vae(vae, frames: int = 256, seed: int = 1) -> dict:
-    """Set `scaling_factor` to 1/std of the latent means of `frames` fresh frames (as SD's 0.18215 was); returns
-    {reconstruction_mse, scaling_factor} on those frames."""
+def calibrate_vae(vae, frames: int = 256, seed: int = 1, set_scale: bool = True) -> dict:
+    """Set `scaling_factor` to 1/std of the latent means of `frames` fresh frames (as SD's 0.18215 was; not with
+    `set_scale=False`); returns {reconstruction_mse, scaling_factor} on those frames."""
     vae.eval()
     pixels, _, _ = frame_batch(frames, seed, 0)
     latents = vae.encode(pixels).latent_dist.mean
-    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    if set_scale:
+        vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
     return {"reconstruction_mse": float(F.mse_loss(vae.decode(latents).sample, pixels)),
             "scaling_factor": vae.config.scaling_factor}
 
