@@ -81,8 +81,9 @@ GEN1_VAE = ("toy.trainable=decoder", "trainer.max_steps=6000", "trainer.lr=3.0e-
 # The classifier-free guidance scale the toy Gen-1's manifest recommends (what method=gen1 model=toy samples with
 # unless method.guidance_scale is given), chosen on 8 tuning clips (stream 81,000; the judge's is 80,000): the
 # silhouette IoU at t_s = 0 is 0.609 / 0.660 / 0.664 at ω = 7.5 / 3 / 1.5 with the toy VAE's decoder, 0.612 / 0.684 /
-# 0.685 with a decoder fine-tuned 4,500 steps (a probe of gen1/vae/), and the object takes the prompt's colour in 7
-# of 8 at each. SD's 7.5 overshoots on the toy model: the object is drawn smaller and rounder.
+# 0.685 with a decoder fine-tuned 4,500 steps (a probe), 0.690 at 3 with gen1/vae/, and the object takes the
+# prompt's colour in 7 of 8 at each. The decoder's sharper outlines show only below SD's 7.5, which overshoots on
+# the toy model.
 GEN1_GUIDANCE_SCALE = 3.0
 # The stages trained on a stage's output (the UNet on the VAE and the CLIP text tower, the motion module and the
 # VideoGen stages on the UNet, every VideoGen part on the VAE's latents, the refiner on the flow net, the
