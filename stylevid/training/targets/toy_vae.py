@@ -58,7 +58,10 @@ class ToyVae(TrainingTarget):
         if self.init_path:
             from diffusers import AutoencoderKL
 
-            trained = AutoencoderKL.from_pretrained(str(Path(str(self.init_path)).expanduser()))
+            from ...models.components import load_component
+
+            trained = load_component(str(Path(str(self.init_path)).expanduser()), key="toy.init_path",
+                                     pretrained=AutoencoderKL.from_pretrained, what="a diffusers VAE")
             if plain(trained.config.block_out_channels) != plain(self.vae.config.block_out_channels):
                 raise UserInputError(f"toy.init_path={self.init_path} is not a toy-geometry VAE "
                                      f"(block_out_channels {list(trained.config.block_out_channels)})")
