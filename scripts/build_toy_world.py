@@ -71,10 +71,11 @@ GROUPS = {"all": STAGES, "toy": ("vae", "clip", "unet", "motion"), "videogen": V
 # Steps of each image-prompt stage; the joint ablation gets the two stages' steps together.
 IMAGE_PROMPT_STEPS = {"ip_coarse": 1500, "ip_fine": 1500, "ip_joint": 3000}
 # Steps of each Gen-1 UNet stage (conf/experiment/toy_gen1.yaml holds the rest; --steps overrides all of them).
-# The shipped structure_ts UNet trained in four warm-up and cosine cycles: 1,500 steps, then 3,000, 6,000 and 6,000
-# more, each from the last (the manifest's "continued": the silhouette IoU at t_s = 0 rose from 0.40 to 0.49, 0.54
-# and 0.56); a rebuild trains the 16,500 in one run (about 2 h 20 min on one free core).
-GEN1_STEPS = {"gen1_content": 600, "gen1_temporal": 500, "gen1_structure": 1500, "gen1_structure_ts": 16500}
+# The shipped structure_ts UNet trained in five warm-up and cosine cycles: 1,500 steps, then 3,000, 6,000, 6,000 and
+# 6,000 more, each from the last (the manifest's "continued": the silhouette IoU at t_s = 0 rose from 0.40 to 0.49,
+# 0.54 and 0.56 at ω = 7.5 with the toy VAE's decoder, then from 0.680 to 0.687 with gen1/vae/ and ω = 3); a rebuild
+# trains the 22,500 in one run (about 3 h 10 min on one free core).
+GEN1_STEPS = {"gen1_content": 600, "gen1_temporal": 500, "gen1_structure": 1500, "gen1_structure_ts": 22500}
 # The toy Gen-1 decodes with the toy VAE's decoder fine-tuned alone (gen1/vae/, 6,000 steps of 16 frames, about
 # 40 min on one core): the shipped toy VAE turns outlines into blobs, and the edits' silhouettes with it.
 GEN1_VAE = ("toy.trainable=decoder", "trainer.max_steps=6000", "trainer.lr=3.0e-4", "trainer.checkpoint_every=1000")
