@@ -85,9 +85,10 @@ def test_the_gen1_family_builds_and_its_weights_edit_a_toy_video(tmp_path):
     assert manifest["parts"] == {"unet": "unet", "image_encoder": "image_encoder", "prior": "prior"}
     assert manifest["depth_annotator"] == "depth"
     assert (manifest["vae"], manifest["guidance_scale"]) == ("vae", build.GEN1_GUIDANCE_SCALE)
-    # Rebuilding the content stage makes the later UNet stages stale, not the prior or the depth annotator.
+    # Rebuilding the content stage makes the later UNet stages stale, not the prior, the depth annotator or the decoder.
     assert build.main(["--stage", "gen1_content", "--force", *args]) == 0
-    assert set(json.loads((out / "manifest.json").read_text())["stages"]) == {"gen1_depth", "gen1_prior", "gen1_content"}
+    assert set(json.loads((out / "manifest.json").read_text())["stages"]) == {"gen1_depth", "gen1_prior", "gen1_content",
+                                                                              "gen1_vae"}
 
     from stylevid.methods.gen1 import Gen1
     from stylevid.progress import StageReporter
