@@ -119,10 +119,10 @@ def test_the_toy_gen1_is_within_40_mib_and_every_part_loads_offline():
     gen1.load_prior(gen1.part_dir(GEN1, "prior"), "toy")
     DepthAnnotator.from_pretrained(str(GEN1 / "depth"), local_files_only=True)
     # gen1/vae/ is the toy VAE with a fine-tuned decoder: method=gen1 model=toy decodes with it
+    from omegaconf import OmegaConf
+
     from stylevid.methods.gen1 import load_vae
     from stylevid.models.loading import load_pipeline
-
-    from omegaconf import OmegaConf
 
     load_vae(str(GEN1 / "vae"), load_pipeline(OmegaConf.create({"name": "toy", "path": None}), torch.float32).vae)
 

@@ -141,6 +141,15 @@ def check_companion(path, key: str, settings_input: str, input_size: tuple[int, 
     return path
 
 
+def manifest_model(root: Path, key: str) -> str | None:
+    """The model the weights' manifest names under `key`: a directory inside the weights, or else a hub id (None:
+    the manifest names none)."""
+    named = model.read_manifest(root).get(key)
+    if not named:
+        return None
+    return str(root / named) if (root / named).is_dir() else str(named)
+
+
 def depth_annotator_path(cfg: DictConfig, root: Path | None) -> str | None:
     """annotator.path; else the depth model the weights' manifest names ("depth_annotator": a directory inside the
     weights, or a hub id: the one the model was trained on); else with model=tiny "tiny" (a random tiny DPT, as every
@@ -149,10 +158,7 @@ def depth_annotator_path(cfg: DictConfig, root: Path | None) -> str | None:
     if path:
         return str(path)
     if root is not None:
-        named = model.read_manifest(root).get("depth_annotator")
-        if named:
-            return str(root / named) if (root / named).is_dir() else str(named)
-        return None
+        return manifest_model(root, "depth_annotator")
     return "tiny" if cfg.model.get("name") == "tiny" and not cfg.model.get("path") else None
 
 
@@ -162,10 +168,7 @@ def weights_vae(cfg: DictConfig, root: Path | None) -> str | None:
     path = cfg.method.get("vae")
     if path:
         return str(Path(str(path)).expanduser()) if Path(str(path)).expanduser().exists() else str(path)
-    named = model.read_manifest(root).get("vae") if root is not None else None
-    if named:
-        return str(root / named) if (root / named).is_dir() else str(named)
-    return None
+    return manifest_model(root, "vae") if root is not None else None
 
 
 def guidance_scale(cfg: DictConfig, root: Path | None) -> tuple[float, str]:
