@@ -55,7 +55,7 @@ class ToyVae(TrainingTarget):
         self.stream = torch.Generator()
         self.stream.set_state(torch.get_rng_state())
         self.trainable, self.init_path = cfg.toy.get("trainable", "all"), cfg.toy.get("init_path")
-        if self.init_path:
+        if self.init_path:  # the fresh VAE above is still built: the latent stream starts from its seeded RNG state
             from diffusers import AutoencoderKL
 
             from ...models.components import load_component
