@@ -27,6 +27,7 @@ clips with the toy world's ground-truth depth:
   gen1_temporal      -                    ... gen1.stage=temporal from the content stage
   gen1_structure     -                    ... gen1.stage=structure from the temporal stage
   gen1_structure_ts  gen1/unet/, image_encoder/   ... gen1.stage=structure_ts from the structure stage
+                                          then from that run at t_s = 0 alone (gen1.max_ts=0)
   gen1_vae           gen1/vae/            `stylevid train toy_vae toy.trainable=decoder` from pipeline/vae: the
                                           toy VAE's decoder fine-tuned, its encoder (so every latent) unchanged
 The toy image prompts (method=image_prompt model=toy), on the toy AnimateDiff model (pipeline/ + motion_module/,
@@ -76,6 +77,16 @@ IMAGE_PROMPT_STEPS = {"ip_coarse": 1500, "ip_fine": 1500, "ip_joint": 3000}
 # 0.54 and 0.56 at ω = 7.5 with the toy VAE's decoder, then from 0.680 to 0.687 with gen1/vae/ and ω = 3); a rebuild
 # trains the 22,500 in one run (about 3 h 10 min on one free core).
 GEN1_STEPS = {"gen1_content": 600, "gen1_temporal": 500, "gen1_structure": 1500, "gen1_structure_ts": 22500}
+# The structure_ts stage's second run, from the first's export: t_s = 0 again (gen1.max_ts=0; the record keeps the
+# widest t_s the weights were trained on, 7). The paper trains 25k steps at t_s = 0 before 10k at uniform t_s, so
+# most of what its model sees is unblurred depth; the toy build's 1,500 before 22,500 uniform (a fifth of the clips
+# at t_s = 0) left the fine structure unread: the edits' outlines came from the content's shape and the structure's
+# coarse place, so the silhouette IoU at t_s = 0 and 1 was the same (0.693 and 0.693 on 16 tuning clips, stream
+# 81,000, the paired difference -0.000 ± 0.006) and a prompt's new shape was drawn at t_s = 0 as well. 3,000 steps
+# at t_s = 0 made it read the outline: IoU 0.713 / 0.685 at t_s = 0 / 1 (+0.028 ± 0.008). A uniform run after it,
+# in the paper's order, lost that again (1,500 steps: +0.010 ± 0.006; at lr 1e-4: +0.008 ± 0.006; 3,000 steps:
+# +0.002 ± 0.007), so the t_s = 0 run comes last (README, "The toy Gen-1").
+GEN1_TS_LATER = {"ts0_run": ("gen1.max_ts=0", "trainer.max_steps=3000", "trainer.checkpoint_every=1000")}
 # The toy Gen-1 decodes with the toy VAE's decoder fine-tuned alone (gen1/vae/, 6,000 steps of 16 frames, about
 # 40 min on one core): the shipped toy VAE turns outlines into blobs, and the edits' silhouettes with it.
 GEN1_VAE = ("toy.trainable=decoder", "trainer.max_steps=6000", "trainer.lr=3.0e-4", "trainer.checkpoint_every=1000")
@@ -347,19 +358,30 @@ def stage_gen1_prior(out: Path, work: Path, args) -> dict:
 
 
 def gen1_unet_stage(name: str, out: Path, work: Path, args) -> dict:
-    """One Gen-1 UNet stage, from the toy T2I UNet (content) or the previous stage's run; the last one's export
-    becomes gen1/unet/ and gen1/image_encoder/, and gen1/manifest.json is written."""
+    """One Gen-1 UNet stage, from the toy T2I UNet (content) or the previous stage's run; structure_ts then runs
+    GEN1_TS_LATER, each from the run before. The last run's export becomes gen1/unet/ and gen1/image_encoder/, and
+    gen1/manifest.json is written."""
     index = GEN1_UNET.index(name)
-    run_dir = work / f"{name}_run"
-    init = [f"gen1.init={work / (GEN1_UNET[index - 1] + '_run')}"] if index else []
-    stage = name.removeprefix("gen1_")
-    result, command = train("gen1", run_dir, ["experiment=toy_gen1", f"gen1.stage={stage}", f"model.path={out / 'pipeline'}",
-                                              f"trainer.max_steps={GEN1_STEPS[name]}", *init, *steps_overrides(args)])
+    init = f"gen1.init={work / (GEN1_UNET[index - 1] + '_run')}" if index else None
+    runs = [("run", [f"trainer.max_steps={GEN1_STEPS[name]}"])]
+    if name == GEN1_UNET[-1]:
+        runs += [(run, list(settings)) for run, settings in GEN1_TS_LATER.items()]
+    summary = {}
+    for position, (run, settings) in enumerate(runs):
+        run_dir = work / f"{name}_{run}"
+        init = f"gen1.init={work / f'{name}_{runs[position - 1][0]}'}" if position else init
+        result, command = train("gen1", run_dir, ["experiment=toy_gen1", f"gen1.stage={name.removeprefix('gen1_')}",
+                                                  f"model.path={out / 'pipeline'}", *settings, *([init] if init else []),
+                                                  *steps_overrides(args)])
+        if position:
+            summary[run] = stage_summary(result, command)
+        else:
+            summary.update(stage_summary(result, command))
     if name == GEN1_UNET[-1]:
         for part in ("unet", "image_encoder"):
             replace_dir(run_dir / part, out / "gen1" / part)
         write_gen1_manifest(out)
-    return stage_summary(result, command)
+    return summary
 
 
 def stage_gen1_vae(out: Path, work: Path, args) -> dict:

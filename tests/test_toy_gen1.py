@@ -85,6 +85,14 @@ def test_the_gen1_family_builds_and_its_weights_edit_a_toy_video(tmp_path):
     assert manifest["parts"] == {"unet": "unet", "image_encoder": "image_encoder", "prior": "prior"}
     assert manifest["depth_annotator"] == "depth"
     assert (manifest["vae"], manifest["guidance_scale"]) == ("vae", build.GEN1_GUIDANCE_SCALE)
+    # structure_ts runs again at t_s = 0 from its first run's export, and that run ships
+    ts_stage = json.loads((out / "manifest.json").read_text())["stages"]["gen1_structure_ts"]
+    work = tmp_path / "work"
+    assert f"gen1.init={work / 'gen1_structure_ts_run'}" in ts_stage["ts0_run"]["command"]
+    assert "gen1.max_ts=0" in ts_stage["ts0_run"]["command"]
+    shipped = json.loads((out / "gen1" / "unet" / "gen1.json").read_text())
+    assert Path(shipped["init"]) == (work / "gen1_structure_ts_run" / "unet").resolve()
+    assert shipped["trained_max_ts"] == 7  # the widest blur the weights were trained on (the first run's)
     # Rebuilding the content stage makes the later UNet stages stale, not the prior, the depth annotator or the decoder.
     assert build.main(["--stage", "gen1_content", "--force", *args]) == 0
     assert set(json.loads((out / "manifest.json").read_text())["stages"]) == {"gen1_depth", "gen1_prior", "gen1_content",

@@ -193,6 +193,17 @@ def test_structure_is_ground_truth_depth_and_t_s_is_drawn_per_clip(runs):
     structure.structure_input = lambda d, ts: seen.extend(ts) or original_s(d, ts)
     structure.conditions(batch["pixel_values"], batch["depth"].numpy(), False, step_generator(0, 0, 0, 0))
     assert seen == [0, 0]
+    assert (structure.info()["trained_max_ts"], ts_target.info()["trained_max_ts"]) == (0, 7)
+    # structure_ts at gen1.max_ts=0 from a ts model (the toy build's t_s = 0 run): t_s is 0 only, and the record keeps
+    # the widest blur the weights were trained on (method=gen1 warns beyond it); from a structure model it stays 0.
+    for init, widest in ((runs["structure_ts"], 7), (runs["structure"], 0)):
+        again = build([*TINY, "gen1.stage=structure_ts", "gen1.max_ts=0", f"gen1.init={init}"])
+        seen.clear()
+        original_again = again.structure_input
+        again.structure_input = lambda d, ts: seen.extend(ts) or original_again(d, ts)  # noqa: B023
+        for step in range(4):
+            again.conditions(batch["pixel_values"], batch["depth"].numpy(), False, step_generator(0, step, 0, 0))
+        assert set(seen) == {0} and again.info()["trained_max_ts"] == widest
 
 
 # --- joint image / video training ---------------------------------------------------------------------------------

@@ -345,6 +345,9 @@ class Gen1(TrainingTarget):
         embed_dim = int(self.image_encoder.config.projection_dim)
         self.annotator = load_depth_annotator(str(gen1.depth_model), device) if needs_annotator(cfg) else None
 
+        # The widest blur the weights have been trained on: this run's, or its init's when that is wider (structure_ts
+        # at gen1.max_ts=0 from a ts model keeps what the model learnt of t_s > 0; method=gen1 warns beyond it).
+        self.trained_max_ts = self.max_ts
         if self.stage == "content":
             self.unet = build_gen1_unet(pipe.unet, structure=False, frame_position_encoding=bool(gen1.frame_position_encoding),
                                         max_frames=int(gen1.max_frames), image_embed_dim=embed_dim)
@@ -357,6 +360,9 @@ class Gen1(TrainingTarget):
                     f"gen1.init={self.init_dir} was trained on base model {describe_model(recorded)}, this run's model is "
                     f"{describe_model(self.base_model)}: its latents come from that model's VAE; pass that model")
             check_content_dim(below, embed_dim, "gen1.image_encoder")
+            if self.structure:
+                recorded_max_ts = info.get("trained_max_ts", MAX_TS if info.get("stage") == "ts" else 0)
+                self.trained_max_ts = max(self.max_ts, int(recorded_max_ts))
             # Section 3.4: "We then add conditioning on structure s": 8 zero input channels on the trained model.
             self.unet = add_structure(below) if self.structure and not has_structure(below) else below
             if has_structure(self.unet) != self.structure:
@@ -491,7 +497,7 @@ class Gen1(TrainingTarget):
         diffusion = self.cfg.diffusion
         return {"stage": INFO_STAGE[self.stage], "base_model": self.base_model, "image_encoder": self.image_encoder_ref,
                 "schedule": str(diffusion.schedule), "prediction": str(diffusion.get("prediction", "epsilon")),
-                "max_ts": MAX_TS, "trained_max_ts": self.max_ts, "init": str(self.init_dir.resolve()) if self.init_dir else None,
+                "max_ts": MAX_TS, "trained_max_ts": self.trained_max_ts, "init": str(self.init_dir.resolve()) if self.init_dir else None,
                 "customized_on": str(Path(str(self.cfg.data.subject)).expanduser().resolve()) if self.subject_files else None,
                 "size": int(self.cfg.data.size), "frames": int(self.cfg.data.frames)}
 
