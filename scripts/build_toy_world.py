@@ -367,16 +367,16 @@ def gen1_unet_stage(name: str, out: Path, work: Path, args) -> dict:
     if name == GEN1_UNET[-1]:
         runs += [(run, list(settings)) for run, settings in GEN1_TS_LATER.items()]
     summary = {}
-    for position, (run, settings) in enumerate(runs):
+    for run, settings in runs:
         run_dir = work / f"{name}_{run}"
-        init = f"gen1.init={work / f'{name}_{runs[position - 1][0]}'}" if position else init
         result, command = train("gen1", run_dir, ["experiment=toy_gen1", f"gen1.stage={name.removeprefix('gen1_')}",
                                                   f"model.path={out / 'pipeline'}", *settings, *([init] if init else []),
                                                   *steps_overrides(args)])
-        if position:
-            summary[run] = stage_summary(result, command)
-        else:
+        if run == "run":
             summary.update(stage_summary(result, command))
+        else:
+            summary[run] = stage_summary(result, command)
+        init = f"gen1.init={run_dir}"  # the next run starts from this one's export
     if name == GEN1_UNET[-1]:
         for part in ("unet", "image_encoder"):
             replace_dir(run_dir / part, out / "gen1" / part)

@@ -181,29 +181,26 @@ def test_structure_is_ground_truth_depth_and_t_s_is_drawn_per_clip(runs):
     assert all(float(clip.min()) == 0 and float(clip.max()) == 1 for clip in seen_depth)
     expected = (depth - depth.min()) / (depth.max() - depth.min())
     assert np.abs(seen_depth[0] - expected).max() <= 0.5 / 255 + 1e-6
-    seen = []
-    original = ts_target.structure_input
-    ts_target.structure_input = lambda d, ts: seen.extend(ts) or original(d, ts)
-    for step in range(12):
-        ts_target.conditions(batch["pixel_values"], batch["depth"].numpy(), False, step_generator(0, step, 0, 0))
+    seen = drawn_ts(ts_target, batch, 12)
     assert set(seen) <= set(range(8)) and len(set(seen)) >= 5  # uniform in {0..7}, one per clip
     structure = build([*TINY, "gen1.stage=structure", f"gen1.init={runs['temporal']}"])
-    seen.clear()
-    original_s = structure.structure_input
-    structure.structure_input = lambda d, ts: seen.extend(ts) or original_s(d, ts)
-    structure.conditions(batch["pixel_values"], batch["depth"].numpy(), False, step_generator(0, 0, 0, 0))
-    assert seen == [0, 0]
+    assert drawn_ts(structure, batch, 1) == [0, 0]
     assert (structure.info()["trained_max_ts"], ts_target.info()["trained_max_ts"]) == (0, 7)
     # structure_ts at gen1.max_ts=0 from a ts model (the toy build's t_s = 0 run): t_s is 0 only, and the record keeps
     # the widest blur the weights were trained on (method=gen1 warns beyond it); from a structure model it stays 0.
     for init, widest in ((runs["structure_ts"], 7), (runs["structure"], 0)):
         again = build([*TINY, "gen1.stage=structure_ts", "gen1.max_ts=0", f"gen1.init={init}"])
-        seen.clear()
-        original_again = again.structure_input
-        again.structure_input = lambda d, ts: seen.extend(ts) or original_again(d, ts)  # noqa: B023
-        for step in range(4):
-            again.conditions(batch["pixel_values"], batch["depth"].numpy(), False, step_generator(0, step, 0, 0))
-        assert set(seen) == {0} and again.info()["trained_max_ts"] == widest
+        assert set(drawn_ts(again, batch, 4)) == {0} and again.info()["trained_max_ts"] == widest
+
+
+def drawn_ts(target, batch, steps: int) -> list[int]:
+    """The t_s the target draws for the batch's clips over `steps` steps (its structure input, recorded)."""
+    seen = []
+    original = target.structure_input
+    target.structure_input = lambda depth, ts: seen.extend(ts) or original(depth, ts)
+    for step in range(steps):
+        target.conditions(batch["pixel_values"], batch["depth"].numpy(), False, step_generator(0, step, 0, 0))
+    return seen
 
 
 # --- joint image / video training ---------------------------------------------------------------------------------
