@@ -151,6 +151,10 @@ def main(argv=None) -> int:
             from stylevid.toy import judge_gen1
 
             result = judge_gen1.measure_gen1()
+            for name, key in (("prompt consistency (new colour and shape)", "prompt_consistency_steps"),
+                              ("silhouette IoU", "iou_steps")):
+                print(f"gen1: {name}, each step of t_s {' '.join(map(str, judge_gen1.TS_VALUES))} (mean ± paired SE): "
+                      + ", ".join(f"{mean:+.3f} ± {error:.3f}" for mean, error in result[key]))
         elif part == "image_prompt":
             from stylevid.toy import judge_image_prompt
 

@@ -169,3 +169,14 @@ def test_temporal_guidance_raises_consistency_and_lowers_warp_error_and_ts_raise
 def test_masked_editing_keeps_the_outside_and_edits_the_inside(figures):
     assert figures["masked_outside_ratio"] <= 1.1, figures  # within the input's VAE round trip
     assert figures["masked_inside_colour_followed"] >= 0.8, figures
+
+
+def test_the_judges_steps_are_paired_over_the_videos():
+    """Each step between neighbouring t_s is the mean paired difference and its standard error: a shift shared by
+    every video has no error, and the spread of the differences (not of the videos) sets it."""
+    from stylevid.toy.judge_gen1 import paired_step
+
+    assert paired_step([0.5, 0.7, 0.9], [0.6, 0.8, 1.0]) == pytest.approx((0.1, 0.0), abs=1e-12)
+    mean, error = paired_step([1.0, 2.0, 3.0], [2.0, 4.0, 3.0])  # differences 1, 2, 0
+    assert mean == pytest.approx(1.0) and error == pytest.approx(1.0 / np.sqrt(3))
+    assert paired_step([0.3], [0.5]) == pytest.approx((0.2, 0.0))

@@ -410,5 +410,7 @@ def test_packaged_toy_weights_keep_one_name_on_every_machine():
         here = model_identity(OmegaConf.create({"name": "toy", "path": str(path)}))
         assert here["path"] == "stylevid/toy/weights/pipeline"
         assert describe_model(here) == describe_model(recorded)
+    # model=toy (no path) loads that pipeline: a user continues the shipped toy Gen-1 with model=toy as it is.
+    assert describe_model(model_identity(OmegaConf.create({"name": "toy", "path": None}))) == describe_model(recorded)
     other = model_identity(OmegaConf.create({"name": "toy", "path": str(WEIGHTS.parent)}))
     assert other["path"] == str(WEIGHTS.parent.resolve())  # outside the weights: the resolved path as before

@@ -191,6 +191,12 @@ def test_structure_is_ground_truth_depth_and_t_s_is_drawn_per_clip(runs):
     for init, widest in ((runs["structure_ts"], 7), (runs["structure"], 0)):
         again = build([*TINY, "gen1.stage=structure_ts", "gen1.max_ts=0", f"gen1.init={init}"])
         assert set(drawn_ts(again, batch, 4)) == {0} and again.info()["trained_max_ts"] == widest
+    # gen1.ts_weights: t_s drawn with those weights in place of uniform (half at 0, half over 5..7 here).
+    weighted = build([*TINY, "gen1.stage=structure_ts", f"gen1.init={runs['structure']}", "gen1.ts_weights=[3,0,0,0,0,1,1,1]"])
+    seen = np.array(drawn_ts(weighted, batch, 200))
+    assert set(seen.tolist()) == {0, 5, 6, 7} and abs(np.mean(seen == 0) - 0.5) < 0.08  # binomial sd 0.025 over 400
+    assert weighted.summary()["gen1"]["ts_weights"] == [0.5, 0, 0, 0, 0, 0.166667, 0.166667, 0.166667]
+    assert seen.tolist() == drawn_ts(weighted, batch, 200)  # a function of the step's generator: resumable
 
 
 def drawn_ts(target, batch, steps: int) -> list[int]:
@@ -384,6 +390,10 @@ def test_bad_values_are_one_line_before_anything_loads(runs, subject, tmp_path):
         (["gen1.image_encoder=./no/such/clip"], "gen1.image_encoder=./no/such/clip does not exist"),
         (["gen1.image_batch_share=1.5"], "gen1.image_batch_share"),
         (["gen1.max_ts=9"], "gen1.max_ts"),
+        (["gen1.ts_weights=[1,1]"], "gen1.ts_weights holds 2 weights; gen1.max_ts=7 takes 8"),
+        (["gen1.ts_weights=[0,0,0,0,0,0,0,0]"], "gen1.ts_weights has no positive weight"),
+        (["gen1.ts_weights=[1,-1,0,0,0,0,0,0]"], "gen1.ts_weights\\[1\\]"),
+        (["gen1.ts_weights=3"], "gen1.ts_weights must be a list"),
         (["gen1.content_dropout=-0.1"], "gen1.content_dropout"),
         (["data=images", "data.folder=x"], "target gen1 trains on videos"),
         (["data.frames=9"], "gen1.max_frames=8"),

@@ -77,6 +77,13 @@ def other_shape(rng: np.random.Generator, shape: str) -> str:
     return options[int(rng.integers(len(options)))]
 
 
+def paired_step(before: list[float], after: list[float]) -> tuple[float, float]:
+    """(mean of after - before over the videos, its standard error); the error is 0 for a single video."""
+    differences = np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)
+    error = differences.std(ddof=1) / np.sqrt(len(differences)) if len(differences) > 1 else 0.0
+    return float(differences.mean()), float(error)
+
+
 class _Editor:
     """method=gen1 model=toy on one loaded set of weights; each edit composes its own CLI config."""
 
@@ -178,6 +185,9 @@ def measure_gen1(count: int = GEN1_VIDEOS, seed: int = 80_000, steps: int = 20, 
             masked_colour.append(judge.majority_colour(embedder, np.where(inside[..., None], masked["pixels"], 128).astype(np.uint8))
                                  == colour)
     means = lambda table: [float(np.mean(table[key])) for key in table]  # noqa: E731
+    # Each step between neighbouring t_s, paired over the videos: (mean difference, its standard error), so a reader
+    # tells a step that is there from one within noise (the per-video spread is far wider than the steps).
+    steps = lambda table: [paired_step(table[a], table[b]) for a, b in zip(TS_VALUES, TS_VALUES[1:])]  # noqa: E731
     ratio = lambda pairs: float(np.mean([e for e, _ in pairs]) / np.mean([t for _, t in pairs]))  # noqa: E731
     iou_by_ts, prompt_by_ts = means(iou), means(consistency_to_prompt)
     prompt_same_shape_by_ts = means(consistency_same_shape)
@@ -188,6 +198,7 @@ def measure_gen1(count: int = GEN1_VIDEOS, seed: int = 80_000, steps: int = 20, 
         "iou_by_ts": iou_by_ts, "iou_ts0": iou_by_ts[0], "iou_vae_round_trip": float(np.mean(round_trip_iou)),
         "iou_decreases_with_ts": bool(all(a > b for a, b in zip(iou_by_ts, iou_by_ts[1:]))),
         "prompt_consistency_by_ts": prompt_by_ts,
+        "prompt_consistency_steps": steps(consistency_to_prompt), "iou_steps": steps(iou),
         "prompt_consistency_rises_with_ts": bool(all(a < b for a, b in zip(prompt_by_ts, prompt_by_ts[1:]))),
         "iou_new_shape_by_ts": means(iou_new_shape),
         "prompt_consistency_same_shape_by_ts": prompt_same_shape_by_ts,

@@ -86,8 +86,13 @@ def base_model_record(model_cfg, unet) -> dict:
     return {**model_identity(model_cfg), "unet": {key: plain(unet.config.get(key)) for key in UNET_ESSENTIALS}}
 
 
+# What `model=toy` (no model.path) loads, by the name `packaged_name` gives it: a run on model=toy and a record made
+# with model.path=<the packaged pipeline> (the toy build's) are runs on one model.
+TOY_PIPELINE = "stylevid/toy/weights/pipeline"
+
+
 def describe_model(record: dict) -> str:
-    name = record.get("path") or record.get("name")
+    name = record.get("path") or (TOY_PIPELINE if record.get("name") == "toy" else record.get("name"))
     return f"{name} (seed {record['seed']})" if record.get("seed") is not None else str(name)
 
 

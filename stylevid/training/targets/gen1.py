@@ -240,6 +240,21 @@ def image_batch_drawn(seed: int, step: int, share: float) -> bool:
     return bool(torch.rand((), generator=generator) < share)
 
 
+def ts_distribution(weights, max_ts: int) -> torch.Tensor | None:
+    """`gen1.ts_weights` as the probabilities of t_s = 0, ..., max_ts; None (unset) is the paper's uniform draw."""
+    if weights is None:
+        return None
+    key = "gen1.ts_weights"
+    if isinstance(weights, (str, int, float)) or not hasattr(weights, "__len__"):
+        raise UserInputError(f"{key} must be a list of {max_ts + 1} weights (t_s = 0..gen1.max_ts), got {weights!r}")
+    if len(weights) != max_ts + 1:
+        raise UserInputError(f"{key} holds {len(weights)} weights; gen1.max_ts={max_ts} takes {max_ts + 1} (t_s = 0..{max_ts})")
+    probabilities = torch.tensor([values.number(w, f"{key}[{i}]", 0, None) for i, w in enumerate(weights)], dtype=torch.float64)
+    if probabilities.sum() <= 0:
+        raise UserInputError(f"{key} has no positive weight")
+    return probabilities / probabilities.sum()
+
+
 # --- the target ------------------------------------------------------------------------------------------------------
 
 
@@ -264,7 +279,8 @@ class Gen1(TrainingTarget):
         values.number(gen1.image_batch_share, "gen1.image_batch_share", 0, 1)
         values.number(gen1.content_dropout, "gen1.content_dropout", 0, 1)
         values.number(gen1.structure_dropout, "gen1.structure_dropout", 0, 1)
-        values.integer(gen1.max_ts, "gen1.max_ts", 0, MAX_TS)
+        max_ts = values.integer(gen1.max_ts, "gen1.max_ts", 0, MAX_TS)
+        ts_distribution(gen1.get("ts_weights"), max_ts)
         if not isinstance(gen1.frame_position_encoding, bool):
             raise UserInputError(f"gen1.frame_position_encoding must be true or false, got {gen1.frame_position_encoding!r}")
         max_frames = values.integer(gen1.max_frames, "gen1.max_frames", 1, None)
@@ -313,6 +329,7 @@ class Gen1(TrainingTarget):
         self.image_batch_share = 1.0 if self.stage == "content" else float(gen1.image_batch_share)
         self.content_dropout, self.structure_dropout = float(gen1.content_dropout), float(gen1.structure_dropout)
         self.max_ts = int(gen1.max_ts) if self.stage == "structure_ts" else 0
+        self.ts_weights = ts_distribution(gen1.get("ts_weights"), self.max_ts) if self.stage == "structure_ts" else None
         self.structure = self.stage in ("structure", "structure_ts")
         self.image_encoder_ref = clip_reference(gen1.image_encoder, cfg.model.get("name"))
         self.init_dir = resolve_gen1_dir(gen1.init, "gen1.init") if self.stage != "content" else None
@@ -445,7 +462,10 @@ class Gen1(TrainingTarget):
         count = content.shape[0]
         keep_content = (torch.rand(count, generator=generator) >= self.content_dropout).to(self.device)
         content = content * keep_content.view(-1, 1, 1)
-        ts = torch.randint(0, self.max_ts + 1, (batch_size,), generator=generator)
+        if self.ts_weights is None:  # the paper: uniform
+            ts = torch.randint(0, self.max_ts + 1, (batch_size,), generator=generator)
+        else:
+            ts = torch.multinomial(self.ts_weights, batch_size, replacement=True, generator=generator)
         keep_structure = (torch.rand(count, generator=generator) >= self.structure_dropout).to(self.device)
         structure = None
         if self.structure:
@@ -548,8 +568,10 @@ class Gen1(TrainingTarget):
                          "subject_images": len(self.subject_files)},
                 "gen1": {"stage": self.stage, "init": str(self.init_dir) if self.init_dir else None,
                          "image_encoder": self.image_encoder_ref, "image_batch_share": self.image_batch_share,
-                         "max_ts": self.max_ts, "depth": ("toy ground truth" if self.annotator is None and self.structure
-                                                          else str(self.cfg.gen1.depth_model) if self.structure else None)}}
+                         "max_ts": self.max_ts,
+                         "ts_weights": None if self.ts_weights is None else [round(float(p), 6) for p in self.ts_weights],
+                         "depth": ("toy ground truth" if self.annotator is None and self.structure
+                                   else str(self.cfg.gen1.depth_model) if self.structure else None)}}
 
 
 def needs_annotator(cfg) -> bool:
