@@ -869,8 +869,8 @@ def train_gen1_row(ctx: Context) -> Plan:
     target = target_for_step(
         Gen1, cfg, ctx, stage="structure", objective=DiffusionObjective.from_config(cfg.diffusion),
         image_batch_share=0.0, content_dropout=float(gen1.content_dropout), structure_dropout=float(gen1.structure_dropout),
-        max_ts=0, structure=True, vae=pipe.vae, image_encoder=encoder, feature_extractor=feature_extractor, annotator=None,
-        unet=unet)
+        max_ts=0, ts_weights=None, structure=True, vae=pipe.vae, image_encoder=encoder, feature_extractor=feature_extractor,
+        annotator=None, unet=unet)
     size, frames, batch = ctx.work["train_gen1"]
     items = {**clip_batch(ctx, "train_gen1", captions=False),
              "depth": torch.rand(batch, frames, size, size, generator=generator(1))}
