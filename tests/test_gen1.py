@@ -86,6 +86,15 @@ def test_text_content_through_the_prior_with_temporal_guidance_and_windows(tmp_p
     assert both["gen1"]["content"]["source"] == "prompt+image" and both["gen1"]["content"]["mix"] == 0.25
 
 
+def test_a_ts_past_the_one_pixel_blur_is_named_in_one_warning(tmp_path, capsys, clip):
+    """32-px depth is one pixel from t_s = 5 on: t_s = 7 runs and says so; t_s = 5 does not warn."""
+    for ts, warned in ((7, True), (5, False)):
+        code, _, err = run_stylevid(["generate", "method=gen1", f"input={clip}", *TINY, f"output_dir={tmp_path / str(ts)}",
+                                     "prompt=a blue square", f"method.ts={ts}"], capsys)
+        assert code == 0, err
+        assert ("method.ts=7 blurs 32x32 depth to one pixel, as t_s=5 does" in err) == warned, err
+
+
 def test_outside_an_empty_edit_region_the_output_is_the_input_or_its_vae_round_trip(tmp_path, capsys, clip):
     """Masked editing keeps the input's latents outside the edited region: with nothing to edit (an all-black mask,
     edit_region=foreground) the whole output is the input encoded and decoded by the VAE (keep_outside=latents), or
@@ -261,6 +270,17 @@ def test_blur_keeps_the_depth_at_ts_0_and_removes_more_high_frequencies_as_ts_gr
     assert blurred.shape == depth.shape and abs(blurred.mean() - depth.mean()) < 0.01  # the level is kept
     with pytest.raises(UserInputError, match=r"ts must be an integer in \[0, 7\]"):
         model.blur_structure(depth, 8)
+
+
+def test_the_blur_reaches_one_pixel_where_single_pixel_ts_says():
+    """From `single_pixel_ts` on the blurred map is one constant pixel, the same at every later t_s (64 px: 6 and 7,
+    which method=gen1 warns of); one level before it still varies. 256 px keeps 2 pixels at t_s = 7."""
+    assert (model.single_pixel_ts(64, 64), model.single_pixel_ts(256, 448), model.single_pixel_ts(48, 80)) == (6, 9, 7)
+    depth = np.random.default_rng(1).random((1, 48, 80)).astype(np.float32)
+    flat = model.single_pixel_ts(48, 80)
+    assert np.ptp(model.blur_structure(depth, flat - 1)) > 1e-4 and np.ptp(model.blur_structure(depth, flat)) < 1e-6
+    square = np.random.default_rng(2).random((1, 64, 64)).astype(np.float32)
+    assert np.array_equal(model.blur_structure(square, 6), model.blur_structure(square, 7))
 
 
 # --- the model ---------------------------------------------------------------------------------------------------------

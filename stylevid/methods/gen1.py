@@ -435,6 +435,10 @@ def generate(models: Gen1Models, settings: Gen1Settings, reporter: StageReporter
                              max_frames=settings.max_frames, label="input")
     with reporter.stage("structure"):  # s: depth, blurred t_s times, encoded, with the t_s embedding
         depth = read_depth(models, settings, frames)
+        flat = model.single_pixel_ts(*depth.shape[1:])
+        if settings.ts > flat:  # a sweep over t_s should know its last levels are one structure
+            log.warning("method.ts=%d blurs %dx%d depth to one pixel, as t_s=%d does: beyond t_s=%d only the t_s "
+                        "channels differ", settings.ts, depth.shape[2], depth.shape[1], flat, flat)
         structure = model.structure_condition(models.vae, depth, settings.ts, frames_per_encode=FRAMES_PER_VAE_CALL,
                                               device=device)
         structure = structure.permute(1, 0, 2, 3)[None]  # (1, 8, F, h, w)

@@ -114,6 +114,16 @@ def check_ts(ts, key: str = "ts") -> int:
     return int(ts)
 
 
+def single_pixel_ts(height: int, width: int) -> int:
+    """The smallest t_s whose blur leaves one pixel of a (height, width) depth map (`cv2.pyrDown` halves each side,
+    rounding up); from there on every t_s gives the same constant map and only the t_s channels differ. 64 px: 6
+    (the paper's 256-px frames keep 2 pixels at its T_s = 7)."""
+    ts = 0
+    while max(height, width) > 1:
+        height, width, ts = (height + 1) // 2, (width + 1) // 2, ts + 1
+    return ts
+
+
 def blur_structure(depth: np.ndarray, ts: int) -> np.ndarray:
     """t_s iterations of blurring and downsampling of depth maps (F, H, W) in [0, 1], resampled back to (H, W)
     bilinearly (Section 3.3). `cv2.pyrDown` is one iteration: a 5x5 Gaussian blur, then every second pixel.
