@@ -197,6 +197,41 @@ def test_unconditional_branch_has_no_exemplar_and_the_conditional_one_uses_it():
     assert not torch.allclose(both[1], other_exemplar[1], atol=1e-3)  # the conditional row does
 
 
+def test_a_video_whose_coarse_tokens_are_dropped_reads_the_layers_own_kv_and_still_the_exemplar():
+    """target.coarse_dropout's sample (`ImagePromptState.composed` False, `conditioned` True): its text
+    cross-attention is the layer's own (K, V copies back at the originals give the same video), and the exemplar
+    still reaches it; with `composed` True the trained copies are read."""
+    pipe, unet, mapper = tiny_parts()
+    adapter = ip.ImagePromptAdapter(mapper, unet, fine=True)
+    originals = {k: v.clone() for k, v in adapter.kv.state_dict().items()}
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for parameter in [*adapter.kv.parameters(), *adapter.exemplar.parameters()]:
+            parameter.add_(0.5 * torch.randn_like(parameter))
+        for gates in adapter.gates():
+            gates.injection.fill_(1.0)
+    state = ip.ImagePromptState(position_encoding=True)
+    video, context, exemplar = torch.randn(1, 4, 3, 8, 8), torch.randn(1, 77, 32), torch.randn(1, 4, 8, 8)
+
+    def run(composed, exemplar_latent):
+        with ip.installed(unet, adapter, state), torch.no_grad():
+            state.conditioned, state.latent_size = torch.tensor([True]), (8, 8)
+            ip.run_exemplar_pass(unet, state, exemplar_latent, torch.tensor([400]), context, torch.tensor([composed]))
+            state.composed = torch.tensor([composed])
+            try:
+                return unet(video, 400, encoder_hidden_states=context.repeat(3, 1, 1)).sample
+            finally:
+                state.composed = None
+
+    dropped, composed = run(False, exemplar), run(True, exemplar)
+    assert not torch.allclose(dropped, composed, atol=1e-3)  # the trained copies matter where composed
+    assert not torch.allclose(dropped, run(False, exemplar + 1), atol=1e-3)  # the exemplar reaches a dropped video
+    trained = {k: v.clone() for k, v in adapter.kv.state_dict().items()}
+    adapter.kv.load_state_dict(originals)
+    torch.testing.assert_close(run(True, exemplar), dropped, atol=1e-5, rtol=1e-5)  # dropped = the layer's own K, V
+    adapter.kv.load_state_dict(trained)
+
+
 def test_generate_writes_the_record_and_fine_and_position_encoding_change_the_video(star_image, tmp_path, capsys):
     runs = {}
     for name, extra in (("full", []), ("no_pe", ["method.position_encoding=false"]), ("coarse", ["method.fine=false"])):
@@ -375,9 +410,35 @@ def test_a_fine_step_whose_samples_all_drop_the_image_prompt_still_trains(tmp_pa
     assert (tmp_path / "fine_run" / ip.PROCESSORS_FILE).is_file()
 
 
+def test_coarse_dropout_keeps_the_exemplar_and_drops_the_coarse_tokens_of_its_share(tmp_path):
+    """target.coarse_dropout=0.5 (fine stage): about half the kept samples are trained without their coarse tokens,
+    every kept one with its exemplar; the mapper then reads only the composed ones' features."""
+    from stylevid.train import run_train
+    from stylevid.training.targets import Step
+    from stylevid.training.targets.image_prompt import ImagePromptTarget
+
+    coarse = run_train(train_cfg(["target.stage=coarse", "trainer.max_steps=1", f"output_dir={tmp_path / 'coarse'}"]))
+    cfg = train_cfg(["target.stage=fine", f"target.init={coarse}", "diffusion.caption_dropout=0.0",
+                     "target.coarse_dropout=0.5", f"output_dir={tmp_path / 'fine'}"])
+    target = ImagePromptTarget(cfg, torch.device("cpu"), torch.float32, 0)
+    batch = target.collate([target.dataset()[i] for i in range(2)])
+    seen = []
+    original = target.predict
+    target.trainable._predict = lambda *args: seen.append((args[4].clone(), args[7].clone(), len(args[5]))) or original(*args)
+    with torch.no_grad():
+        for step in range(12):
+            target.loss(target.model, batch, Step(step, 0, 0, 1, torch.Generator().manual_seed(step)))
+    kept = torch.cat([k for k, _, _ in seen])
+    composed = torch.cat([c for _, c, _ in seen])
+    assert bool(kept.all()) and 0.25 <= float((~composed).float().mean()) <= 0.75  # 24 draws of 0.5
+    assert all(n == int(c.sum()) for _, c, n in seen)  # the mapper's features: the composed samples only
+
+
 def test_fine_without_init_and_a_bad_stage_are_one_line_exit_2(tmp_path, capsys):
     for args, message in ((["target.stage=fine"], "target.stage=fine trains the injection on a trained coarse stage"),
-                          (["target.stage=late"], "target.stage must be one of coarse, fine, joint")):
+                          (["target.stage=late"], "target.stage must be one of coarse, fine, joint"),
+                          (["target.coarse_dropout=0.5"], "target.coarse_dropout is for target.stage=fine"),
+                          (["target.stage=fine", "target.coarse_dropout=1.0"], "target.coarse_dropout must be a number in")):
         code, out, err = run_stylevid(["train", "image_prompt", *TRAIN[1:], *args, f"output_dir={tmp_path / 'run'}"], capsys)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "run").exists()

@@ -245,19 +245,24 @@ class ImagePromptState:
     """Shared by every processor of one UNet: set before each UNet call (`conditioned`), filled by the exemplar pass."""
 
     conditioned: torch.Tensor | None = None  # (videos,) bool
+    # (videos,) bool: which videos' text cross-attention reads the composed text through the K, V copies; None: the
+    # `conditioned` ones. Fine-stage training with target.coarse_dropout keeps the exemplar of a video whose coarse
+    # tokens it drops (plain caption, the layer's own K, V).
+    composed: torch.Tensor | None = None
     exemplars: dict[str, torch.Tensor] = field(default_factory=dict)  # layer -> (conditioned videos, tokens, C)
     recording: bool = False  # inside the exemplar pass
     position_encoding: bool = True
     latent_size: tuple[int, int] | None = None  # the top latent grid (h, w) of the current call
 
-    def row_mask(self, rows: int, device) -> torch.Tensor:
-        """One bool per UNet row: the video's `conditioned` repeated over its frames."""
+    def row_mask(self, rows: int, device, text: bool = False) -> torch.Tensor:
+        """One bool per UNet row: the video's `conditioned` (with `text`, its `composed`) repeated over its frames."""
         if self.conditioned is None:
             raise RuntimeError("image prompt: a UNet call without ImagePromptState.conditioned set")
-        videos = len(self.conditioned)
+        mask = self.composed if text and self.composed is not None else self.conditioned
+        videos = len(mask)
         if rows % videos:
             raise RuntimeError(f"image prompt: {rows} UNet rows are not {videos} videos of equal length")
-        return self.conditioned.to(device).repeat_interleave(rows // videos)
+        return mask.to(device).repeat_interleave(rows // videos)
 
 
 def _heads(attn, x: torch.Tensor) -> torch.Tensor:
@@ -284,7 +289,7 @@ class ComposedTextAttnProcessor:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
         query = attn.to_q(hidden_states)
         context = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
-        composed = self.state.row_mask(batch, context.device)[:, None, None]
+        composed = self.state.row_mask(batch, context.device, text=True)[:, None, None]
         key = torch.where(composed, self.to_k(context), attn.to_k(context))
         value = torch.where(composed, self.to_v(context), attn.to_v(context))
         query, key, value = _heads(attn, query), _heads(attn, key), _heads(attn, value)
@@ -491,20 +496,22 @@ def motion_modules(unet) -> list[torch.nn.Module]:
 
 
 def run_exemplar_pass(unet, state: ImagePromptState, latents: torch.Tensor, timesteps: torch.Tensor,
-                      context: torch.Tensor) -> None:
+                      context: torch.Tensor, composed: torch.Tensor | None = None) -> None:
     """x_I^t (n, C, h, w) through the UNet as n one-frame clips, motion modules off, each under the composed text
-    `context` (n, tokens, D) of its video; every ExemplarAttnProcessor records its input. Gradients flow when the
-    caller's grad mode is on (the joint stage trains the mapper and K, V copies the pass reads)."""
+    `context` (n, tokens, D) of its video (`composed`, (n,) bool: which of them; None: all); every
+    ExemplarAttnProcessor records its input. Gradients flow when the caller's grad mode is on (the joint stage trains
+    the mapper and K, V copies the pass reads)."""
     from ..attention.reference import _temporal_layers_off  # the style reference pass's switch, shared
 
-    saved = state.conditioned
+    saved = state.conditioned, state.composed
     state.exemplars, state.recording = {}, True
-    state.conditioned = torch.ones(latents.shape[0], dtype=torch.bool)
+    state.conditioned, state.composed = torch.ones(latents.shape[0], dtype=torch.bool), composed
     try:
         with _temporal_layers_off(motion_modules(unet)):
             unet(latents.unsqueeze(2), timesteps, encoder_hidden_states=context, return_dict=False)
     finally:
-        state.recording, state.conditioned = False, saved
+        state.recording = False
+        state.conditioned, state.composed = saved
 
 
 # --- weights directory -------------------------------------------------------------------------------------------------

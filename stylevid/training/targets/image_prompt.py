@@ -59,6 +59,12 @@ class ImagePromptTarget(TrainingTarget):
         target = cfg.target
         if target.stage not in ip.STAGES:
             raise UserInputError(f"target.stage must be one of {', '.join(ip.STAGES)}, got {target.stage!r}")
+        dropout = target.get("coarse_dropout", 0.0)
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise UserInputError(f"target.coarse_dropout must be a number in [0, 1), got {dropout!r}")
+        if dropout and target.stage != "fine":
+            raise UserInputError(f"target.coarse_dropout is for target.stage=fine (the exemplar carries the image "
+                                 f"where the coarse tokens are dropped), not target.stage={target.stage}")
         if target.get("init"):
             init = Path(str(target.init)).expanduser()
             if not init.is_dir():
@@ -76,6 +82,7 @@ class ImagePromptTarget(TrainingTarget):
         super().__init__(cfg, device, weight_dtype, rank)
         target = cfg.target
         self.stage = str(target.stage)
+        self.coarse_dropout = float(target.get("coarse_dropout", 0.0))
         self.objective = DiffusionObjective.from_config(cfg.diffusion)
         self.items = image_prompt_dataset(cfg)
         self.init = init_weights(target.get("init"))
@@ -158,6 +165,9 @@ class ImagePromptTarget(TrainingTarget):
             noise = objective.noise(latents, generator)
             timesteps = objective.timesteps(batch_size, generator)
             kept = ~objective.dropped(batch_size, generator)  # dropped: no caption and no image prompt (CFG's branch)
+            composed = kept.clone()  # the coarse tokens with their K, V copies; target.coarse_dropout drops some
+            if self.coarse_dropout > 0:  # drawn only then: a run without it keeps its stream of draws
+                composed &= torch.rand(batch_size, generator=generator) >= self.coarse_dropout
             noisy = objective.add_noise(latents, noise, timesteps)
             crops = [ip.prepare_image_prompt(crop, None, height, width) for crop in batch["crops"]]
             exemplar = posterior_mean(vae, crops, self.device)
@@ -167,30 +177,32 @@ class ImagePromptTarget(TrainingTarget):
             features = ip.clip_layer_features(self.image_encoder, pixels_clip.to(self.device, self.image_encoder.dtype),
                                               list(self.adapter.mapper.config.clip_layers)).float()
         captions = [caption if keep else "" for caption, keep in zip(batch["captions"], kept.tolist())]
-        prediction = model(noisy, timesteps.to(self.device), captions, list(batch["subjects"]), kept, features[kept],
-                           noisy_exemplar)
+        prediction = model(noisy, timesteps.to(self.device), captions, list(batch["subjects"]), kept, features[composed],
+                           noisy_exemplar, composed)
         return objective.loss(prediction, latents, noise, timesteps)
 
-    def predict(self, noisy, timesteps, captions, subjects, kept, features, noisy_exemplar):
-        """ε_θ(z_t, c_T, t) with the image prompt on the kept samples (the forward of the prepared module)."""
+    def predict(self, noisy, timesteps, captions, subjects, kept, features, noisy_exemplar, composed=None):
+        """ε_θ(z_t, c_T, t) with the image prompt on the kept samples (the forward of the prepared module): the
+        coarse tokens on the `composed` ones (default: all kept), the exemplar on every kept one."""
         frames = noisy.shape[2]
+        composed = kept if composed is None else composed
         context = self.text_encoder(caption_ids(self.tokenizer, captions).to(self.device))[0].float()
-        if bool(kept.any()):
+        if bool(composed.any()):
             num_tokens = self.adapter.mapper.config.num_tokens
             prompts = [ip.compose_prompt(self.tokenizer, c, s, num_tokens)
-                       for c, s, keep in zip(captions, subjects, kept.tolist()) if keep]
+                       for c, s, keep in zip(captions, subjects, composed.tolist()) if keep]
             tokens = self.adapter.mapper(features)
-            composed = ip.composed_text_embeddings(self.text_encoder, prompts, tokens.to(self.text_encoder.dtype)).float()
+            with_tokens = ip.composed_text_embeddings(self.text_encoder, prompts, tokens.to(self.text_encoder.dtype)).float()
             context = context.clone()
-            context[kept.to(self.device)] = composed
+            context[composed.to(self.device)] = with_tokens
         state = self.state
         state.latent_size = tuple(noisy.shape[-2:])
         state.exemplars = {}
         if self.adapter.fine and bool(kept.any()):
             self.unet.eval()  # never checkpointed (see enable_gradient_checkpointing)
             ip.run_exemplar_pass(self.unet, state, noisy_exemplar.to(self.unet.dtype), timesteps[kept.to(timesteps.device)],
-                                 context[kept.to(self.device)].to(self.unet.dtype))
-        state.conditioned = kept.clone()
+                                 context[kept.to(self.device)].to(self.unet.dtype), composed[kept])
+        state.conditioned, state.composed = kept.clone(), composed.clone()
         self.unet.train(self.checkpointing)
         try:
             prediction = self.unet(noisy.to(self.unet.dtype), timesteps,
