@@ -901,7 +901,7 @@ def train_image_prompt_row(ctx: Context) -> Plan:
     original = unet.attn_processors
     unet.set_attn_processor({**original, **adapter.processors(state)})  # persistent, as the target sets them
     target = target_for_step(
-        ImagePromptTarget, cfg, ctx, stage=stage, objective=DiffusionObjective.from_config(cfg.diffusion),
+        ImagePromptTarget, cfg, ctx, stage=stage, objective=DiffusionObjective.from_config(cfg.diffusion), coarse_dropout=0.0,
         vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=unet, image_encoder=encoder,
         processor=processor, adapter=adapter, state=state)
     target.trainable = _Trainable(adapter, target.predict)
