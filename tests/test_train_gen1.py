@@ -394,6 +394,8 @@ def test_bad_values_are_one_line_before_anything_loads(runs, subject, tmp_path):
         (["gen1.ts_weights=[0,0,0,0,0,0,0,0]"], "gen1.ts_weights has no positive weight"),
         (["gen1.ts_weights=[1,-1,0,0,0,0,0,0]"], "gen1.ts_weights\\[1\\]"),
         (["gen1.ts_weights=3"], "gen1.ts_weights must be a list"),
+        (["gen1.stage=structure", f"gen1.init={runs['temporal']}", "gen1.ts_weights=[1,0,0,0,0,0,0,1]"],
+         "gen1.ts_weights is for gen1.stage=structure_ts"),
         (["gen1.content_dropout=-0.1"], "gen1.content_dropout"),
         (["data=images", "data.folder=x"], "target gen1 trains on videos"),
         (["data.frames=9"], "gen1.max_frames=8"),

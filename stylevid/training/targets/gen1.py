@@ -280,7 +280,9 @@ class Gen1(TrainingTarget):
         values.number(gen1.content_dropout, "gen1.content_dropout", 0, 1)
         values.number(gen1.structure_dropout, "gen1.structure_dropout", 0, 1)
         max_ts = values.integer(gen1.max_ts, "gen1.max_ts", 0, MAX_TS)
-        ts_distribution(gen1.get("ts_weights"), max_ts)
+        if ts_distribution(gen1.get("ts_weights"), max_ts) is not None and stage != "structure_ts":
+            raise UserInputError(f"gen1.ts_weights is for gen1.stage=structure_ts (the stages before it train at t_s = 0), "
+                                 f"not gen1.stage={stage}")
         if not isinstance(gen1.frame_position_encoding, bool):
             raise UserInputError(f"gen1.frame_position_encoding must be true or false, got {gen1.frame_position_encoding!r}")
         max_frames = values.integer(gen1.max_frames, "gen1.max_frames", 1, None)
