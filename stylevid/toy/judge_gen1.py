@@ -80,8 +80,7 @@ def other_shape(rng: np.random.Generator, shape: str) -> str:
 def paired_step(before: list[float], after: list[float]) -> tuple[float, float]:
     """(mean of after - before over the videos, its standard error); the error is 0 for a single video."""
     differences = np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)
-    error = differences.std(ddof=1) / np.sqrt(len(differences)) if len(differences) > 1 else 0.0
-    return float(differences.mean()), float(error)
+    return float(differences.mean()), judge.standard_error(differences) if len(differences) > 1 else 0.0
 
 
 class _Editor:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ... import values
 from ...data.image_prompt import collate_image_prompt, image_prompt_dataset
 from ...errors import UserInputError
 from ...models import image_prompt as ip
@@ -59,9 +60,9 @@ class ImagePromptTarget(TrainingTarget):
         target = cfg.target
         if target.stage not in ip.STAGES:
             raise UserInputError(f"target.stage must be one of {', '.join(ip.STAGES)}, got {target.stage!r}")
-        dropout = target.get("coarse_dropout", 0.0)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise UserInputError(f"target.coarse_dropout must be a number in [0, 1), got {dropout!r}")
+        dropout = values.number(target.get("coarse_dropout", 0.0), "target.coarse_dropout", 0)
+        if dropout >= 1:  # the injection would never train beside the coarse tokens it samples with
+            raise UserInputError(f"target.coarse_dropout must be a number in [0, 1), got {dropout:g}")
         if dropout and target.stage != "fine":
             raise UserInputError(f"target.coarse_dropout is for target.stage=fine (the exemplar carries the image "
                                  f"where the coarse tokens are dropped), not target.stage={target.stage}")
@@ -181,11 +182,10 @@ class ImagePromptTarget(TrainingTarget):
                            noisy_exemplar, composed)
         return objective.loss(prediction, latents, noise, timesteps)
 
-    def predict(self, noisy, timesteps, captions, subjects, kept, features, noisy_exemplar, composed=None):
+    def predict(self, noisy, timesteps, captions, subjects, kept, features, noisy_exemplar, composed):
         """ε_θ(z_t, c_T, t) with the image prompt on the kept samples (the forward of the prepared module): the
-        coarse tokens on the `composed` ones (default: all kept), the exemplar on every kept one."""
+        coarse tokens on the `composed` ones, the exemplar on every kept one."""
         frames = noisy.shape[2]
-        composed = kept if composed is None else composed
         context = self.text_encoder(caption_ids(self.tokenizer, captions).to(self.device))[0].float()
         if bool(composed.any()):
             num_tokens = self.adapter.mapper.config.num_tokens
