@@ -491,3 +491,43 @@ def csv_rows(path):
 
     with open(path, newline="") as file:
         yield from csv.DictReader(file)
+
+
+def test_a_bundled_base_unet_runs_under_the_parts_and_its_own_copy_changes_nothing(star_image, tmp_path, capsys):
+    """Weights whose manifest names base_unet (a personalized UNet shipped with them, the toy's accent model) run on
+    it in place of the model's UNet: bundling the model's own UNet gives the video without it bit for bit, a changed
+    one another video, and result.json records it; a base_unet that is missing is one line, exit 2, nothing written."""
+    import shutil
+
+    from stylevid.train import run_train
+
+    weights = run_train(train_cfg(["target.stage=coarse", "trainer.max_steps=1", f"output_dir={tmp_path / 'coarse'}"]))
+    manifest = ip.read_manifest(weights)
+    own, changed = tmp_path / "own", tmp_path / "changed"
+    unet = tiny_pipeline(0).unet
+    for root, shift in ((own, 0.0), (changed, 0.05)):
+        shutil.copytree(weights, root)
+        with torch.no_grad():
+            for parameter in unet.parameters():
+                parameter.add_(shift)
+        unet.save_pretrained(str(root / "personal" / "unet"))
+        (root / ip.MANIFEST).write_text(json.dumps({**manifest, "base_unet": "personal/unet"}))
+
+    def first_frame(root, name):
+        code, _, err = run_stylevid(["generate", "method=image_prompt", *TINY, f"image_prompt={star_image}", "subject=star",
+                                     "prompt=a star moving right", "method.fine=false", f"method.weights={root}",
+                                     f"output_dir={tmp_path / name}"], capsys)
+        assert code == 0, err
+        return cv2.VideoCapture(str(tmp_path / name / "video.mp4")).read()[1]
+
+    plain, bundled_own, bundled_changed = (first_frame(root, name) for root, name in
+                                           ((weights, "plain"), (own, "own_run"), (changed, "changed_run")))
+    assert np.array_equal(plain, bundled_own) and not np.array_equal(plain, bundled_changed)
+    assert json.loads((tmp_path / "changed_run" / "result.json").read_text())["weights"]["base_unet"] == "personal/unet"
+
+    shutil.rmtree(changed / "personal")
+    code, _, err = run_stylevid(["generate", "method=image_prompt", *TINY, f"image_prompt={star_image}", "subject=star",
+                                 "prompt=a star moving right", "method.fine=false", f"method.weights={changed}",
+                                 f"output_dir={tmp_path / 'gone'}"], capsys)
+    assert code == 2 and "its manifest names base_unet 'personal/unet'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "gone").exists()

@@ -135,3 +135,49 @@ def test_bad_toy_vae_settings_are_one_line(tmp_path, capsys, overrides, message)
 
     code, _, err = run_stylevid(["train", "toy_vae", "device=cpu", *overrides, f"output_dir={tmp_path / 'run'}"], capsys)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_accented_frames_differ_from_the_plain_ones_only_on_their_accents():
+    """frame_batch(accent=True) draws the same scenes, frames and captions as without it, each object wearing an
+    accent other than its own colour: only pixels of the objects change."""
+    from stylevid.data import toy_world
+    from stylevid.training import toy
+
+    plain, plain_captions, plain_scenes = toy.frame_batch(6, 2, 7)
+    accented, captions, scenes = toy.frame_batch(6, 2, 7, accent=True)
+    assert captions == plain_captions
+    assert all(s.accent in toy_world.COLOURS and s.accent != s.colour for s in scenes)
+    assert [toy_world.with_attribute(s, accent="") for s in scenes] == plain_scenes
+    changed = (plain != accented).any(1)
+    assert changed.any()
+    saturated = (accented.amax(1) - accented.amin(1)) * 127.5 >= 80  # object pixels (backgrounds are not saturated)
+    assert not (changed & ~saturated).any()
+
+
+def test_a_personalized_toy_unet_continues_its_init_and_trains_on_accents(tmp_path):
+    """toy.init_path= a pipeline: the run starts from its UNet (at a learning rate far below float32 resolution the export is that UNet, weight for weight,
+    not the seeded factory one); toy.accent is recorded in the run's summary."""
+    from diffusers import UNet2DConditionModel
+
+    from stylevid.training import toy
+
+    init = toy.toy_unet()
+    with torch.no_grad():
+        for parameter in init.parameters():
+            parameter.add_(0.01)
+    init.save_pretrained(str(tmp_path / "init" / "unet"))
+    run_dir, result = train(tmp_path, "toy_t2i", f"toy.init_path={tmp_path / 'init'}", "toy.accent=true",
+                            "trainer.batch_size=2", "trainer.max_steps=1", "trainer.lr=1e-30", "trainer.weight_decay=0",
+                            "trainer.warmup_steps=0")
+    exported = UNet2DConditionModel.from_pretrained(str(run_dir / "pipeline" / "unet")).state_dict()
+    assert all(torch.equal(value, exported[key]) for key, value in init.state_dict().items())
+    assert result["accent"] is True and result["inputs"]["init"].endswith("unet")
+
+
+def test_a_toy_unet_init_that_is_no_unet_is_one_line(tmp_path, capsys):
+    from conftest import run_stylevid
+
+    code, _, err = run_stylevid(["train", "toy_t2i", "device=cpu", f"toy.init_path={tmp_path}",
+                                 f"output_dir={tmp_path / 'run'}"], capsys)
+    assert code == 2 and "is neither a pipeline with a unet/ nor a UNet directory" in err
+    assert len(err.strip().splitlines()) == 1, err
