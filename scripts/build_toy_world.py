@@ -30,12 +30,8 @@ clips with the toy world's ground-truth depth:
                                           then from that run at t_s = 0 alone (gen1.max_ts=0)
   gen1_vae           gen1/vae/            `stylevid train toy_vae toy.trainable=decoder` from pipeline/vae: the
                                           toy VAE's decoder fine-tuned, its encoder (so every latent) unchanged
-The toy image prompts (method=image_prompt model=toy), on a toy AnimateDiff model (a personalized toy UNet +
-motion_module/, frozen) and toy clips whose captions never name the object's colour and whose objects wear an accent
-no caption names (conf/experiment/toy_image_prompt.yaml):
-  ip_base     image_prompt/unet/   `stylevid train toy_t2i toy.init_path=pipeline/ toy.accent=true`: the toy UNet
-                                   fine-tuned on accented objects (a personalized model; float16), shipped in
-                                   image_prompt/ (its manifest's base_unet; image_prompt_joint/ names it too)
+The toy image prompts (method=image_prompt model=toy), on the toy AnimateDiff model (pipeline/ + motion_module/,
+frozen) and toy clips whose captions never name the object's colour (conf/experiment/toy_image_prompt.yaml):
   ip_coarse   -                    `stylevid train image_prompt experiment=toy_image_prompt target.stage=coarse`
   ip_fine     image_prompt/        ... target.stage=fine from the coarse run (Section 3.3's coarse-to-fine)
   ip_joint    image_prompt_joint/  ... target.stage=joint, as many steps as both (the paper's ablation)
@@ -68,20 +64,13 @@ VIDEOGEN = ("vg_decoder", "vg_flow", "vg_refiner", "vg_base", "vg_sr")
 VIDEOGEN_FLOAT16 = ("vg_refiner", "vg_base", "vg_sr")
 GEN1_UNET = ("gen1_content", "gen1_temporal", "gen1_structure", "gen1_structure_ts")  # in training order
 GEN1 = ("gen1_depth", "gen1_prior", *GEN1_UNET, "gen1_vae")
-IMAGE_PROMPT = ("ip_base", "ip_coarse", "ip_fine", "ip_joint")
+IMAGE_PROMPT = ("ip_coarse", "ip_fine", "ip_joint")
 STAGES = ("vae", "clip", "unet", "motion", *VIDEOGEN, *GEN1, *IMAGE_PROMPT)
 # --stage also takes a family: its stages, in order (all: every stage).
 GROUPS = {"all": STAGES, "toy": ("vae", "clip", "unet", "motion"), "videogen": VIDEOGEN, "gen1": GEN1,
           "image_prompt": IMAGE_PROMPT}
 # Steps of each image-prompt stage; the joint ablation gets the two stages' steps together.
 IMAGE_PROMPT_STEPS = {"ip_coarse": 1500, "ip_fine": 1500, "ip_joint": 3000}
-# The personalized base of the toy image prompts: the toy UNet continued on frames whose objects all wear an accent
-# (a disc of a second colour on their centre). The packaged toy UNet has never drawn a two-coloured object, so with it
-# under them the image-prompt stages trained on accented clips made multi-coloured blobs (README, "The toy image
-# prompts"): an accent is an appearance the prompt cannot name, which the fine stage is for, and a personalized model
-# that can draw it is what the paper's models (SD and its fine-tunes) are to real subjects.
-IP_BASE = ("toy.accent=true", "trainer.max_steps=2500", "trainer.cycles=1", "trainer.lr=3.0e-4",
-           "trainer.warmup_steps=100", "trainer.checkpoint_every=500")
 # Steps of each Gen-1 UNet stage (conf/experiment/toy_gen1.yaml holds the rest; --steps overrides all of them).
 # The shipped structure_ts UNet trained in five warm-up and cosine cycles: 1,500 steps, then 3,000, 6,000, 6,000 and
 # 6,000 more, each from the last (the manifest's "continued": the silhouette IoU at t_s = 0 rose from 0.40 to 0.49,
@@ -114,7 +103,7 @@ GEN1_GUIDANCE_SCALE = 2.0
 DEPENDENTS = {"vae": ("unet", "motion", *VIDEOGEN, "gen1_prior", *GEN1_UNET, "gen1_vae", *IMAGE_PROMPT),
               "clip": ("unet", "motion", "vg_base", "vg_sr", "gen1_prior", *GEN1_UNET, *IMAGE_PROMPT),
               "unet": ("motion", "vg_base", "vg_sr", *GEN1_UNET, *IMAGE_PROMPT), "motion": IMAGE_PROMPT,
-              "ip_base": IMAGE_PROMPT[1:], "ip_coarse": ("ip_fine",), "ip_fine": (), "ip_joint": (), "vg_decoder": (), "vg_flow": ("vg_refiner",),
+              "ip_coarse": ("ip_fine",), "ip_fine": (), "ip_joint": (), "vg_decoder": (), "vg_flow": ("vg_refiner",),
               "vg_refiner": (), "vg_base": ("vg_sr",), "vg_sr": (), "gen1_depth": (), "gen1_prior": (), "gen1_vae": (),
               **{name: GEN1_UNET[i + 1:] for i, name in enumerate(GEN1_UNET)}}
 # The second runs of two VideoGen stages, each from the first run's export (`continued_run`): the flow net on
@@ -432,25 +421,14 @@ def stage_gen1_structure_ts(out: Path, work: Path, args) -> dict:
     return gen1_unet_stage("gen1_structure_ts", out, work, args)
 
 
-def stage_ip_base(out: Path, work: Path, args) -> dict:
-    """The personalized toy UNet under the image prompts: a toy pipeline in --work/ip_base_run/pipeline, which the
-    image-prompt stages train on and whose UNet ip_fine ships in image_prompt/unet/."""
-    run_dir = work / "ip_base_run"
-    inputs = [f"toy.init_path={out / 'pipeline'}", f"toy.vae={out / 'pipeline' / 'vae'}", f"toy.clip={out / 'clip'}"]
-    result, command = train("toy_t2i", run_dir, [*inputs, *IP_BASE, *steps_overrides(args)])
-    return stage_summary(result, command)
-
-
 def image_prompt_stage(name: str, out: Path, work: Path, args) -> dict:
-    """One image-prompt stage on the personalized toy AnimateDiff model (ip_base's pipeline + the motion module under
-    --out); ip_fine's export (mapper/, image_encoder/, attention_processors.safetensors, manifest.json, and the
-    personalized UNet in unet/, float16) becomes image_prompt/, ip_joint's image_prompt_joint/ (naming that UNet)."""
+    """One image-prompt stage on the toy AnimateDiff model under --out; ip_fine's export (mapper/, image_encoder/,
+    attention_processors.safetensors, manifest.json) becomes image_prompt/, ip_joint's image_prompt_joint/."""
     run_dir = work / f"{name}_run"
     stage = name.removeprefix("ip_")
     init = [f"target.init={work / 'ip_coarse_run'}"] if stage == "fine" else []
-    base = work / "ip_base_run" / "pipeline"
     result, command = train("image_prompt", run_dir, [
-        "experiment=toy_image_prompt", f"target.stage={stage}", f"model.path={base}",
+        "experiment=toy_image_prompt", f"target.stage={stage}", f"model.path={out / 'pipeline'}",
         f"motion.path={out / 'motion_module'}", f"trainer.max_steps={IMAGE_PROMPT_STEPS[name]}",
         f"trainer.checkpoint_every={IMAGE_PROMPT_STEPS[name]}", *init, *steps_overrides(args)])
     shipped = {"ip_fine": "image_prompt", "ip_joint": "image_prompt_joint"}.get(name)
@@ -461,15 +439,8 @@ def image_prompt_stage(name: str, out: Path, work: Path, args) -> dict:
         for part in ("mapper", "image_encoder"):
             shutil.copytree(run_dir / part, export / part)
         shutil.copy2(run_dir / "attention_processors.safetensors", export / "attention_processors.safetensors")
-        # It names the base model, motion module and image encoder it trained with, and the bundled base UNet.
-        manifest = json.loads(run_dir.joinpath("manifest.json").read_text())
-        if name == "ip_fine":
-            shutil.copytree(base / "unet", export / "unet")
-            store_float16(export / "unet")
-            manifest["base_unet"] = "unet"
-        else:
-            manifest["base_unet"] = "../image_prompt/unet"
-        (export / "manifest.json").write_text(repository_relative(json.dumps(manifest, indent=2)) + "\n")
+        # It names the base model, motion module and image encoder it trained with.
+        (export / "manifest.json").write_text(repository_relative((run_dir / "manifest.json").read_text()))
         replace_dir(export, out / shipped)
     return stage_summary(result, command)
 

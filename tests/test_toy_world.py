@@ -143,23 +143,3 @@ def test_the_judges_standard_error_is_the_sample_deviation_over_the_root_of_the_
     # gains 0.1, 0.3, 0.2, 0.0: sample standard deviation sqrt(0.05 / 3), over sqrt(4)
     assert judge.standard_error([0.1, 0.3, 0.2, 0.0]) == pytest.approx(np.sqrt(0.05 / 3) / 2)
     assert np.isnan(judge.standard_error([0.4]))
-
-
-def test_an_accent_paints_the_objects_centre_and_nothing_else():
-    """An accent (the toy image prompts' subjects) recolours the object's pixels within ACCENT_RADIUS of its centre:
-    the mask, the trail and every pixel off the object stay as they are without it."""
-    plain = toy_world.Scene("red", "circle", "large", "right", "stripes", "gray", 20.0, 30.0)
-    accented = toy_world.with_attribute(plain, accent="blue")
-    for t in (0, 7):
-        before, after = toy_world.render_frame(plain, t), toy_world.render_frame(accented, t)
-        x, y, radius = toy_world.object_state(plain, t)
-        yy, xx = np.mgrid[0:64, 0:64]
-        disc = (xx - x) ** 2 + (yy - y) ** 2 <= (toy_world.ACCENT_RADIUS * radius) ** 2
-        assert np.array_equal(before.mask, after.mask)
-        changed = (before.image != after.image).any(-1)
-        assert np.array_equal(changed, disc & before.mask.astype(bool))
-        assert (after.image[disc] == toy_world.COLOURS["blue"]).all()
-        assert 0.2 < disc.sum() / before.mask.sum() < 0.3  # a quarter of a circle's area: (1/2)^2
-    rng = np.random.default_rng(1)
-    drawn = {toy_world.with_random_accent(plain, rng).accent for _ in range(60)}
-    assert drawn == set(toy_world.COLOURS) - {"red"}

@@ -72,13 +72,11 @@ def crop_to_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def toy_subject_crop(scene) -> np.ndarray:
-    """The toy object alone on the neutral background at the scene's first frame (its accent too, without its motion
-    trail), cropped around its mask."""
+    """The toy object alone on the neutral background at the scene's first frame, cropped around its mask."""
     from . import toy_world
 
     frame = toy_world.render_frame(scene, 0.0)
-    paint = toy_world.object_paint(scene, *toy_world.object_state(scene, 0.0))
-    return crop_to_mask(paint, frame.mask.astype(bool))
+    return crop_to_mask(np.full(frame.image.shape, toy_world.COLOURS[scene.colour], np.uint8), frame.mask.astype(bool))
 
 
 class ToyImagePromptClips(Dataset):

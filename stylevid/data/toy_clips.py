@@ -19,8 +19,7 @@ or draws an attribute among a list (`{"motion": ["left", "right", "up", "down"]}
 learn what varies before it meets the whole world. `mix` ({"share": 0.5, "fixed": {...}}) gives that simpler world to a
 share of the scenes only, the rest being the whole world: a stage learns there what the whole world's diversity hides
 from it (the VideoGen base learns the direction word on one look in 2,000 steps, across every look not in 6,000) and
-carries it over. `accent=True` gives every object an accent (`toy_world.with_random_accent`: a second
-colour on its centre that no caption names, the detail the toy image prompts' fine stage is there to carry).
+carries it over.
 """
 
 from __future__ import annotations
@@ -44,8 +43,7 @@ TOY_FPS = 8.0  # the rate a toy-world clip plays at, one toy frame per 1/8 s
 class ToyClipDataset(Dataset):
     def __init__(self, count: int, frames: int, stride: int | list[int], size: int = toy_world.SIZE, seed: int = 0,
                  subframes: int = 8, flip: bool = False, depth: bool = False, caption_colour: bool = True,
-                 trail: bool = True, start: str = "fit", fixed: dict | None = None, mix: dict | None = None,
-                 accent: bool = False):
+                 trail: bool = True, start: str = "fit", fixed: dict | None = None, mix: dict | None = None):
         strides = [int(s) for s in (stride if isinstance(stride, (list, tuple)) else [stride])]
         if count < 1 or frames < 1 or subframes < 1 or any(s < 1 for s in strides):
             raise UserInputError("data=toy: data.count, data.frames, data.subframes and data.stride must be >= 1")
@@ -71,7 +69,6 @@ class ToyClipDataset(Dataset):
         self.count, self.frames, self.strides, self.size = count, frames, strides, size
         self.seed, self.subframes, self.flip, self.depth = seed, subframes, flip, bool(depth)
         self.caption_colour, self.trail, self.start = bool(caption_colour), bool(trail), start
-        self.accent = bool(accent)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -97,8 +94,6 @@ class ToyClipDataset(Dataset):
             fixed = {**fixed, **self.mix_fixed}
         fixed = {key: value if isinstance(value, str) else value[int(rng.integers(len(value)))] for key, value in fixed.items()}
         scene = toy_world.random_scene(rng, **fixed)
-        if self.accent:
-            scene = toy_world.with_random_accent(scene, rng)
         stride = self.strides[int(rng.integers(len(self.strides)))]
         span = (self.frames - 1) * stride / self.subframes
         start = float(rng.uniform(0, toy_world.FRAMES - 1 - span))
@@ -160,6 +155,5 @@ def toy_clip_dataset(data, seed: int, depth: bool = False) -> ToyClipDataset:
     return ToyClipDataset(count=int(data.count), frames=int(data.frames), stride=stride, size=int(data.size),
                           seed=seed, subframes=int(data.subframes), flip=bool(data.get("flip", False)), depth=depth,
                           caption_colour=bool(data.get("caption_colour", True)), trail=bool(data.get("trail", True)),
-                          start=str(data.get("start", "fit")), fixed=plain(data.get("fixed")), mix=plain(data.get("mix")),
-                          accent=bool(data.get("accent", False)))
+                          start=str(data.get("start", "fit")), fixed=plain(data.get("fixed")), mix=plain(data.get("mix")))
 

@@ -61,10 +61,6 @@ TRAVEL = 26.0  # pixels a translating object covers over the clip
 # TRAIL_OPACITY and fading linearly with the lag.
 TRAIL_FRAMES = 9
 TRAIL_OPACITY = 0.45
-# An accent (the toy image prompts' subjects, `with_random_accent`): a disc of a second colour on the object's centre,
-# ACCENT_RADIUS of its radius (14 px across on a large object, about two latent cells of the toy VAE). No caption
-# word names it, so only the image prompt can tell a video which accent its object wears.
-ACCENT_RADIUS = 0.5
 
 # Depth maps: larger is nearer, as MiDaS-style depth estimators (and depth ControlNets) expect.
 BACKGROUND_DEPTH = 0.25
@@ -82,7 +78,6 @@ class Scene:
     x: float  # centre at frame 0, pixels
     y: float
     phase: float = 0.0  # stick figures: arm swing phase
-    accent: str = ""  # a second colour on the object's centre (`ACCENT_RADIUS`), which no caption names; "" for none
 
     def caption(self, size: bool = True, background: bool = True, background_colour: bool = True,
                 colour: bool = True) -> str:
@@ -135,12 +130,6 @@ def random_scene(rng: np.random.Generator, **fixed) -> Scene:
     x = float(rng.uniform(low_x, max(low_x, high_x)))
     y = float(rng.uniform(low_y, max(low_y, high_y)))
     return Scene(colour, shape, size, motion, pattern, background, x, y, float(rng.uniform(0, 2 * math.pi)))
-
-
-def with_random_accent(scene: Scene, rng: np.random.Generator) -> Scene:
-    """The scene with an accent drawn from `rng`: any object colour but the object's own."""
-    others = [colour for colour in COLOURS if colour != scene.colour]
-    return replace(scene, accent=others[int(rng.integers(len(others)))])
 
 
 def object_state(scene: Scene, t: float, frames: int = FRAMES) -> tuple[float, float, float]:
@@ -236,17 +225,6 @@ def object_mask(scene: Scene, x: float, y: float, radius: float, keypoints: np.n
     return mask
 
 
-def object_paint(scene: Scene, x: float, y: float, radius: float) -> np.ndarray:
-    """(SIZE, SIZE, 3) uint8: the colour of every pixel the object at (x, y, radius) would cover: its colour, and its
-    accent's on the central disc. The object's mask selects from it (`render_frame`, the toy subject crops)."""
-    paint = np.empty((SIZE, SIZE, 3), np.uint8)
-    paint[:] = COLOURS[scene.colour]
-    if scene.accent:
-        yy, xx = np.mgrid[0:SIZE, 0:SIZE]
-        paint[(xx - x) ** 2 + (yy - y) ** 2 <= (ACCENT_RADIUS * radius) ** 2] = COLOURS[scene.accent]
-    return paint
-
-
 @dataclass
 class Frame:
     image: np.ndarray  # (SIZE, SIZE, 3) uint8
@@ -285,7 +263,7 @@ def render_frame(scene: Scene, t: float, frames: int = FRAMES, background: np.nd
         gx, gy, gradius, gkeypoints = _pose_at(scene, t - lag, frames)
         ghost = object_mask(scene, gx, gy, gradius, gkeypoints).astype(bool)
         image[ghost] = (plain[ghost] * (1 - opacity) + colour * opacity).round().astype(np.uint8)
-    image[mask.astype(bool)] = object_paint(scene, x, y, radius)[mask.astype(bool)]
+    image[mask.astype(bool)] = COLOURS[scene.colour]
     # Depth: a far background plane sloping slightly up the frame; the object near, nearer when larger.
     yy = np.linspace(0.0, 0.1, SIZE, dtype=np.float32)[:, None]
     depth = np.broadcast_to(BACKGROUND_DEPTH + yy, (SIZE, SIZE)).copy()

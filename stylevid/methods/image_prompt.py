@@ -18,9 +18,7 @@ the subject) enters twice, coarse to fine (`stylevid.models.image_prompt` holds 
    unconditional guidance branch has the negative prompt, the original K, V and no exemplar.
 
 `method.weights=` is a directory `stylevid train image_prompt` exports (mapper/, image_encoder/,
-attention_processors.safetensors, manifest.json); weights trained on a personalized UNet that ships with them name it
-in the manifest (`base_unet`, relative to the directory; the toy's accent model) and it replaces the model's UNet;
-`model=tiny` builds random tiny parts in memory; `model=toy` reads
+attention_processors.safetensors, manifest.json); `model=tiny` builds random tiny parts in memory; `model=toy` reads
 the packaged toy weights (`stylevid/toy/weights/image_prompt/`) once they are built. With `method.fine=false` and a
 mapper that returns the subject word's own embedding this is plain AnimateDiff, bit for bit (tests).
 """
@@ -100,7 +98,6 @@ def settings_from_config(cfg: DictConfig) -> ImagePromptSettings:
     if manifest is not None and fine and not manifest.get("fine"):
         raise UserInputError(f"method.weights={root} has no fine stage ({', '.join(manifest.get('stages', []))} "
                              "trained); pass method.fine=false or train target.stage=fine")
-    model.bundled_base_unet(root, manifest)  # a bundled base UNet that is missing: one line now
     settings = ImagePromptSettings(
         **{f.name: getattr(base, f.name) for f in fields(base)},
         image_prompt=str(Path(str(image)).expanduser()), subject=str(subject),
@@ -194,11 +191,6 @@ class ImagePrompt(VideoMethod):
 
     def load(self, cfg, settings: ImagePromptSettings, device, dtype, conditions) -> ImagePromptModels:
         pipe = load_image_pipeline(cfg, settings, dtype)
-        base_unet = model.bundled_base_unet(settings.root, settings.manifest)
-        if base_unet is not None:  # the personalized base the weights were trained on, under the motion module
-            from diffusers import UNet2DConditionModel
-
-            pipe.register_modules(unet=UNet2DConditionModel.from_pretrained(base_unet, torch_dtype=dtype))
         animatediff.apply_image_lora(pipe, cfg)
         motion = animatediff.load_motion(cfg, dtype, unet=pipe.unet)
         settings.validate(max_seq_length=motion.config.motion_max_seq_length)
@@ -260,6 +252,5 @@ class ImagePrompt(VideoMethod):
             "motion": OmegaConf.to_container(cfg.motion),
             "lora": OmegaConf.to_container(cfg.lora),
             "weights": {"path": str(settings.root) if settings.root else None,
-                        **{k: manifest.get(k) for k in ("stages", "base_model", "base_unet", "clip_layers", "num_tokens",
-                                                        "trained_steps")}},
+                        **{k: manifest.get(k) for k in ("stages", "base_model", "clip_layers", "num_tokens", "trained_steps")}},
         }

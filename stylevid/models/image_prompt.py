@@ -549,20 +549,6 @@ def read_manifest(root: Path, key: str = "method.weights") -> dict:
     return data
 
 
-def bundled_base_unet(root: Path | None, manifest: dict | None, key: str = "method.weights") -> Path | None:
-    """The directory of the base UNet the weights were trained on when they bundle it (manifest `base_unet`, relative
-    to the weights directory), else None. Parts trained on a personalized fine-tune that ships with them (the toy's
-    accent model, `image_prompt/unet/`) need that fine-tune under them, not the model it was fine-tuned from; weights
-    trained on a model a user loads with `model.path=` name none."""
-    if root is None or not (manifest or {}).get("base_unet"):
-        return None
-    path = (Path(root) / str(manifest["base_unet"])).resolve()
-    if not (path / "config.json").is_file():
-        raise UserInputError(f"{key}={root}: its manifest names base_unet {manifest['base_unet']!r}, "
-                             f"but {path} holds no UNet (no config.json)")
-    return path
-
-
 def load_mapper(root: Path, key: str = "method.weights") -> ImagePromptMapper:
     if not (Path(root) / "mapper" / "config.json").is_file():
         raise UserInputError(f"{key}={root} has no mapper/ (looked for {Path(root) / 'mapper' / 'config.json'})")

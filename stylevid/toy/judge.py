@@ -83,34 +83,6 @@ def accuracy(embedder: ClipEmbedder, images: np.ndarray, scenes: list, attribute
     return float(np.mean([value == getattr(scene, attribute) for value, scene in zip(seen, scenes)]))
 
 
-def object_colours(frames: np.ndarray) -> tuple[str | None, str | None]:
-    """(body, centre): the object colours most of a video's frames show on their object's outer pixels and on its
-    central ones (`foreground_mask(accents=True)`, each pixel named by the nearest object colour in RGB; outer: beyond
-    0.8 of the object's equivalent radius r_eq = sqrt(area / pi) from its centroid, outside the accent disc of every
-    accented toy shape, which covers up to 60 % of a triangle; central: within r_eq / 3, inside it); None where no
-    frame shows an object or a centre on it. Read from the pixels, not by the toy CLIP, whose zero-shot
-    colour misreads an accented object (the true clips of the image-prompt judge's subjects: 11 of 16 right)."""
-    palette = np.array(list(toy_world.COLOURS.values()), np.float32)
-    names = list(toy_world.COLOURS)
-    bodies, centres = [], []
-    for frame in frames:
-        mask = foreground_mask(frame, accents=True)
-        if not mask.any():
-            continue
-        labels = np.full(mask.shape, -1)
-        labels[mask] = ((frame[mask].astype(np.float32)[:, None] - palette[None]) ** 2).sum(-1).argmin(-1)
-        rows, cols = np.nonzero(mask)
-        yy, xx = np.mgrid[0:mask.shape[0], 0:mask.shape[1]]
-        distance, radius = np.hypot(yy - rows.mean(), xx - cols.mean()), np.sqrt(mask.sum() / np.pi)
-        outer = mask & (distance > 0.8 * radius)
-        bodies.append(names[np.bincount(labels[outer if outer.any() else mask]).argmax()])
-        near = distance <= radius / 3
-        if (near & mask).any():
-            centres.append(names[np.bincount(labels[near & mask]).argmax()])
-    vote = lambda votes: max(set(votes), key=votes.count) if votes else None  # noqa: E731
-    return vote(bodies), vote(centres)
-
-
 def clip_zero_shot(embedder: ClipEmbedder, count: int = 400, seed: int = 10_000) -> dict:
     """Zero-shot accuracy on `count` held-out frames (seeds the training never drew)."""
     images, scenes, _ = toy_world.frame_dataset(count, seed=seed)
@@ -135,20 +107,12 @@ def style_distance(frames: np.ndarray, style_image: np.ndarray) -> float:
     return float(np.linalg.norm(colour_statistics(frames) - colour_statistics(style_image)))
 
 
-# The chroma an accented object's pixels reach at least (purple's, 140, the least saturated object colour) and above
-# every trail pixel (at most 136: orange at 45 % over the lighter tone of a maroon background).
-ACCENT_CHROMA = 138.0
-
-
-def foreground_mask(frame: np.ndarray, min_chroma: float = 80.0, accents: bool = False) -> np.ndarray:
+def foreground_mask(frame: np.ndarray, min_chroma: float = 80.0) -> np.ndarray:
     """bool (H, W): the toy object's pixels, by chroma (objects are saturated, backgrounds are not; the trail, at
-    most 45 % opaque, stays under 3/4 of the object's chroma), as `toy_world.foreground_centroid` separates them.
-    `accents`: the object may wear an accent less saturated than its body (purple on orange), so the threshold stops
-    at ACCENT_CHROMA, which still leaves every trail out."""
+    most 45 % opaque, stays under 3/4 of the object's chroma), as `toy_world.foreground_centroid` separates them."""
     pixels = frame.astype(np.float32)
     chroma = pixels.max(-1) - pixels.min(-1)
-    threshold = 0.75 * float(chroma.max())
-    return chroma >= max(min_chroma, min(threshold, ACCENT_CHROMA) if accents else threshold)
+    return chroma >= max(min_chroma, 0.75 * float(chroma.max()))
 
 
 def standard_error(values) -> float:

@@ -4,18 +4,11 @@ Every video runs `method=image_prompt model=toy` (or `method=animatediff model=t
 method's own functions on the config the CLI composes (`judge.cli_configs`), so a figure is what a user typing those
 overrides gets. A held-out subject is a fresh toy scene's object drawn alone on the neutral background (the crop the
 build trains on, `data.image_prompt.toy_subject_crop`); the prompt names its shape and a motion but never its colour
-("a star moving right", subject=star), so the colour can only come from the image. Every subject wears an accent, as
-every object the build trains on does (`toy_world.with_random_accent`: a disc of a second colour on its centre, no word
-for it), the detail the fine stage is for:
+("a star moving right", subject=star), so the colour can only come from the image:
 
-  * `colour_followed`: the video's object colour (`judge.object_colours`: its outer pixels, named by the nearest
-    object colour, the majority over frames) is the image prompt's, coarse + fine (the shipped weights at the CLI's
-    defaults); text alone (`method=animatediff`, the same prompt and seed, on the same base: the personalized toy
-    UNet the weights bundle, `text_alone_model`) is the chance level it is compared with.
-    `colour_followed_clip` is the toy CLIP's zero-shot colour instead (reported: it misreads accented objects, 11 of
-    the 16 true clips right, where the pixels read all 16);
-  * `accent_followed` (a diagnosis, no target): the object's centre wears the image prompt's accent (chance 1 in 5),
-    the detail that neither the prompt nor, unless it learns to, the coarse token names;
+  * `colour_followed`: the video's majority colour (the toy CLIP's zero-shot colour over its frames) is the image
+    prompt's, coarse + fine (the shipped weights at the CLI's defaults); text alone (`method=animatediff`, the same
+    prompt and seed) is the chance level it is compared with;
   * `image_fidelity`: `stylevid evaluate`'s metric (mean CLIP image cosine of the frames to the image prompt, toy
     CLIP) for coarse + fine, coarse only (`method.fine=false` on the same weights: Section 3.3's stage 1), the joint
     ablation (`image_prompt_joint/`, trained with both at once for as many steps) and without position encodings
@@ -69,9 +62,9 @@ def true_clip(scene: toy_world.Scene) -> np.ndarray:
 
 
 def subject_crops(frames: np.ndarray) -> list[np.ndarray]:
-    """Each frame's object with its accent (`judge.foreground_mask`) alone on the neutral background, cropped around it as the image
+    """Each frame's object (`judge.foreground_mask`) alone on the neutral background, cropped around it as the image
     prompt is (`toy_subject_crop`; a frame with no object gives none)."""
-    masks = [judge.foreground_mask(frame, accents=True) for frame in frames]
+    masks = [judge.foreground_mask(frame) for frame in frames]
     return [crop_to_mask(frame, mask) for frame, mask in zip(frames, masks) if mask.any()]
 
 
@@ -91,24 +84,6 @@ class _Generator:
         return self.method.generate(self.loaded, settings, StageReporter()).frames
 
 
-def text_alone_model(tmp: Path, overrides: tuple[str, ...]) -> tuple[str, ...]:
-    """The `model.path=` override that gives text alone (`method=animatediff`) the base the image-prompt weights run
-    on: where they bundle a personalized UNet (manifest `base_unet`), a toy pipeline in `tmp` whose unet/ is that one
-    (links to the packaged pipeline's other parts); () where they run on the packaged toy model."""
-    from ..models import image_prompt as model
-
-    given = [item.split("=", 1)[1] for item in overrides if item.startswith("method.weights=")]
-    root = Path(given[-1]) if given else WEIGHTS / "image_prompt"
-    unet = model.bundled_base_unet(root, model.read_manifest(root))
-    if unet is None:
-        return ()
-    pipeline = tmp / "text_alone_pipeline"
-    pipeline.mkdir()
-    for part in (WEIGHTS / "pipeline").iterdir():
-        (pipeline / part.name).symlink_to(unet if part.name == "unet" else part.resolve())
-    return (f"model.path={pipeline}",)
-
-
 def measure_image_prompt(count: int = 16, seed: int = 90_000, steps: int = 20, arms: tuple[str, ...] = tuple(ARMS),
                          *overrides: str) -> dict:
     """Every image-prompt figure on `count` held-out subjects (see the module's docstring); `overrides` go to every
@@ -118,11 +93,11 @@ def measure_image_prompt(count: int = 16, seed: int = 90_000, steps: int = 20, a
     arms = tuple(arm for arm in arms if arm != "joint" or (WEIGHTS / JOINT / "manifest.json").is_file())
     generators = {arm: _Generator("image_prompt", f"steps={steps}", f"frames={FRAMES}", *ARMS[arm], *overrides)
                   for arm in arms}
-    colour, colour_clip, accent, fidelity, subject, score = ({arm: [] for arm in (*arms, *REFERENCES)} for _ in range(6))
+    text_alone = _Generator("animatediff", f"steps={steps}", f"frames={FRAMES}")
+    colour, fidelity, subject, score = ({arm: [] for arm in (*arms, *REFERENCES)} for _ in range(4))
     with tempfile.TemporaryDirectory() as tmp:
-        text_alone = _Generator("animatediff", f"steps={steps}", f"frames={FRAMES}", *text_alone_model(Path(tmp), overrides))
         for index in range(count):
-            scene = toy_world.with_random_accent(toy_world.random_scene(rng), rng)
+            scene = toy_world.random_scene(rng)
             crop = toy_subject_crop(scene)
             image_path = Path(tmp) / f"subject_{index}.png"
             Image.fromarray(crop).save(image_path)
@@ -135,10 +110,7 @@ def measure_image_prompt(count: int = 16, seed: int = 90_000, steps: int = 20, a
             videos["text_alone"] = text_alone(*common)
             videos["ground_truth"] = true_clip(scene)
             for arm, frames in videos.items():
-                body, centre = judge.object_colours(frames)
-                colour[arm].append(body == scene.colour)
-                accent[arm].append(centre == scene.accent)
-                colour_clip[arm].append(judge.majority_colour(embedder, frames) == scene.colour)
+                colour[arm].append(judge.majority_colour(embedder, frames) == scene.colour)
                 fidelity[arm].append(clip_metrics.style_fidelity_of(embedder.embed_images(frames), subject_embedding))
                 crops = subject_crops(frames)  # crops differ in size: one embedding each; no object scores 0
                 subject[arm].append(float(np.mean([clip_metrics.style_fidelity_of(embedder.embed_images(crop[None]),
@@ -149,12 +121,10 @@ def measure_image_prompt(count: int = 16, seed: int = 90_000, steps: int = 20, a
     paired = np.array(fidelity.get("coarse_fine", [])) - np.array(fidelity.get("coarse", []))
     paired_subject = np.array(subject.get("coarse_fine", [])) - np.array(subject.get("coarse", []))
     mean = lambda table: {arm: float(np.mean(values)) for arm, values in table.items()}  # noqa: E731
-    colour, colour_clip, accent = mean(colour), mean(colour_clip), mean(accent)
-    fidelity, subject, score = mean(fidelity), mean(subject), mean(score)
+    colour, fidelity, subject, score = mean(colour), mean(fidelity), mean(subject), mean(score)
     return {
         "count": count, "steps": steps, "frames": FRAMES, "chance": 1 / len(toy_world.COLOURS),
-        "accent_chance": 1 / (len(toy_world.COLOURS) - 1),
-        "colour_followed": colour, "colour_followed_clip": colour_clip, "accent_followed": accent, "image_fidelity": fidelity, "subject_fidelity": subject, "clip_score": score,
+        "colour_followed": colour, "image_fidelity": fidelity, "subject_fidelity": subject, "clip_score": score,
         "missing": [arm for arm in ARMS if arm not in arms],
         "fine_above_coarse": bool(fidelity.get("coarse_fine", 0) > fidelity.get("coarse", 0)),
         "fine_gain_subjects_higher": float(np.mean(paired > 0)) if paired.size else float("nan"),
@@ -167,8 +137,7 @@ def measure_image_prompt(count: int = 16, seed: int = 90_000, steps: int = 20, a
 def report_figures(result: dict) -> dict:
     """The measurement flattened to the keys `scripts/toy_report.py` prints (an arm not built reads NaN)."""
     flat = dict(result)
-    for table, prefix in (("colour_followed", "colour"), ("colour_followed_clip", "colour_clip"), ("accent_followed", "accent"),
-                          ("image_fidelity", "fidelity"), ("subject_fidelity", "subject_fidelity"),
+    for table, prefix in (("colour_followed", "colour"), ("image_fidelity", "fidelity"), ("subject_fidelity", "subject_fidelity"),
                           ("clip_score", "clip_score")):
         for arm in (*ARMS, *REFERENCES):
             flat[f"{prefix}_{arm}"] = result[table].get(arm, float("nan"))

@@ -153,16 +153,11 @@ def batch_key(seed: int, step: int, micro: int = 0, rank: int = 0, stream: int =
     return [seed, step, 1000 + stream, micro, rank]
 
 
-def frame_batch(batch_size: int, seed: int, step: int, micro: int = 0, rank: int = 0, accent: bool = False
+def frame_batch(batch_size: int, seed: int, step: int, micro: int = 0, rank: int = 0
                 ) -> tuple[torch.Tensor, list[str], list[toy_world.Scene]]:
-    """Fresh frames for one step: pixels in [-1, 1] (B, 3, 64, 64), random captions, scenes. `accent`: every object
-    wears an accent (`toy_world.with_random_accent`) drawn from a second stream of the batch's key, so the scenes,
-    frames and captions are otherwise those drawn without it."""
+    """Fresh frames for one step: pixels in [-1, 1] (B, 3, 64, 64), random captions, scenes."""
     rng = np.random.default_rng(batch_key(seed, step, micro, rank))
     scenes = [toy_world.random_scene(rng) for _ in range(batch_size)]
-    if accent:
-        accents = np.random.default_rng(batch_key(seed, step, micro, rank, stream=1))
-        scenes = [toy_world.with_random_accent(scene, accents) for scene in scenes]
     images = np.stack([toy_world.render_frame(s, int(rng.integers(toy_world.FRAMES))).image for s in scenes])
     captions = [s.random_caption(rng) for s in scenes]
     return pixels_from_uint8(images), captions, scenes

@@ -8,11 +8,6 @@ CLIP text tower's last hidden states, captions dropped to "" with probability `d
 Inputs: `toy.vae` (a diffusers AutoencoderKL directory) and `toy.clip` (a CLIPModel + tokenizer directory), by
 default the packaged toy weights. Exported as a full Stable Diffusion pipeline, `<run>/pipeline`.
 
-`toy.init_path` (a pipeline or UNet directory) continues a trained toy UNet instead of starting from the seeded factory
-one; with `toy.accent=true` every object wears an accent (a second colour on its centre that no caption names). The
-two make a personalized toy model, the way a DreamBooth-style fine-tune makes one from SD: the toy image prompts'
-base (`scripts/build_toy_world.py --stage ip_base`), which draws two-coloured objects the packaged one never saw.
-
 Rank 0's first micro-batch of step s draws `frame_batch(batch_size, seed, s)` and its latents, caption dropout,
 noise and timesteps from `torch.Generator().manual_seed(seed * 1_000_003 + s)` (what the shipped UNet was trained
 with); every other (micro-batch, rank) draws its own frames and the loop's generator.
@@ -37,14 +32,6 @@ def input_dirs(cfg) -> tuple[Path, Path]:
     return vae, clip
 
 
-def init_unet_dir(cfg) -> Path | None:
-    """`toy.init_path` as the UNet directory it names: a pipeline's unet/ or the directory itself; None without it."""
-    if not cfg.toy.get("init_path"):
-        return None
-    path = Path(str(cfg.toy.init_path)).expanduser()
-    return path / "unet" if (path / "unet" / "config.json").exists() else path
-
-
 @register
 class ToyT2i(TrainingTarget):
     name = "toy_t2i"
@@ -58,9 +45,6 @@ class ToyT2i(TrainingTarget):
             raise UserInputError(f"toy.vae={vae} is not a diffusers AutoencoderKL directory (no config.json)")
         if not (clip / "config.json").exists():
             raise UserInputError(f"toy.clip={clip} is not a CLIPModel directory (no config.json)")
-        init = init_unet_dir(cfg)
-        if init is not None and not (init / "config.json").exists():
-            raise UserInputError(f"toy.init_path={cfg.toy.init_path} is neither a pipeline with a unet/ nor a UNet directory")
 
     def __init__(self, cfg, device, weight_dtype, rank):
         super().__init__(cfg, device, weight_dtype, rank)
@@ -79,16 +63,7 @@ class ToyT2i(TrainingTarget):
         for module in (self.vae, self.text_encoder):
             module.requires_grad_(False)
             module.eval().to(device, weight_dtype)
-        self.unet = toy.toy_unet()  # seeded by the factory
-        self.init_dir = init_unet_dir(cfg)
-        if self.init_dir is not None:
-            from diffusers import UNet2DConditionModel
-
-            trained = load_component(self.init_dir, key="toy.init_path", pretrained=UNet2DConditionModel.from_pretrained,
-                                     what="a toy UNet")
-            self.unet.load_state_dict(trained.state_dict())  # the factory's config: a UNet of another shape is refused
-        self.unet.train().to(device)
-        self.accent = bool(cfg.toy.get("accent", False))
+        self.unet = toy.toy_unet().train().to(device)  # seeded by the factory
         self.objective = DiffusionObjective.from_config(cfg.diffusion)
         self.empty = toy.tokenize(self.tokenizer, [""])[0]
 
@@ -100,8 +75,7 @@ class ToyT2i(TrainingTarget):
         self.unet.enable_gradient_checkpointing()
 
     def batch(self, at: Step):
-        pixels, captions, _ = toy.frame_batch(int(self.cfg.trainer.batch_size), int(self.cfg.seed), at.step, at.micro,
-                                              at.rank, accent=self.accent)
+        pixels, captions, _ = toy.frame_batch(int(self.cfg.trainer.batch_size), int(self.cfg.seed), at.step, at.micro, at.rank)
         return {"pixels": pixels, "captions": captions}
 
     def generator(self, at: Step) -> torch.Generator:
@@ -142,9 +116,7 @@ class ToyT2i(TrainingTarget):
 
     def record(self) -> dict:
         return {"vae": str(self.vae_dir.resolve()), "clip": str(self.clip_dir.resolve()),
-                "init": str(self.init_dir.resolve()) if self.init_dir else None, "accent": self.accent,
                 "caption_dropout": float(self.cfg.diffusion.caption_dropout)}
 
     def summary(self) -> dict:
-        return {"inputs": {"vae": str(self.vae_dir), "clip": str(self.clip_dir),
-                           "init": str(self.init_dir) if self.init_dir else None}, "accent": self.accent}
+        return {"inputs": {"vae": str(self.vae_dir), "clip": str(self.clip_dir)}}
