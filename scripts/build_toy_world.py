@@ -194,6 +194,8 @@ def steps_overrides(args, cycles: int = 1) -> list[str]:
 def stage_summary(result: dict, command: str, *fields: str) -> dict:
     summary = {"steps": result["steps"], "wall_s": round(result["timings_s"]["total_train"], 1),
                "final_loss": result["final_loss"]}
+    if "threads" in result:  # the run's own (an adopted run may have trained on fewer than this process has)
+        summary["threads"] = result["threads"]
     summary.update({field: result[field] for field in fields if field in result})
     return {**summary, "command": command}
 
@@ -508,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         log.info("stage %s ...", name)
         summary = globals()[f"stage_{name}"](args.out, args.work, args)
-        summary["threads"] = torch.get_num_threads()
+        summary.setdefault("threads", torch.get_num_threads())  # runs from before result.json recorded them
         summary["torch"] = torch.__version__
         manifest = load_manifest(args.out)  # re-read: another stage may have been built meanwhile
         manifest["stages"][name] = summary

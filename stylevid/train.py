@@ -63,6 +63,8 @@ def run_train(cfg: DictConfig, reporter: StageReporter | None = None, hydra_job_
     with reporter.stage("writing"):
         files = trainer.export()  # every rank: the weights are gathered from all of them under FSDP
     if ctx.is_main:
+        import torch
+
         model = cfg.get("model")
         result = {
             "task": "train",
@@ -79,6 +81,7 @@ def run_train(cfg: DictConfig, reporter: StageReporter | None = None, hydra_job_
             "losses_tail": trainer.losses[-10:],
             "files": files,
             "device": str(device),
+            "threads": torch.get_num_threads(),  # intra-op threads: a CPU run's wall time depends on them
             "timings_s": {**reporter.timings, "total_train": time.perf_counter() - started},
             "memory": peak_memory(device),
             "versions": versions(),

@@ -312,11 +312,17 @@ def test_build_script_builds_every_stage_resumes_and_rebuilds_what_is_stale(tmp_
     assert manifest(tmp_path / "out")["stages"]["unet"] == rebuilt_unet
     # --adopt: a stage takes the finished run already in its work folder (trained by hand with the stage's command)
     # instead of training again; the run is left as it was and the manifest says it was adopted.
+    # The manifest takes the run's threads from its result.json (a run trained by hand on one core says 1, whatever
+    # the adopting process has).
     flow_run = tmp_path / "work" / "vg_flow_run"
+    result = json.loads((flow_run / "result.json").read_text())
+    assert result["threads"] == torch.get_num_threads()
+    (flow_run / "result.json").write_text(json.dumps({**result, "threads": 7}))
     finished = (flow_run / "result.json").read_bytes()
     assert build.main(["--stage", "vg_flow", "--force", "--adopt", *args]) == 0
     assert (flow_run / "result.json").read_bytes() == finished
     assert "adopted" in manifest(tmp_path / "out")["stages"]["vg_flow"]["command"]
+    assert manifest(tmp_path / "out")["stages"]["vg_flow"]["threads"] == 7
     shutil.rmtree(tmp_path / "work" / "vg_decoder_run")
     with pytest.raises(SystemExit, match="holds no finished run"):
         build.main(["--stage", "vg_decoder", "--force", "--adopt", *args])
