@@ -209,6 +209,10 @@ def test_the_weights_name_their_vae_and_guidance_scale_and_method_settings_win(t
 
     tuned_dir, tuned_run = generate(tmp_path, capsys, clip, content, f"method.weights={weights}", name="tuned")
     assert (tuned_run["gen1"]["guidance_scale"], tuned_run["gen1"]["guidance_scale_from"]) == (3.0, "weights")
+    # A top-level guidance_scale= typed by the user wins over the recommendation, as method.guidance_scale= does.
+    _, typed_run = generate(tmp_path, capsys, clip, content, f"method.weights={weights}", "guidance_scale=5",
+                            name="typed")
+    assert (typed_run["gen1"]["guidance_scale"], typed_run["gen1"]["guidance_scale_from"]) == (5.0, "guidance_scale")
     assert tuned_run["gen1"]["vae"] == str(weights / "vae")
     model_dir, model_run = generate(tmp_path, capsys, clip, content, f"method.weights={weights}",
                                     f"method.vae={tmp_path / 'model_vae'}", name="with_model_vae")
@@ -224,7 +228,7 @@ def test_the_weights_name_their_vae_and_guidance_scale_and_method_settings_win(t
     assert (plain_run["gen1"]["guidance_scale_from"], plain_run["gen1"]["vae"]) == ("method.guidance_scale", "model")
     assert np.abs(frames_of(plain_dir).astype(int) - frames_of(model_dir).astype(int)).max() <= 1
     _, default_run = generate(tmp_path, capsys, clip, content, f"method.weights={weights}", name="default")
-    assert (default_run["gen1"]["guidance_scale"], default_run["gen1"]["guidance_scale_from"]) == (7.5, "guidance_scale")
+    assert (default_run["gen1"]["guidance_scale"], default_run["gen1"]["guidance_scale_from"]) == (7.5, "default")
     code, _, err = run_stylevid(["generate", "method=gen1", f"input={clip}", *TINY, content, f"method.weights={weights}",
                                  f"method.vae={tmp_path / 'other_vae'}", f"output_dir={tmp_path / 'refused'}"], capsys)
     assert code == 2 and "its encoder is not model's VAE's" in err and len(err.strip().splitlines()) == 1, err

@@ -51,6 +51,18 @@ class VideoSettings:
     seed: int = 0
 
 
+# What `guidance_scale: null` (conf/generate.yaml) samples with: Stable Diffusion's customary scale. The key is null
+# rather than 7.5 so that a scale typed on the command line can be told from the default: method=gen1 weights may
+# recommend their own scale, which the default gives way to and a typed one overrides.
+DEFAULT_GUIDANCE_SCALE = 7.5
+
+
+def default_guidance_scale(cfg) -> float:
+    """The top-level guidance_scale, or DEFAULT_GUIDANCE_SCALE where it is null."""
+    value = cfg.get("guidance_scale")
+    return DEFAULT_GUIDANCE_SCALE if value is None else value
+
+
 def common_settings(cfg: DictConfig) -> dict:
     """VideoSettings' fields from the composed config, each checked (one line naming the key)."""
     height = values.integer(cfg.height, "height", 8, MAX_SIDE)
@@ -64,7 +76,7 @@ def common_settings(cfg: DictConfig) -> dict:
         height=height,
         width=width,
         steps=values.integer(cfg.steps, "steps", 1, MAX_STEPS),
-        guidance_scale=values.number(cfg.guidance_scale, "guidance_scale", 0),
+        guidance_scale=values.number(default_guidance_scale(cfg), "guidance_scale", 0),
         seed=values.seed(cfg.seed),
     )
 

@@ -50,7 +50,8 @@ from ..errors import UserInputError
 from ..models import gen1 as model
 from ..progress import StageReporter
 from ..sampling.vae import decode_to_uint8, encode_images
-from .base import VideoMethod, VideoOutput, VideoSettings, check_steps_fit, load_image_pipeline, register
+from .base import (DEFAULT_GUIDANCE_SCALE, VideoMethod, VideoOutput, VideoSettings, check_steps_fit, load_image_pipeline,
+                   register)
 from .tsr import input_geometry
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class Gen1Settings(VideoSettings):
     depth_maps: str | None = None
     annotator: str | None = None  # annotator.path (None: the default depth model; "tiny": a random tiny one)
     vae: str | None = None  # a VAE to encode and decode with instead of model's (its encoder must be model's)
-    guidance_from: str = "guidance_scale"  # which setting gave guidance_scale: method.guidance_scale, weights or guidance_scale
+    guidance_from: str = "default"  # which setting gave guidance_scale: method.guidance_scale, guidance_scale, weights or default
     window: int | None = 8
     window_overlap: int = 4
     spans: list = field(default_factory=list)
@@ -172,14 +173,17 @@ def weights_vae(cfg: DictConfig, root: Path | None) -> str | None:
 
 
 def guidance_scale(cfg: DictConfig, root: Path | None) -> tuple[float, str]:
-    """(ω, where it came from): method.guidance_scale; else the scale the weights' manifest recommends
-    ("guidance_scale", chosen for those weights as a model card's recommended setting is); else guidance_scale."""
+    """(ω, where it came from): method.guidance_scale; else a top-level guidance_scale that was given; else the scale
+    the weights' manifest recommends ("guidance_scale", chosen for those weights as a model card's recommended setting
+    is); else the default (7.5)."""
     if cfg.method.get("guidance_scale") is not None:
         return values.number(cfg.method.guidance_scale, "method.guidance_scale", 0), "method.guidance_scale"
+    if cfg.get("guidance_scale") is not None:
+        return values.number(cfg.guidance_scale, "guidance_scale", 0), "guidance_scale"
     recommended = model.read_manifest(root).get("guidance_scale") if root is not None else None
     if recommended is not None:
         return values.number(recommended, f"method.weights={root}: manifest guidance_scale", 0), "weights"
-    return values.number(cfg.guidance_scale, "guidance_scale", 0), "guidance_scale"
+    return DEFAULT_GUIDANCE_SCALE, "default"
 
 
 def settings_from_config(cfg: DictConfig) -> Gen1Settings:
